@@ -1,0 +1,28 @@
+# Every dependency comes from a Debian 12 package (scripts/install-deps.sh).
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+find_package(OpenMP REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(yaml-cpp REQUIRED)
+find_package(CLI11 CONFIG QUIET)
+find_package(hwy REQUIRED)
+find_package(Protobuf REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+
+if(LLMOPT_CUDA)
+  # Point CMAKE_PREFIX_PATH at a CUDA-enabled libtorch (e.g. torch.utils.cmake_prefix_path).
+  find_package(Torch REQUIRED)
+else()
+  find_package(Torch REQUIRED)
+endif()
+# Torch's exported flags carry -D_GLIBCXX_USE_CXX11_ABI; keep them on every torch target.
+set(LLMOPT_TORCH_LIBS ${TORCH_LIBRARIES})
+
+if(LLMOPT_SANITIZE)
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+
+add_compile_options(-Wall -Wextra -Wno-unused-parameter)

@@ -1,0 +1,36 @@
+#include "core/threads.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "core/error.h"
+
+namespace llmopt {
+namespace {
+int g_threads = 0;
+}
+
+int default_threads() {
+  if (const char* env = std::getenv("LLMOPT_THREADS"); env && *env) {
+    char* end = nullptr;
+    long n = std::strtol(env, &end, 10);
+    LLMOPT_CHECK_INPUT(end && *end == '\0' && n > 0 && n <= 4096,
+                       "[threads] LLMOPT_THREADS='{}': expected a positive integer", env);
+    return static_cast<int>(n);
+  }
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw ? static_cast<int>(hw) : 1;
+}
+
+void set_threads(int n) {
+  LLMOPT_CHECK_INPUT(n > 0, "[threads] thread count must be positive, got {}", n);
+  g_threads = n;
+  omp_set_num_threads(n);
+}
+
+int threads() { return g_threads > 0 ? g_threads : default_threads(); }
+
+}  // namespace llmopt

@@ -1,0 +1,14 @@
+// Thread count policy: all cores by default; LLMOPT_THREADS or --threads N override.
+#pragma once
+
+namespace llmopt {
+
+// Threads to use when the user did not say: LLMOPT_THREADS if set, else hardware concurrency.
+int default_threads();
+// Sets the thread count for OpenMP (our kernels) and records it; torch layers also call
+// torch::set_num_threads with it (see model/runtime.h).
+void set_threads(int n);
+// The count last set (default_threads() before any call).
+int threads();
+
+}  // namespace llmopt
