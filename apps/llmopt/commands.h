@@ -1,0 +1,23 @@
+// Subcommand registration. Each group lives in its own file; main.cpp calls every register_*.
+// A subcommand's callback throws llmopt::InputError (exit 2) or RunError (exit 1) and sets
+// `exit_code` for non-exception outcomes.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace llmopt::cli {
+
+struct GlobalOptions {
+  int threads = 0;  // 0 = default (LLMOPT_THREADS or all cores)
+  bool quiet = false;
+  int exit_code = 0;
+};
+
+// info, tokenize, generate, eval, bench, synth, convert (cmd_model.cpp)
+void register_model_commands(CLI::App& app, GlobalOptions& g);
+// run, validate, init, stages, report, compare (cmd_pipeline.cpp)
+void register_pipeline_commands(CLI::App& app, GlobalOptions& g);
+
+// Applies --threads / LLMOPT_THREADS to OpenMP and torch.
+void apply_threads(const GlobalOptions& g);
+
+}  // namespace llmopt::cli

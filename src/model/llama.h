@@ -1,0 +1,63 @@
+// Llama-family decoder (Llama 1/2/3, Mistral, Qwen2) on libtorch: RMSNorm, RoPE (HF rotate-half
+// layout; loaders convert other layouts), grouped-query attention, SwiGLU MLP, KV cache.
+// fp32 math. Device-agnostic: move with model->to(device); inputs follow the model's device.
+// Parameters and submodules carry Hugging Face names, so named_parameters() yields
+// "model.layers.0.self_attn.q_proj.weight" etc. (see io/checkpoint.h).
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/model_config.h"
+#include "model/linear.h"
+
+namespace llmopt::model {
+
+// Per-layer key/value cache for incremental decoding.
+struct KVCache {
+  std::vector<torch::Tensor> k, v;  // per layer [B, n_kv_heads, capacity, head_dim]
+  int64_t length = 0;               // positions filled
+  int64_t capacity = 0;
+  int64_t bytes() const;
+};
+
+class LlamaModel : public torch::nn::Module {
+ public:
+  explicit LlamaModel(const ModelConfig& cfg);
+
+  // tokens [B, T] int64 -> logits [B, T, vocab] f32. With a cache, the T tokens are appended at
+  // positions cache->length.. and the cache advances; without one, positions are 0..T-1 (causal).
+  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr);
+  // Hidden states after the final norm [B, T, dim] (for evaluators that want features).
+  torch::Tensor forward_hidden(const torch::Tensor& tokens, KVCache* cache = nullptr);
+  torch::Tensor logits_from_hidden(const torch::Tensor& hidden);
+
+  KVCache make_cache(int64_t batch, int64_t capacity) const;
+  const ModelConfig& config() const { return cfg_; }
+
+  // Every replaceable projection with its full HF module path, e.g.
+  // ("model.layers.3.mlp.down_proj", layer). lm_head is included unless tied to the embedding.
+  std::vector<std::pair<std::string, std::shared_ptr<LinearLayer>>> linear_layers();
+  // Replaces the projection at `path` (as listed by linear_layers()).
+  void set_linear(const std::string& path, std::shared_ptr<LinearLayer> layer);
+
+  torch::Tensor& embed_tokens() { return embed_tokens_; }  // [vocab, dim]
+  torch::Tensor& final_norm() { return norm_; }            // [dim]
+  torch::Device device() const;
+  // Bytes of all weights in their storage formats.
+  int64_t storage_bytes();
+
+ private:
+  struct Layer;
+  ModelConfig cfg_;
+  torch::Tensor embed_tokens_;
+  torch::Tensor norm_;
+  std::vector<std::shared_ptr<Layer>> layers_;
+  std::shared_ptr<LinearLayer> lm_head_;  // null when tied
+  torch::Tensor rope_inv_freq_;          // [head_dim/2], with llama3 scaling applied
+};
+
+}  // namespace llmopt::model
