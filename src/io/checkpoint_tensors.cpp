@@ -1,0 +1,186 @@
+#include "io/checkpoint_tensors.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "kernels/convert.h"
+
+namespace llmopt::io {
+
+std::string layer_tensor_name(int64_t layer, const std::string& suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
+  const int64_t dim = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.kv_dim();
+  std::vector<ExpectedTensor> out;
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, dim}});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    out.push_back({layer_tensor_name(l, "input_layernorm.weight"), {dim}});
+    out.push_back({layer_tensor_name(l, "self_attn.q_proj.weight"), {q_dim, dim}});
+    out.push_back({layer_tensor_name(l, "self_attn.k_proj.weight"), {kv_dim, dim}});
+    out.push_back({layer_tensor_name(l, "self_attn.v_proj.weight"), {kv_dim, dim}});
+    out.push_back({layer_tensor_name(l, "self_attn.o_proj.weight"), {dim, q_dim}});
+    if (c.attention_bias) {
+      out.push_back({layer_tensor_name(l, "self_attn.q_proj.bias"), {q_dim}});
+      out.push_back({layer_tensor_name(l, "self_attn.k_proj.bias"), {kv_dim}});
+      out.push_back({layer_tensor_name(l, "self_attn.v_proj.bias"), {kv_dim}});
+    }
+    out.push_back({layer_tensor_name(l, "post_attention_layernorm.weight"), {dim}});
+    out.push_back({layer_tensor_name(l, "mlp.gate_proj.weight"), {c.intermediate_size, dim}});
+    out.push_back({layer_tensor_name(l, "mlp.up_proj.weight"), {c.intermediate_size, dim}});
+    out.push_back({layer_tensor_name(l, "mlp.down_proj.weight"), {dim, c.intermediate_size}});
+  }
+  out.push_back({"model.norm.weight", {dim}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, dim}});
+  return out;
+}
+
+namespace {
+std::string shape_string(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t k = 0; k < s.size(); ++k) r += (k ? ", " : "") + std::to_string(s[k]);
+  return r + "]";
+}
+}  // namespace
+
+void validate_checkpoint_tensors(const Checkpoint& ckpt, const char* component) {
+  for (const auto& t : ckpt.tensors) {
+    int64_t numel = 1;
+    for (int64_t d : t.shape) {
+      LLMOPT_CHECK_INPUT(d >= 0, "[{}] {}: tensor '{}' has a negative dimension", component, ckpt.path, t.name);
+      numel *= d;
+    }
+    const int64_t block = dtype_block_elems(t.dtype);
+    const int64_t row = t.shape.empty() ? 1 : t.shape.back();
+    LLMOPT_CHECK_INPUT(row % block == 0,
+                       "[{}] {}: tensor '{}' row length {} is not a multiple of the {} block size {}",
+                       component, ckpt.path, t.name, row, dtype_name(t.dtype), block);
+    LLMOPT_CHECK_INPUT(t.nbytes == numel / block * dtype_block_bytes(t.dtype),
+                       "[{}] {}: tensor '{}' holds {} bytes, shape {} of {} needs {}", component, ckpt.path,
+                       t.name, t.nbytes, shape_string(t.shape), dtype_name(t.dtype),
+                       numel / block * dtype_block_bytes(t.dtype));
+  }
+  for (const auto& e : expected_tensors(ckpt.config)) {
+    const TensorView* t = ckpt.find(e.name);
+    LLMOPT_CHECK_INPUT(t != nullptr, "[{}] {}: missing tensor '{}' (expected shape {})", component, ckpt.path,
+                       e.name, shape_string(e.shape));
+    LLMOPT_CHECK_INPUT(t->shape == e.shape,
+                       "[{}] {}: tensor '{}' shape mismatch: config implies {}, file has {}", component,
+                       ckpt.path, e.name, shape_string(e.shape), shape_string(t->shape));
+  }
+}
+
+void check_tensors_finite(const Checkpoint& ckpt) {
+  for (const auto& t : ckpt.tensors) {
+    const int64_t n = t.numel();
+    int64_t bad = -1;
+    float value = 0;
+    if (t.dtype == DType::F32) {
+      for (int64_t k = 0; k < n && bad < 0; ++k) {
+        float v;
+        std::memcpy(&v, t.data + 4 * k, 4);
+        if (!std::isfinite(v)) bad = k, value = v;
+      }
+    } else if (t.dtype == DType::F16 || t.dtype == DType::BF16) {
+      // An exponent field of all ones is Inf or NaN in both formats.
+      const uint16_t exp_mask = t.dtype == DType::F16 ? 0x7c00 : 0x7f80;
+      for (int64_t k = 0; k < n && bad < 0; ++k) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * k, 2);
+        if ((h & exp_mask) == exp_mask) {
+          bad = k;
+          value = t.dtype == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+        }
+      }
+    }
+    if (bad >= 0)
+      throw_input("[io] {}: tensor '{}' has a non-finite value ({}) at element {}", ckpt.path, t.name, value, bad);
+  }
+}
+
+uint8_t* own_buffer(Checkpoint& ckpt, size_t nbytes) {
+  auto buf = std::make_shared<std::vector<uint8_t>>(nbytes);
+  uint8_t* p = buf->data();
+  ckpt.storage.push_back(std::static_pointer_cast<const void>(buf));
+  return p;
+}
+
+void permute_rope_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t row_bytes, int64_t n_head,
+                       bool to_rotate_half) {
+  LLMOPT_ASSERT(n_head > 0 && rows % n_head == 0 && (rows / n_head) % 2 == 0, "rows {} n_head {}", rows, n_head);
+  const int64_t head_dim = rows / n_head, half = head_dim / 2;
+  for (int64_t h = 0; h < n_head; ++h) {
+    for (int64_t i = 0; i < half; ++i) {
+      for (int64_t s = 0; s < 2; ++s) {
+        const int64_t rotate_half_row = h * head_dim + s * half + i;
+        const int64_t interleaved_row = h * head_dim + 2 * i + s;
+        const int64_t from = to_rotate_half ? interleaved_row : rotate_half_row;
+        const int64_t to = to_rotate_half ? rotate_half_row : interleaved_row;
+        std::memcpy(dst + to * row_bytes, src + from * row_bytes, static_cast<size_t>(row_bytes));
+      }
+    }
+  }
+}
+
+void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_head, bool to_rotate_half) {
+  LLMOPT_CHECK_INPUT(!view.shape.empty() && view.shape[0] % n_head == 0 && (view.shape[0] / n_head) % 2 == 0,
+                     "[io] {}: tensor '{}' has {} rows, not a multiple of 2 x {} heads", ckpt.path, view.name,
+                     view.shape.empty() ? 0 : view.shape[0], n_head);
+  const int64_t rows = view.shape[0];
+  uint8_t* dst = own_buffer(ckpt, static_cast<size_t>(view.nbytes));
+  permute_rope_rows(view.data, dst, rows, view.nbytes / rows, n_head, to_rotate_half);
+  view.data = dst;
+}
+
+std::vector<float> tensor_to_f32(const TensorView& t) {
+  const int64_t n = t.numel();
+  std::vector<float> out(static_cast<size_t>(n));
+  switch (t.dtype) {
+    case DType::F32:
+      std::memcpy(out.data(), t.data, static_cast<size_t>(n) * 4);
+      break;
+    case DType::F16:
+    case DType::BF16: {
+      std::vector<uint16_t> raw(static_cast<size_t>(n));
+      std::memcpy(raw.data(), t.data, static_cast<size_t>(n) * 2);
+      if (t.dtype == DType::F16) {
+        kernels::convert_f16_to_f32(raw.data(), out.data(), n);
+      } else {
+        kernels::convert_bf16_to_f32(raw.data(), out.data(), n);
+      }
+      break;
+    }
+    default:
+      throw_input("[io] tensor '{}': converting {} to f32 is not supported", t.name, dtype_name(t.dtype));
+  }
+  return out;
+}
+
+std::vector<uint8_t> convert_tensor_bytes(const TensorView& t, DType out) {
+  if (t.dtype == out) {
+    return std::vector<uint8_t>(t.data, t.data + t.nbytes);
+  }
+  LLMOPT_CHECK_INPUT(out == DType::F32 || out == DType::F16 || out == DType::BF16,
+                     "[io] tensor '{}': cannot convert {} to {} (supported targets: f32, f16, bf16)", t.name,
+                     dtype_name(t.dtype), dtype_name(out));
+  const std::vector<float> f = tensor_to_f32(t);
+  const int64_t n = static_cast<int64_t>(f.size());
+  std::vector<uint8_t> bytes(static_cast<size_t>(n) * static_cast<size_t>(dtype_block_bytes(out)));
+  if (out == DType::F32) {
+    std::memcpy(bytes.data(), f.data(), bytes.size());
+  } else {
+    std::vector<uint16_t> h(static_cast<size_t>(n));
+    if (out == DType::F16) {
+      kernels::convert_f32_to_f16(f.data(), h.data(), n);
+    } else {
+      kernels::convert_f32_to_bf16(f.data(), h.data(), n);
+    }
+    std::memcpy(bytes.data(), h.data(), bytes.size());
+  }
+  return bytes;
+}
+
+}  // namespace llmopt::io
