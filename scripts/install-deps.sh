@@ -12,7 +12,7 @@ PACKAGES=(
   libonnx-dev libprotobuf-dev protobuf-compiler
   libpcre2-dev libcpp-httplib-dev
   libsentencepiece-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev libomp-14-dev
   python3-venv python3-torch python3-numpy
 )
 if [[ "${LLMOPT_WITH_BROWSER:-1}" == 1 ]]; then PACKAGES+=(chromium); fi
