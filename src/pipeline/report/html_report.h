@@ -1,0 +1,11 @@
+// report.html: one self-contained page (inline CSS and SVG, no network) for a run directory.
+#pragma once
+#include <string>
+
+#include "pipeline/report/run_record.h"
+
+namespace llmopt::pipeline::report {
+
+std::string render_html(const RunRecord& run);
+
+}  // namespace llmopt::pipeline::report

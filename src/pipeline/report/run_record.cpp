@@ -1,0 +1,173 @@
+#include "pipeline/report/run_record.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace llmopt::pipeline::report {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string type_name(const json& value) { return value.type_name(); }
+
+// Reads an optional string member; absent or null gives `fallback`.
+std::string string_member(const json& object, const char* key, const std::string& where,
+                          const std::string& fallback = "") {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return fallback;
+  LLMOPT_CHECK_INPUT(it->is_string(), "[report] {}: '{}' must be a string, found {}", where, key,
+                     type_name(*it));
+  return it->get<std::string>();
+}
+
+std::optional<double> number_member(const json& object, const char* key, const std::string& where) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return std::nullopt;
+  LLMOPT_CHECK_INPUT(it->is_number(), "[report] {}: '{}' must be a number, found {}", where, key,
+                     type_name(*it));
+  return it->get<double>();
+}
+
+StageRecord parse_stage(const json& stage, const std::string& where, int position) {
+  LLMOPT_CHECK_INPUT(stage.is_object(), "[report] {}: expected an object, found {}", where,
+                     type_name(stage));
+  StageRecord record;
+  const auto index = number_member(stage, "index", where);
+  record.index = index ? static_cast<int>(*index) : position;
+  record.name = string_member(stage, "name", where);
+  record.type = string_member(stage, "type", where);
+  record.status = string_member(stage, "status", where, "unknown");
+  record.error = string_member(stage, "error", where);
+  record.wall_s = number_member(stage, "wall_s", where);
+  record.peak_rss_bytes = number_member(stage, "peak_rss_bytes", where);
+  if (const auto it = stage.find("metrics"); it != stage.end() && !it->is_null()) {
+    LLMOPT_CHECK_INPUT(it->is_object(), "[report] {}: 'metrics' must be an object, found {}",
+                       where, type_name(*it));
+    for (const auto& [key, value] : it->items()) {
+      if (value.is_null()) continue;  // a metric that could not be computed (e.g. NaN)
+      if (value.is_number()) {
+        record.metrics[key] = value.get<double>();
+      } else if (value.is_string()) {
+        record.text_metrics[key] = value.get<std::string>();
+      } else {
+        record.text_metrics[key] = value.dump();
+      }
+    }
+  }
+  if (const auto it = stage.find("artifacts"); it != stage.end() && !it->is_null()) {
+    LLMOPT_CHECK_INPUT(it->is_array(), "[report] {}: 'artifacts' must be an array, found {}",
+                       where, type_name(*it));
+    for (const auto& artifact : *it) {
+      LLMOPT_CHECK_INPUT(artifact.is_string(),
+                         "[report] {}: 'artifacts' entries must be strings, found {}", where,
+                         type_name(artifact));
+      record.artifacts.push_back(artifact.get<std::string>());
+    }
+  }
+  return record;
+}
+
+std::vector<StageRecord> parse_stages(const json& parent, const std::string& where) {
+  std::vector<StageRecord> stages;
+  const auto it = parent.find("stages");
+  if (it == parent.end() || it->is_null()) return stages;
+  LLMOPT_CHECK_INPUT(it->is_array(), "[report] {}: 'stages' must be an array, found {}", where,
+                     type_name(*it));
+  for (size_t i = 0; i < it->size(); ++i) {
+    stages.push_back(
+        parse_stage((*it)[i], where + " stages[" + std::to_string(i) + "]", static_cast<int>(i)));
+  }
+  return stages;
+}
+
+std::optional<std::string> read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::ostringstream text;
+  text << in.rdbuf();
+  LLMOPT_CHECK_INPUT(!in.bad(), "[report] {}: read error", path.string());
+  return text.str();
+}
+
+json parse_json_file(const fs::path& path, const std::string& text) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw_input("[report] {}: malformed JSON: {}", path.string(), e.what());
+  }
+}
+
+}  // namespace
+
+RunRecord parse_metrics(const json& metrics, const std::string& source) {
+  LLMOPT_CHECK_INPUT(metrics.is_object(), "[report] {}: expected a JSON object, found {}", source,
+                     type_name(metrics));
+  RunRecord run;
+  if (const auto it = metrics.find("run"); it != metrics.end() && !it->is_null()) {
+    LLMOPT_CHECK_INPUT(it->is_object(), "[report] {}: 'run' must be an object, found {}", source,
+                       type_name(*it));
+    run.name = string_member(*it, "name", source + " run");
+    run.dir = string_member(*it, "dir", source + " run");
+    run.status = string_member(*it, "status", source + " run", "unknown");
+  } else {
+    run.status = "unknown";
+  }
+  run.stages = parse_stages(metrics, source);
+  if (const auto it = metrics.find("sweep"); it != metrics.end() && !it->is_null()) {
+    LLMOPT_CHECK_INPUT(it->is_array(), "[report] {}: 'sweep' must be an array, found {}", source,
+                       type_name(*it));
+    run.is_sweep = true;
+    for (size_t i = 0; i < it->size(); ++i) {
+      const json& point = (*it)[i];
+      const std::string where = source + " sweep[" + std::to_string(i) + "]";
+      LLMOPT_CHECK_INPUT(point.is_object(), "[report] {}: expected an object, found {}", where,
+                         type_name(point));
+      SweepRecord record;
+      record.name = string_member(point, "name", where, "point " + std::to_string(i));
+      record.dir = string_member(point, "dir", where);
+      record.status = string_member(point, "status", where, "unknown");
+      if (const auto o = point.find("overrides"); o != point.end() && !o->is_null()) {
+        LLMOPT_CHECK_INPUT(o->is_object(), "[report] {}: 'overrides' must be an object, found {}",
+                           where, type_name(*o));
+        record.overrides = *o;
+      }
+      record.stages = parse_stages(point, where);
+      run.sweep.push_back(std::move(record));
+    }
+  }
+  return run;
+}
+
+RunRecord load_run(const std::string& run_dir) {
+  const fs::path dir(run_dir);
+  const fs::path metrics_path = dir / "metrics.json";
+  const auto metrics_text = read_text_file(metrics_path);
+  LLMOPT_CHECK_INPUT(metrics_text.has_value(),
+                     "[report] {}: cannot open metrics.json (is '{}' a run directory?)",
+                     metrics_path.string(), run_dir);
+  RunRecord run = parse_metrics(parse_json_file(metrics_path, *metrics_text), metrics_path.string());
+  run.dir = run_dir;
+
+  const fs::path manifest_path = dir / "manifest.json";
+  if (const auto manifest_text = read_text_file(manifest_path)) {
+    run.manifest = parse_json_file(manifest_path, *manifest_text);
+  }
+  run.config_yaml = read_text_file(dir / "config.resolved.yaml");
+  if (run.name.empty()) run.name = dir.filename().string();
+  return run;
+}
+
+double total_wall_seconds(const RunRecord& run) {
+  double total = 0;
+  for (const auto& stage : run.stages) total += stage.wall_s.value_or(0);
+  for (const auto& point : run.sweep) {
+    for (const auto& stage : point.stages) total += stage.wall_s.value_or(0);
+  }
+  return total;
+}
+
+}  // namespace llmopt::pipeline::report

@@ -1,0 +1,59 @@
+// The parts of a run directory a report is made from: metrics.json (parsed into records),
+// manifest.json (kept as JSON and rendered generically) and config.resolved.yaml (kept as text).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace llmopt::pipeline::report {
+
+// One entry of metrics.json "stages". Every field but name/type/status may be absent.
+struct StageRecord {
+  int index = 0;
+  std::string name;
+  std::string type;
+  std::string status;  // ok | failed | cached | skipped (rendered as found otherwise)
+  std::string error;   // empty unless the stage failed
+  std::optional<double> wall_s;
+  std::optional<double> peak_rss_bytes;
+  std::map<std::string, double> metrics;            // numeric metrics, by snake_case key
+  std::map<std::string, std::string> text_metrics;  // anything non-numeric, as JSON text
+  std::vector<std::string> artifacts;               // paths relative to the run directory
+};
+
+// One entry of metrics.json "sweep": a sub-run with its own stages.
+struct SweepRecord {
+  std::string name;  // "bits=2,group_size=32"
+  std::string dir;   // relative to the run directory
+  std::string status;
+  nlohmann::json overrides = nlohmann::json::object();  // dotted path -> value
+  std::vector<StageRecord> stages;
+};
+
+struct RunRecord {
+  std::string dir;  // the run directory on disk (empty when parsed from memory)
+  std::string name;
+  std::string status;  // ok | failed | interrupted
+  std::vector<StageRecord> stages;  // in sweep runs: the shared baseline evaluation
+  std::vector<SweepRecord> sweep;   // empty unless this is a sweep run
+  bool is_sweep = false;
+  nlohmann::json manifest;                 // null when manifest.json is missing
+  std::optional<std::string> config_yaml;  // config.resolved.yaml, verbatim
+};
+
+// Parses the metrics.json document. `source` names the file in error messages.
+// Throws InputError ("[report] <source>: ...") when the document is not the documented schema.
+RunRecord parse_metrics(const nlohmann::json& metrics, const std::string& source);
+
+// Reads DIR/metrics.json (required), DIR/manifest.json and DIR/config.resolved.yaml (optional:
+// a run that failed early may lack them). Throws InputError naming the file on unreadable or
+// malformed input.
+RunRecord load_run(const std::string& run_dir);
+
+// Sum of the wall times of every stage, sweep sub-runs included, seconds.
+double total_wall_seconds(const RunRecord& run);
+
+}  // namespace llmopt::pipeline::report

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Browser test for report.html: renders the fake sweep run (report_fixture), loads it in headless
+# Chromium and fails when the summary table or the SVG charts are missing from the rendered DOM,
+# when the page's script did not run to completion, or when the browser logs a console error.
+# Usage: report_chromium.sh REPORT_FIXTURE_BINARY WORK_DIR
+# Leaves WORK_DIR/run/report.html, WORK_DIR/dom.html, WORK_DIR/chromium.log and
+# WORK_DIR/screenshot.png for inspection.
+set -euo pipefail
+
+fixture=${1:?usage: report_chromium.sh REPORT_FIXTURE_BINARY WORK_DIR}
+work=${2:?usage: report_chromium.sh REPORT_FIXTURE_BINARY WORK_DIR}
+chromium=${LLMOPT_CHROMIUM:-/usr/bin/chromium}
+
+fail() {
+  echo "report_chromium: FAIL: $*" >&2
+  exit 1
+}
+
+if [[ ! -x "$chromium" ]]; then
+  fail "$chromium not found; install it with scripts/install-deps.sh (Debian package 'chromium')"
+fi
+
+rm -rf "$work"
+mkdir -p "$work"
+"$fixture" "$work/run" || fail "report_fixture could not render the fake sweep run"
+report="$work/run/report.html"
+[[ -s "$report" ]] || fail "$report was not written"
+
+profile=$(mktemp -d)
+trap 'rm -rf "$profile"' EXIT
+flags=(--headless --no-sandbox --disable-gpu --disable-background-networking
+  --disable-component-update --disable-sync --no-first-run --user-data-dir="$profile"
+  --enable-logging=stderr --v=0)
+
+# Chromium's own stderr noise (dbus, GPU, crashpad) is kept in the log but only console messages
+# from the page count.
+timeout 90 "$chromium" "${flags[@]}" --dump-dom "file://$report" >"$work/dom.html" \
+  2>"$work/chromium.log" || fail "chromium --dump-dom exited with $? (see $work/chromium.log)"
+
+dom="$work/dom.html"
+require() {
+  grep -q -- "$1" "$dom" || fail "rendered DOM lacks $2 ($1)"
+}
+require 'data-report-script="ok"' "the marker of the page script (a script error stopped it)"
+require '<table class="summary">' "the summary table"
+require 'class="chart scatter-chart"' "the Pareto scatter charts"
+require 'class="pareto-front"' "the Pareto front polyline"
+require 'class="chart bar-chart"' "the per-metric bar charts"
+require 'bits=4,group_size=128' "the sweep point labels"
+[[ $(grep -o 'class="point ' "$dom" | wc -l) -ge 10 ]] ||
+  fail "expected 5 points in each of the 2 scatter charts"
+
+if grep -E 'CONSOLE|Uncaught|SyntaxError|ReferenceError|TypeError' "$work/chromium.log" >&2; then
+  fail "the browser reported console messages or script errors (above)"
+fi
+
+# A screenshot for people to look at; its failure is a browser problem too.
+timeout 90 "$chromium" "${flags[@]}" --hide-scrollbars --window-size=1400,2400 \
+  --screenshot="$work/screenshot.png" "file://$report" >>"$work/chromium.log" 2>&1 ||
+  fail "chromium --screenshot failed (see $work/chromium.log)"
+[[ -s "$work/screenshot.png" ]] || fail "no screenshot written"
+echo "report_chromium: OK ($report, screenshot $work/screenshot.png)"
