@@ -12,6 +12,7 @@
 #include "io/gguf_checkpoint.h"
 #include "io/hf_checkpoint.h"
 #include "io/llama2c.h"
+#include "io/safetensors.h"
 #include "io/sha256.h"
 
 namespace llmopt::io {
@@ -151,6 +152,8 @@ TEST(CheckpointDataTest, TinyLlamaHfDirectory) {
   EXPECT_TRUE(ck.config.tie_word_embeddings);
   EXPECT_EQ(ck.tokenizer.kind, TokenizerSource::Kind::HfJson);
   EXPECT_EQ(ck.get("model.embed_tokens.weight").dtype, DType::BF16);
+  // The reference writer pads the header to a multiple of 8 bytes, as ours does.
+  EXPECT_EQ(SafetensorsFile::open(kTinyLlama + "/model.safetensors").header_size() % 8, 0u);
   // MODEL_CARD.md: 17.3 M parameters.
   EXPECT_NEAR(static_cast<double>(ck.total_params()), 17.3e6, 0.05e6);
 }
