@@ -1,0 +1,69 @@
+#include "model/save.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "io/checkpoint.h"
+#if __has_include("io/writers.h")
+#include "io/writers.h"
+#define LLMOPT_HAVE_WRITERS 1
+#endif
+#include "model/loader.h"
+
+namespace llmopt::model {
+namespace fs = std::filesystem;
+
+ExportFormat parse_export_format(const std::string& name) {
+  if (name == "hf") return ExportFormat::Hf;
+  if (name == "gguf") return ExportFormat::Gguf;
+  if (name == "llama2c") return ExportFormat::Llama2c;
+  throw_input("[export] unknown format '{}' (valid: hf, gguf, llama2c)", name);
+}
+
+DType parse_float_type(const std::string& name) {
+  if (name == "f32" || name == "F32") return DType::F32;
+  if (name == "f16" || name == "F16") return DType::F16;
+  if (name == "bf16" || name == "BF16") return DType::BF16;
+  throw_input("[export] unknown --type '{}' (valid: f32, f16, bf16)", name);
+}
+
+void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file, ExportFormat fmt,
+                DType type, const std::string& out) {
+  io::Checkpoint ck = model_to_checkpoint(m);
+#ifdef LLMOPT_HAVE_WRITERS
+  switch (fmt) {
+    case ExportFormat::Hf: {
+      fs::create_directories(out);
+      io::write_hf(ck, out, type);
+      if (tk) {
+        const fs::path dst = fs::path(out) / "tokenizer.json";
+        if (!tokenizer_file.empty() && fs::path(tokenizer_file).filename() == "tokenizer.json") {
+          std::ifstream in(tokenizer_file, std::ios::binary);
+          std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+          tok::write_file_atomic(dst.string(), bytes);
+        } else {
+          tok::write_file_atomic(dst.string(), tok::export_hf_tokenizer_json(tk->vocab()));
+        }
+      }
+      break;
+    }
+    case ExportFormat::Gguf: {
+      LLMOPT_CHECK_INPUT(tk != nullptr, "[export] GGUF export needs a tokenizer (give --tokenizer)");
+      io::write_gguf(out, ck, type, tok::export_gguf_kvs(tk->vocab()));
+      break;
+    }
+    case ExportFormat::Llama2c: {
+      LLMOPT_CHECK_INPUT(type == DType::F32, "[export] llama2c export is fp32 only (got {})", dtype_name(type));
+      io::write_llama2c(out, ck);
+      if (tk) {
+        const std::string tok_path = (fs::path(out).parent_path() / "tokenizer.bin").string();
+        tok::write_file_atomic(tok_path, tok::export_llama2c_tokenizer(tk->vocab()));
+      }
+      break;
+    }
+  }
+#endif
+}
+
+}  // namespace llmopt::model
