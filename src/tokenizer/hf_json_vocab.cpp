@@ -304,10 +304,22 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
       for (const char* eos : {"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"}) {
         if ((v.eos_id = find_piece(eos)) >= 0) break;
       }
-      // The post-processor tells whether BOS is added (TemplateProcessing with the BOS piece).
+      // A TemplateProcessing post-processor whose single-sequence template starts with a special
+      // token names the BOS piece and says that it is added.
+      v.add_bos = false;
       const json& post = root.value("post_processor", json());
-      v.add_bos = v.bos_id >= 0 && mentions(post, "TemplateProcessing") &&
-                  post.dump().find(v.tokens[static_cast<size_t>(v.bos_id)]) != std::string::npos;
+      if (post.is_object() && post.value("type", std::string()) == "TemplateProcessing" &&
+          post.contains("single") && post["single"].is_array() && !post["single"].empty()) {
+        const json& first_step = post["single"][0];
+        if (first_step.contains("SpecialToken") && first_step["SpecialToken"].contains("id") &&
+            first_step["SpecialToken"]["id"].is_string()) {
+          const int32_t bos = find_piece(first_step["SpecialToken"]["id"].get<std::string>());
+          if (bos >= 0) {
+            v.bos_id = bos;
+            v.add_bos = true;
+          }
+        }
+      }
     }
     v.validate(source);
     return v;
@@ -462,6 +474,23 @@ std::string export_hf_tokenizer_json(const Vocab& v) {
   model["merges"] = merges;
   root["model"] = model;
   return root.dump(2);
+}
+
+std::string export_hf_tokenizer_config_json(const Vocab& v) {
+  const auto piece_or_null = [&](int32_t id) {
+    return id >= 0 ? json(v.tokens[static_cast<size_t>(id)]) : json();
+  };
+  json config = {{"add_bos_token", v.add_bos},
+                 {"add_eos_token", v.add_eos},
+                 {"bos_token", piece_or_null(v.bos_id)},
+                 {"eos_token", piece_or_null(v.eos_id)},
+                 {"unk_token", piece_or_null(v.unk_id)},
+                 {"pad_token", piece_or_null(v.pad_id)},
+                 {"clean_up_tokenization_spaces", false},
+                 {"tokenizer_class", v.kind == VocabKind::Spm ? "LlamaTokenizer"
+                                                              : "PreTrainedTokenizerFast"}};
+  if (v.kind == VocabKind::Spm) config["legacy"] = false;
+  return config.dump(2);
 }
 
 }  // namespace llmopt::tok

@@ -70,6 +70,8 @@ std::vector<io::GgufKeyValue> export_gguf_kvs(const Vocab& vocab);
 std::string export_llama2c_tokenizer(const Vocab& vocab);
 // Hugging Face tokenizer.json text (pretty-printed).
 std::string export_hf_tokenizer_json(const Vocab& vocab);
+// The tokenizer_config.json that goes beside it (bos/eos/unk/pad pieces, add_bos/add_eos).
+std::string export_hf_tokenizer_config_json(const Vocab& vocab);
 // Writes `bytes` to `path` through a temporary file and a rename.
 void write_file_atomic(const std::string& path, std::string_view bytes);
 

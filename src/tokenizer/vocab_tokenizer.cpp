@@ -13,6 +13,7 @@
 //  4. Symbols that are not vocab pieces fall back to <0xXX> byte pieces (SPM) or to their single
 //     characters (byte-level).
 #include <algorithm>
+#include <array>
 #include <queue>
 #include <unordered_map>
 
@@ -34,6 +35,8 @@ struct MergeInfo {
   int32_t rank;
   int32_t merged_id;
 };
+using WordCache =
+    std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>>;
 using MergeMap = std::unordered_map<std::string, MergeInfo, StringHash, std::equal_to<>>;
 
 // One side-by-side pair separator for merge keys: 0xFF never occurs in valid UTF-8 pieces.
@@ -100,6 +103,21 @@ class VocabTokenizer final : public Tokenizer {
       key.assign(left).append(1, kMergeSeparator).append(right);
       merges_.emplace(key, MergeInfo{static_cast<int32_t>(rank), merged->second});
     }
+    if (vocab_.kind == VocabKind::Spm) {
+      // SentencePiece trained with split_by_whitespace (Llama and most SPM models) has U+2581
+      // only as a leading run of a piece. Then no merge can join a character to a following
+      // U+2581, so the text can be cut before every U+2581 run that follows another character
+      // and each word merged (and cached) on its own with the same result.
+      spm_word_split_ = true;
+      for (int32_t id = 0; id < vocab_.size() && spm_word_split_; ++id) {
+        const TokenType type = vocab_.type(id);
+        if (type != TokenType::Normal && type != TokenType::UserDefined) continue;
+        const std::string_view piece = vocab_.tokens[static_cast<size_t>(id)];
+        size_t pos = 0;
+        while (piece.compare(pos, kSpmSpace.size(), kSpmSpace) == 0) pos += kSpmSpace.size();
+        if (piece.find(kSpmSpace, pos) != std::string_view::npos) spm_word_split_ = false;
+      }
+    }
     if (vocab_.kind == VocabKind::ByteLevelBpe) {
       std::vector<std::string> regexes = vocab_.pre_regexes;
       if (regexes.empty()) regexes = pretokenizer_regexes(vocab_.pre);
@@ -114,6 +132,7 @@ class VocabTokenizer final : public Tokenizer {
     const std::vector<Fragment> fragments = partition_special(text, o.parse_special);
     bool previous_was_special = true;  // the start of the text counts as "after a special"
     std::string buffer;
+    WordCache cache;  // words repeat: encode each distinct one once per call
     for (const Fragment& f : fragments) {
       if (f.token >= 0) {
         out.push_back(f.token);
@@ -128,7 +147,24 @@ class VocabTokenizer final : public Tokenizer {
           if (c == ' ') buffer += kSpmSpace;
           else buffer += c;
         }
-        merge_word(buffer, out);
+        if (spm_word_split_) {
+          // Cut before every U+2581 run that follows another character; see spm_word_split_.
+          size_t word_start = 0;
+          bool previous_is_space = false;
+          for (size_t pos = 0; pos < buffer.size();) {
+            const bool is_space = buffer.compare(pos, kSpmSpace.size(), kSpmSpace) == 0;
+            if (is_space && !previous_is_space && pos > word_start) {
+              encode_cached(std::string_view(buffer).substr(word_start, pos - word_start), cache,
+                            out);
+              word_start = pos;
+            }
+            previous_is_space = is_space;
+            pos += is_space ? kSpmSpace.size() : 1;
+          }
+          encode_cached(std::string_view(buffer).substr(word_start), cache, out);
+        } else {
+          merge_word(buffer, out);
+        }
       } else {
         std::string prefixed;
         std::string_view source_text = raw;
@@ -138,15 +174,17 @@ class VocabTokenizer final : public Tokenizer {
           source_text = prefixed;
         }
         for (std::string_view piece : pre_->split(source_text)) {
-          buffer = bytes_to_unicode(piece);
-          if (vocab_.ignore_merges) {
-            const auto it = token_to_id_.find(buffer);
-            if (it != token_to_id_.end()) {
-              out.push_back(it->second);
-              continue;
-            }
+          const auto cached = cache.find(piece);
+          if (cached != cache.end()) {
+            out.insert(out.end(), cached->second.begin(), cached->second.end());
+            continue;
           }
-          merge_word(buffer, out);
+          std::vector<int32_t>& ids = cache[std::string(piece)];
+          buffer = bytes_to_unicode(piece);
+          const auto whole = vocab_.ignore_merges ? token_to_id_.find(buffer) : token_to_id_.end();
+          if (whole != token_to_id_.end()) ids.push_back(whole->second);
+          else merge_word(buffer, ids);
+          out.insert(out.end(), ids.begin(), ids.end());
         }
       }
       previous_was_special = false;
@@ -270,6 +308,16 @@ class VocabTokenizer final : public Tokenizer {
     return true;
   }
 
+  void encode_cached(std::string_view word, WordCache& cache, std::vector<int32_t>& out) const {
+    if (word.empty()) return;
+    auto it = cache.find(word);
+    if (it == cache.end()) {
+      it = cache.emplace(std::string(word), std::vector<int32_t>()).first;
+      merge_word(word, it->second);
+    }
+    out.insert(out.end(), it->second.begin(), it->second.end());
+  }
+
   void merge_word(std::string_view word, std::vector<int32_t>& out) const {
     std::vector<Symbol> symbols;
     symbols.reserve(word.size());
@@ -352,6 +400,7 @@ class VocabTokenizer final : public Tokenizer {
   std::vector<int32_t> special_ids_;
   std::array<int32_t, 256> byte_ids_{};
   std::unique_ptr<PreTokenizer> pre_;
+  bool spm_word_split_ = false;
 };
 
 }  // namespace

@@ -58,3 +58,22 @@ inline std::vector<VocabTestCase> read_vocab_tests(const std::string& inp_path,
 }
 
 }  // namespace llmopt::tok::testing
+
+namespace llmopt::tok::testing {
+
+// The first `max_bytes` of `text`, cut back to a UTF-8 character boundary.
+inline std::string utf8_head(const std::string& text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
+  size_t end = max_bytes;
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  return text.substr(0, end);
+}
+
+inline const std::vector<std::string>& shared_text_files() {
+  static const std::vector<std::string> files = {
+      "text/tinyshakespeare.txt", "text/tinystories_val.txt", "text/wikitext2.test.raw",
+      "text/wikitext2.test.tokens.txt", "text/wikitext2.valid.tokens.txt"};
+  return files;
+}
+
+}  // namespace llmopt::tok::testing
