@@ -187,6 +187,15 @@ TEST(CheckpointDataTest, GgufRoundTripOfStories) {
     EXPECT_EQ(std::memcmp(a->data, b->data, a->nbytes), 0) << name;
   }
   EXPECT_EQ(ours.get_string_array("tokenizer.ggml.tokens"), src.get_string_array("tokenizer.ggml.tokens"));
+  // Every model key llama.cpp's own converter wrote is in ours too, with the same value.
+  for (const auto& [key, value] : src.kvs()) {
+    if (key.rfind("llama.", 0) != 0 && key != "general.architecture") continue;
+    const GgufValue* mine = ours.find(key);
+    ASSERT_NE(mine, nullptr) << key;
+    // llama-convert-llama2c-to-ggml writes its own default context (128), not the file's seq_len.
+    if (key == "llama.context_length") continue;
+    EXPECT_EQ(mine->to_string(), value.to_string()) << key;
+  }
   fs::remove_all(dir);
 }
 
