@@ -37,6 +37,15 @@ flags=(--headless --no-sandbox --disable-gpu --disable-background-networking
 timeout 90 "$chromium" "${flags[@]}" --dump-dom "file://$report" >"$work/dom.html" \
   2>"$work/chromium.log" || fail "chromium --dump-dom exited with $? (see $work/chromium.log)"
 
+# Negative control: the same browser on a page with a script error must log it, or the console
+# check below would pass vacuously (e.g. if a Chromium update changed its log format).
+printf '%s\n' '<!DOCTYPE html><html><body><script>undefined_function_for_the_control();</script></body></html>' \
+  >"$work/control.html"
+timeout 90 "$chromium" "${flags[@]}" --dump-dom "file://$work/control.html" >/dev/null \
+  2>"$work/control.log" || fail "chromium failed on the control page (see $work/control.log)"
+grep -q 'CONSOLE.*Uncaught ReferenceError' "$work/control.log" ||
+  fail "chromium did not log the control page's script error; console checks would be blind"
+
 dom="$work/dom.html"
 require() {
   grep -q -- "$1" "$dom" || fail "rendered DOM lacks $2 ($1)"

@@ -20,7 +20,7 @@ constexpr std::string_view kStyle = R"css(
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--ink);
 font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:1360px;margin:0 auto;padding:20px 28px 40px}
+main{max-width:1400px;margin:0 auto;padding:20px 28px 40px}
 header.run{display:flex;flex-wrap:wrap;align-items:center;gap:10px 16px;margin-bottom:4px}
 header.run h1{font-size:24px;margin:0;word-break:break-all}
 .meta{color:var(--muted);font-size:13px;margin:2px 0 10px}
@@ -43,7 +43,7 @@ td.small{font-size:12px;color:#334155;max-width:360px}
 tbody tr:hover td{background:#f8fafc}
 tr.baseline td{background:#f8fafc}
 tr.baseline td.label{font-weight:700}
-td.label{font-weight:600;word-break:break-word}
+td.label{font-weight:600;white-space:nowrap}
 .origin{display:block;font-size:11.5px;color:var(--muted);font-weight:400}
 .delta{display:block;font-size:11.5px;font-weight:600}
 .delta.better{color:var(--good)}.delta.worse{color:var(--bad)}.delta.neutral,.delta.unknown{color:var(--muted);font-weight:400}
@@ -63,9 +63,9 @@ white-space:pre-wrap;word-break:break-word}
 .alert h2{color:#991b1b;font-size:15px;margin:0 0 6px}
 .alert pre{white-space:pre-wrap;color:#7f1d1d}
 pre.recipe{background:#0f172a;color:#e2e8f0;padding:14px 16px;border-radius:8px;overflow:auto}
-.timebar{height:5px;background:#93c5fd;border-radius:3px;margin-top:4px;min-width:2px}
+.timebar{height:5px;background:#93c5fd;border-radius:3px;margin:4px 0 0 auto;min-width:2px}
 .charts{display:flex;flex-wrap:wrap;gap:14px}
-.chart-card{border:1px solid var(--line);border-radius:8px;padding:10px;background:#fff}
+.chart-card{border:1px solid var(--line);border-radius:8px;padding:8px;background:#fff}
 .chart-card svg{display:block;max-width:100%;height:auto}
 details{border:1px solid var(--line);border-radius:8px;margin:8px 0;padding:6px 12px}
 details[open]{padding-bottom:12px}
@@ -75,6 +75,8 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#
 table.kv th{width:220px;text-transform:none;letter-spacing:0;font-size:12.5px;color:#334155;background:#f8fafc}
 table.kv td{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
 table.kv table.kv{margin:0}
+table.records th{text-transform:none;letter-spacing:0;font-size:12px}
+table.records td{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
 a{color:var(--accent)}
 footer{color:var(--muted);font-size:12px;text-align:center;margin-top:20px}
 )css";
@@ -119,6 +121,18 @@ std::string json_scalar_text(const json& value) {
   return value.dump();
 }
 
+// True for a non-empty array of objects that all have the same keys.
+bool same_keyed_objects(const json& array) {
+  if (array.empty() || !array[0].is_object() || array[0].empty()) return false;
+  for (const auto& item : array) {
+    if (!item.is_object() || item.size() != array[0].size()) return false;
+    for (const auto& [key, unused] : array[0].items()) {
+      if (!item.contains(key)) return false;
+    }
+  }
+  return true;
+}
+
 // Manifest keys are not fixed: objects become key/value tables, arrays of objects numbered
 // nested tables, arrays of scalars comma lists.
 std::string json_html(const json& value, int depth) {
@@ -138,6 +152,18 @@ std::string json_html(const json& value, int depth) {
       std::string text;
       for (const auto& item : value) text += (text.empty() ? "" : ", ") + json_scalar_text(item);
       return html_escape(text);
+    }
+    if (same_keyed_objects(value)) {
+      // Records (e.g. inputs: path, sha256, size): one row each under a shared header.
+      std::string html = "<table class=\"records\"><thead><tr>";
+      for (const auto& [key, item] : value[0].items()) html += "<th>" + html_escape(key) + "</th>";
+      html += "</tr></thead><tbody>";
+      for (const auto& record : value) {
+        html += "<tr>";
+        for (const auto& [key, item] : record.items()) html += "<td>" + json_html(item, depth + 1) + "</td>";
+        html += "</tr>";
+      }
+      return html + "</tbody></table>";
     }
     std::string html = "<table class=\"kv\">";
     for (size_t i = 0; i < value.size(); ++i) {

@@ -10,7 +10,6 @@ namespace {
 
 constexpr std::array kSummaryMetrics = {
     MetricSpec{"perplexity", "Perplexity", "", Better::Lower, ValueKind::Real, 3, 0.1},
-    MetricSpec{"nll_mean", "NLL mean", "nats/token", Better::Lower, ValueKind::Real, 4, 0.1},
     MetricSpec{"kld_mean", "KLD mean", "nats", Better::Lower, ValueKind::Real, 5, 1.0},
     MetricSpec{"kld_p99", "KLD p99", "nats", Better::Lower, ValueKind::Real, 5, 1.0},
     MetricSpec{"top1_agreement", "Top-1 agreement", "%", Better::Higher, ValueKind::Fraction, 2,
@@ -19,6 +18,11 @@ constexpr std::array kSummaryMetrics = {
     MetricSpec{"pp_tok_s", "Prompt tok/s", "tok/s", Better::Higher, ValueKind::Real, 1, 2.0},
     MetricSpec{"tg_tok_s", "Generation tok/s", "tok/s", Better::Higher, ValueKind::Real, 1, 2.0},
     MetricSpec{"peak_rss_bytes", "Peak memory", "bytes", Better::Lower, ValueKind::Bytes, 2, 1.0},
+};
+
+// Known for formatting, but not summary columns: NLL is log(perplexity), tokens is a setting.
+constexpr std::array kOtherMetrics = {
+    MetricSpec{"nll_mean", "NLL mean", "nats/token", Better::Lower, ValueKind::Real, 4, 0.1},
     MetricSpec{"tokens", "Tokens", "", Better::Neither, ValueKind::Count, 0, 0.0},
 };
 
@@ -40,6 +44,9 @@ std::span<const MetricSpec> summary_metrics() { return kSummaryMetrics; }
 
 const MetricSpec* find_metric(std::string_view key) {
   for (const auto& spec : kSummaryMetrics) {
+    if (spec.key == key) return &spec;
+  }
+  for (const auto& spec : kOtherMetrics) {
     if (spec.key == key) return &spec;
   }
   return nullptr;

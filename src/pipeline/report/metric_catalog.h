@@ -30,10 +30,11 @@ struct MetricSpec {
   double neutral_band_pct;
 };
 
-// Metrics of the summary table and charts, in column order.
+// Metrics of the summary table and charts, in column order: perplexity, KLD mean/p99, top-1
+// agreement, model size, prompt/generation speed, peak memory.
 std::span<const MetricSpec> summary_metrics();
 
-// nullptr when the key is not in the catalog.
+// Any catalog metric (the summary ones, nll_mean, tokens); nullptr when unknown.
 const MetricSpec* find_metric(std::string_view key);
 
 // "12.346", "1.50 MiB", "93.41 %", "1 024"...

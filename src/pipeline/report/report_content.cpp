@@ -98,15 +98,17 @@ ReportContent build_report_content(const RunRecord& run) {
 
   TradeoffPlot by_size = make_tradeoff(content.points, "Perplexity vs model size",
                                        find_metric("model_bytes"), /*minimize_x=*/true);
-  if (!by_size.points.empty()) content.tradeoffs.push_back(std::move(by_size));
+  // A trade-off needs something to trade against: the baseline alone is not plotted.
+  constexpr size_t kMinTradeoffPoints = 2;
+  if (by_size.points.size() >= kMinTradeoffPoints) content.tradeoffs.push_back(std::move(by_size));
   // Generation speed is what a deployed model is judged by; prompt speed stands in without it.
   TradeoffPlot by_speed = make_tradeoff(content.points, "Perplexity vs generation speed",
                                         find_metric("tg_tok_s"), /*minimize_x=*/false);
-  if (by_speed.points.empty()) {
+  if (by_speed.points.size() < kMinTradeoffPoints) {
     by_speed = make_tradeoff(content.points, "Perplexity vs prompt speed",
                              find_metric("pp_tok_s"), /*minimize_x=*/false);
   }
-  if (!by_speed.points.empty()) content.tradeoffs.push_back(std::move(by_speed));
+  if (by_speed.points.size() >= kMinTradeoffPoints) content.tradeoffs.push_back(std::move(by_speed));
   return content;
 }
 

@@ -37,7 +37,7 @@ struct ReportContent {
   std::vector<EvaluationPoint> points;
   std::vector<const MetricSpec*> columns;  // catalog metrics present in at least one point
   std::vector<SummaryRow> rows;
-  std::vector<TradeoffPlot> tradeoffs;  // only plots with at least one point
+  std::vector<TradeoffPlot> tradeoffs;  // only plots with at least two points
   std::vector<std::string> errors;      // "stage 2 (quantize): ..." for every failed stage
   std::string started;                  // from the manifest, "" when unknown
   std::string ended;

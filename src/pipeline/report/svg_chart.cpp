@@ -27,7 +27,9 @@ constexpr double kCharWidthPx = 6.2;
 constexpr double kLabelHeightPx = 13;
 
 std::string axis_title(const std::string& title, const AxisScale& scale) {
-  return scale.unit.empty() ? title : fmt::format("{} ({})", title, scale.unit);
+  // "Generation tok/s" already names its unit.
+  if (scale.unit.empty() || title.find(scale.unit) != std::string::npos) return title;
+  return fmt::format("{} ({})", title, scale.unit);
 }
 
 std::string truncate_label(const std::string& label, size_t max_chars) {
@@ -87,19 +89,22 @@ std::vector<double> nice_ticks(double lo, double hi, int target_count) {
 }
 
 std::string format_tick(double value, double step) {
+  // The fewest decimals that print the step exactly (25 -> 0, 2.5 -> 1, 0.25 -> 2), so that
+  // neighbouring ticks always differ.
   int decimals = 0;
   if (step > 0 && std::isfinite(step)) {
-    // Enough digits that neighbouring ticks differ (2.5 * 10^k needs one more than 10^k).
-    decimals = std::max(0, -static_cast<int>(std::floor(std::log10(step) + 1e-9)));
-    const double mantissa = step / std::pow(10.0, std::floor(std::log10(step) + 1e-9));
-    if (std::fabs(mantissa - 2.5) < 1e-6) ++decimals;
+    while (decimals < 9) {
+      const double scaled = step * std::pow(10.0, decimals);
+      if (std::fabs(scaled - std::round(scaled)) < 1e-6 * std::max(1.0, scaled)) break;
+      ++decimals;
+    }
   }
   if (std::fabs(value) >= 1e6 && decimals == 0) return fmt::format("{:.3g}", value);
   return fmt::format("{:.{}f}", value, decimals);
 }
 
 std::string bar_chart_svg(const BarChart& chart) {
-  constexpr double kWidth = 440, kLabelColumn = 138, kValueColumn = 92, kTop = 34, kRow = 24,
+  constexpr double kWidth = 400, kLabelColumn = 138, kValueColumn = 118, kTop = 34, kRow = 24,
                    kBarHeight = 16, kAxisBand = 38;
   const double height = kTop + kRow * static_cast<double>(chart.bars.size()) + kAxisBand;
   const double plot_x0 = kLabelColumn + 6, plot_x1 = kWidth - kValueColumn;
@@ -131,6 +136,12 @@ std::string bar_chart_svg(const BarChart& chart) {
   svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" "
                      "stroke=\"{3}\"/>\n",
                      x(0), kTop - 4, plot_y1 + 2, kAxis);
+  if (chart.baseline_value) {
+    const double px = x(*chart.baseline_value / chart.scale.divisor);
+    svg += fmt::format("<line class=\"baseline-line\" x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" "
+                       "y2=\"{2:.1f}\" stroke=\"{3}\" stroke-dasharray=\"4 3\"/>\n",
+                       px, kTop - 4, plot_y1 + 2, kInk);
+  }
   for (size_t i = 0; i < chart.bars.size(); ++i) {
     const BarItem& bar = chart.bars[i];
     const double y = kTop + kRow * static_cast<double>(i) + (kRow - kBarHeight) / 2;
@@ -140,25 +151,20 @@ std::string bar_chart_svg(const BarChart& chart) {
         "<g class=\"bar{}\"><title>{}: {}</title>"
         "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" text-anchor=\"end\" fill=\"{}\"{}>{}</text>"
         "<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" rx=\"2\" fill=\"{}\"/>"
-        "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" fill=\"{}\">{}</text></g>\n",
+        "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" fill=\"{}\" stroke=\"white\" "
+        "stroke-width=\"3\" paint-order=\"stroke\">{}</text></g>\n",
         bar.is_baseline ? " baseline" : "", html_escape(bar.label), html_escape(bar.value_text),
         kLabelColumn, y + kBarHeight - 4, kInk, bar.is_baseline ? " font-weight=\"600\"" : "",
         html_escape(truncate_label(bar.label, 21)), bx0, y, std::max(1.0, bx1 - bx0), kBarHeight,
         verdict_color(bar.verdict, bar.is_baseline), bx1 + 4, y + kBarHeight - 4, kInk,
         html_escape(bar.value_text));
   }
-  if (chart.baseline_value) {
-    const double px = x(*chart.baseline_value / chart.scale.divisor);
-    svg += fmt::format("<line class=\"baseline-line\" x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" "
-                       "y2=\"{2:.1f}\" stroke=\"{3}\" stroke-dasharray=\"4 3\"/>\n",
-                       px, kTop - 4, plot_y1 + 2, kInk);
-  }
   svg += "</svg>\n";
   return svg;
 }
 
 std::string scatter_svg(const ScatterChart& chart) {
-  constexpr double kWidth = 640, kHeight = 420, kLeft = 72, kRight = 24, kTop = 46, kBottom = 54;
+  constexpr double kWidth = 620, kHeight = 420, kLeft = 72, kRight = 24, kTop = 46, kBottom = 54;
   const double plot_x0 = kLeft, plot_x1 = kWidth - kRight, plot_y0 = kTop,
                plot_y1 = kHeight - kBottom;
 

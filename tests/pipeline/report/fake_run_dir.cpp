@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <vector>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -51,12 +53,24 @@ json sweep_point(int number, int bits, int group_size, double perplexity, double
 }  // namespace
 
 std::filesystem::path make_temp_dir(const std::string& tag) {
+  // Removed at exit unless LLMOPT_KEEP_TEST_DIRS is set (to look at the rendered reports).
+  static std::vector<std::filesystem::path> created;
+  static const bool cleanup_registered = [] {
+    std::atexit([] {
+      if (std::getenv("LLMOPT_KEEP_TEST_DIRS")) return;
+      std::error_code ec;
+      for (const auto& dir : created) std::filesystem::remove_all(dir, ec);
+    });
+    return true;
+  }();
+  (void)cleanup_registered;
   static std::atomic<int> counter{0};
   const auto dir = std::filesystem::temp_directory_path() /
                    ("llmopt-report-" + tag + "-" + std::to_string(getpid()) + "-" +
                     std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  created.push_back(dir);
   return dir;
 }
 

@@ -10,7 +10,8 @@
 
 namespace llmopt::pipeline::report::testing {
 
-// A fresh empty directory under the system temp dir, unique per call.
+// A fresh empty directory under the system temp dir, unique per call; removed when the process
+// exits unless the environment sets LLMOPT_KEEP_TEST_DIRS.
 std::filesystem::path make_temp_dir(const std::string& tag);
 
 void write_text(const std::filesystem::path& path, const std::string& text);
