@@ -1,0 +1,116 @@
+// Real llama.cpp files (../shared/models/stories260K, DATA.md): the Q4_K_M file was made by
+// llama-quantize from the f32 file, and holds q5_0, q8_0 and f16 tensors (the model's rows of 64
+// and 172 fit no k-quant super-block). Checks, tensor by tensor (same names in both files):
+//  1. our decoder reproduces the f32 values within the format's step (kStepBound below);
+//  2. our reference quantizers re-create llama.cpp's bytes exactly from the f32 values, which is
+//     what "our files equal llama.cpp's" means.
+// The GGUF files are read with the io layer's reader (this binary links llmopt_io).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/half.h"
+#include "io/gguf.h"
+#include "kernels/quant_formats.h"
+
+namespace llmopt::kernels {
+namespace {
+
+const std::string kDir = std::string(LLMOPT_SHARED_DIR) + "/models/stories260K/";
+
+struct Pair {
+  io::GgufFile quantized = io::GgufFile::open(kDir + "stories260K.llamacpp-Q4_K_M.gguf");
+  io::GgufFile reference = io::GgufFile::open(kDir + "stories260K.llamacpp-f32.gguf");
+};
+
+std::vector<float> f32_values(const io::GgufTensorInfo& t) {
+  EXPECT_EQ(t.dtype, DType::F32) << t.name;
+  std::vector<float> v(t.numel());
+  std::memcpy(v.data(), t.data, v.size() * 4);
+  return v;
+}
+
+// Step of block b of a symmetric 32-element format, read from its f16 scale (first 2 bytes).
+float block_step(const io::GgufTensorInfo& t, int64_t b, int64_t block_bytes) {
+  uint16_t d;
+  std::memcpy(&d, t.data + b * block_bytes, 2);
+  return std::fabs(f16_to_f32(d));
+}
+
+TEST(QuantGgufData, DecodedTensorsMatchF32WithinOneStep) {
+  Pair files;
+  std::map<std::string, int> seen;  // dtype name -> tensor count
+  for (const auto& t : files.quantized.tensors()) {
+    SCOPED_TRACE(t.name);
+    const io::GgufTensorInfo* ref = files.reference.find_tensor(t.name);
+    ASSERT_NE(ref, nullptr);
+    ASSERT_EQ(ref->ne, t.ne);
+    ASSERT_TRUE(t.dtype.has_value());
+    const DType type = *t.dtype;
+    ++seen[std::string(dtype_name(type))];
+    const auto want = f32_values(*ref);
+    std::vector<float> got(t.numel());
+    dequantize_row(type, t.data, got.data(), t.numel());
+    if (type == DType::F32) {
+      EXPECT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * 4));
+      continue;
+    }
+    if (type == DType::F16) {
+      // Round to nearest: relative error ≤ 2^-11, or ≤ 2^-25 absolute in the subnormal range.
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_LE(std::fabs(got[i] - want[i]),
+                  std::ldexp(std::fabs(want[i]), -11) + std::ldexp(1.0f, -25))
+            << i;
+      continue;
+    }
+    ASSERT_TRUE(type == DType::Q5_0 || type == DType::Q8_0) << dtype_name(type);
+    // kStepBound: round-to-nearest errs by ≤ d/2, and Q5_0's clamped positive end by ≤ d; the
+    // decoder uses the f16-rounded step d16 = d·(1 ± 2^-11), which moves the largest code
+    // (|q| ≤ 32) by ≤ 32·2^-10·d16. So |decoded - x| ≤ d16·(1 + 2^-5) for both formats.
+    const int64_t block_bytes = dtype_block_bytes(type);
+    for (size_t i = 0; i < want.size(); ++i) {
+      const float d16 = block_step(t, static_cast<int64_t>(i / 32), block_bytes);
+      ASSERT_LE(std::fabs(got[i] - want[i]), d16 * (1.0f + 1.0f / 32)) << "element " << i;
+    }
+  }
+  for (const auto& [name, count] : seen) std::cout << name << ": " << count << " tensors\n";
+  // The file holds the types DATA.md says it does.
+  EXPECT_GT(seen["Q5_0"], 0);
+  EXPECT_GT(seen["Q8_0"], 0);
+  EXPECT_GT(seen["F16"], 0);
+}
+
+TEST(QuantGgufData, ReferenceQuantizersReproduceLlamaCppBytes) {
+  Pair files;
+  int compared = 0;
+  for (const auto& t : files.quantized.tensors()) {
+    SCOPED_TRACE(t.name);
+    const DType type = *t.dtype;
+    const auto src = f32_values(*files.reference.find_tensor(t.name));
+    std::vector<uint8_t> ours(static_cast<size_t>(t.nbytes));
+    if (type == DType::F16) {
+      auto* h = reinterpret_cast<uint16_t*>(ours.data());
+      for (size_t i = 0; i < src.size(); ++i) h[i] = f32_to_f16(src[i]);
+    } else if (has_quantize_ref(type)) {
+      quantize_row_ref(type, src.data(), ours.data(), static_cast<int64_t>(src.size()));
+    } else {
+      continue;  // F32 copies
+    }
+    ++compared;
+    int64_t differing_blocks = 0;
+    const int64_t block_bytes = dtype_block_bytes(type);
+    for (int64_t off = 0; off < t.nbytes; off += block_bytes)
+      differing_blocks += std::memcmp(ours.data() + off, t.data + off, block_bytes) != 0;
+    EXPECT_EQ(differing_blocks, 0) << dtype_name(type) << ": " << differing_blocks << " of "
+                                   << t.nbytes / block_bytes << " blocks differ";
+  }
+  EXPECT_GT(compared, 0);
+}
+
+}  // namespace
+}  // namespace llmopt::kernels
