@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "kernels/convert.h"
+#include "kernels/quant_formats.h"
 
 namespace llmopt::io {
 
@@ -154,7 +155,9 @@ std::vector<float> tensor_to_f32(const TensorView& t) {
       break;
     }
     default:
-      throw_input("[io] tensor '{}': converting {} to f32 is not supported", t.name, dtype_name(t.dtype));
+      LLMOPT_CHECK_INPUT(dtype_is_block_quantized(t.dtype), "[io] tensor '{}': converting {} to f32 is not supported",
+                         t.name, dtype_name(t.dtype));
+      kernels::dequantize_row(t.dtype, t.data, out.data(), n);
   }
   return out;
 }
@@ -163,11 +166,22 @@ std::vector<uint8_t> convert_tensor_bytes(const TensorView& t, DType out) {
   if (t.dtype == out) {
     return std::vector<uint8_t>(t.data, t.data + t.nbytes);
   }
-  LLMOPT_CHECK_INPUT(out == DType::F32 || out == DType::F16 || out == DType::BF16,
-                     "[io] tensor '{}': cannot convert {} to {} (supported targets: f32, f16, bf16)", t.name,
-                     dtype_name(t.dtype), dtype_name(out));
+  const bool block_target = dtype_is_block_quantized(out) && kernels::has_quantize_ref(out);
+  LLMOPT_CHECK_INPUT(out == DType::F32 || out == DType::F16 || out == DType::BF16 || block_target,
+                     "[io] tensor '{}': cannot convert {} to {} (supported targets: f32, f16, bf16 and block "
+                     "formats with a reference quantizer)",
+                     t.name, dtype_name(t.dtype), dtype_name(out));
   const std::vector<float> f = tensor_to_f32(t);
   const int64_t n = static_cast<int64_t>(f.size());
+  if (block_target) {
+    const int64_t row = t.shape.empty() ? 1 : t.shape.back();
+    LLMOPT_CHECK_INPUT(row % dtype_block_elems(out) == 0,
+                       "[io] tensor '{}': row length {} is not a multiple of the {} block size {}", t.name, row,
+                       dtype_name(out), dtype_block_elems(out));
+    std::vector<uint8_t> bytes(static_cast<size_t>(dtype_bytes_for(out, n)));
+    kernels::quantize_row_ref(out, f.data(), bytes.data(), n);
+    return bytes;
+  }
   std::vector<uint8_t> bytes(static_cast<size_t>(n) * static_cast<size_t>(dtype_block_bytes(out)));
   if (out == DType::F32) {
     std::memcpy(bytes.data(), f.data(), bytes.size());

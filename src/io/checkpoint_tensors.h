@@ -43,11 +43,11 @@ void permute_rope_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t r
 // Replaces `view` by a permuted copy owned by `ckpt`.
 void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_head, bool to_rotate_half);
 
-// Converts a tensor's elements to F32 (from F32/F16/BF16, or block formats via src/kernels when
-// available); InputError naming the tensor otherwise.
+// Converts a tensor's elements to F32 (from F32/F16/BF16, or block formats dequantized by
+// src/kernels); InputError naming the tensor otherwise.
 std::vector<float> tensor_to_f32(const TensorView& t);
-// Bytes of `t` in `out` dtype: a copy when dtypes match, otherwise through F32. Supports F32,
-// F16 and BF16 targets.
+// Bytes of `t` in `out` dtype: a copy when dtypes match, otherwise through F32. Targets: F32, F16,
+// BF16, and block formats with a ggml reference quantizer (rows must be whole blocks).
 std::vector<uint8_t> convert_tensor_bytes(const TensorView& t, DType out);
 
 }  // namespace llmopt::io

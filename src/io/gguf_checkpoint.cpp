@@ -243,7 +243,11 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
     if (c.tie_word_embeddings && t.name == "lm_head.weight") continue;
     const std::string name = hf_to_gguf_name(t.name);
     LLMOPT_CHECK_INPUT(!name.empty(), "[gguf] {}: tensor '{}' has no GGUF name", path, t.name);
-    const DType target = t.shape.size() == 1 ? DType::F32 : out_type;
+    // 1-D tensors stay F32 (llama.cpp's rule); rows that are not whole blocks of a block format
+    // fall back to F16, as llama-quantize does for such shapes.
+    DType target = t.shape.size() == 1 ? DType::F32 : out_type;
+    if (dtype_is_block_quantized(target) && t.dtype != target && t.shape.back() % dtype_block_elems(target) != 0)
+      target = DType::F16;
     std::vector<uint8_t> bytes = convert_tensor_bytes(t, target);
     const bool is_q = t.name.ends_with("self_attn.q_proj.weight"), is_k = t.name.ends_with("self_attn.k_proj.weight");
     if (is_q || is_k) {

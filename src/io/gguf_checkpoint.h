@@ -16,8 +16,9 @@ Checkpoint load_gguf_checkpoint(const std::string& path);
 Checkpoint gguf_to_checkpoint(const GgufFile& gguf);
 
 // Writes a llama.cpp-loadable GGUF (architecture `llama`, the keys convert_hf_to_gguf.py writes
-// for a Llama model). 2-D tensors are stored as `out_type` (F32, F16, BF16, or the source's own
-// block type when the tensor already has it); 1-D tensors (norms, biases) stay F32.
+// for a Llama model). 2-D tensors are stored as `out_type` (F32, F16, BF16, a block format with a
+// reference quantizer in src/kernels, or the source's own block type, copied as-is); rows that are
+// not whole blocks fall back to F16; 1-D tensors (norms, biases) stay F32.
 // `extra_kvs` are appended after the model keys: the tokenizer's `tokenizer.ggml.*` entries
 // (see gguf_tokenizer_kvs for copying them from another GGUF file).
 void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,

@@ -114,6 +114,32 @@ TEST(CheckpointRoundTripTest, GgufF16KeepsNormsF32) {
   expect_same_values(ck, load_checkpoint(dir.file("m.gguf")), 1.0f / 4096);
 }
 
+TEST(CheckpointRoundTripTest, GgufQ8_0WithinHalfStepAndFallbackForPartialBlocks) {
+  TempDir dir("rt_gguf_q8");
+  auto cfg = tiny_config();
+  cfg.intermediate_size = 80;  // ffn_down rows of 80 are not whole 32-blocks -> F16 fallback
+  auto ck = random_checkpoint(cfg);
+  write_gguf(dir.file("m.gguf"), ck, DType::Q8_0);
+  const auto g = GgufFile::open(dir.file("m.gguf"));
+  EXPECT_EQ(g.get_u32("general.file_type"), 7u);
+  EXPECT_EQ(g.get_u32("general.quantization_version"), 2u);
+  EXPECT_EQ(*g.find_tensor("blk.0.attn_q.weight")->dtype, DType::Q8_0);
+  EXPECT_EQ(*g.find_tensor("blk.0.ffn_down.weight")->dtype, DType::F16);
+  // Q8_0: |error| <= d/2 with d = amax/127 < 1/127, plus d's own f16 rounding (2^-11 relative)
+  // times |q| <= 127: 1/254 + 1/2048 for values in (-1, 1).
+  const auto back = load_checkpoint(dir.file("m.gguf"));
+  expect_same_values(ck, back, 1.0f / 254 + 1.0f / 2048);
+  // Writing the loaded Q8_0 checkpoint again copies blocks unchanged.
+  write_gguf(dir.file("m2.gguf"), back, DType::Q8_0);
+  const auto g2 = GgufFile::open(dir.file("m2.gguf"));
+  for (const auto& t : g.tensors()) {
+    const auto* t2 = g2.find_tensor(t.name);
+    ASSERT_NE(t2, nullptr);
+    ASSERT_EQ(t.nbytes, t2->nbytes);
+    EXPECT_EQ(std::memcmp(t.data, t2->data, t.nbytes), 0) << t.name;
+  }
+}
+
 TEST(CheckpointRoundTripTest, GgufLlama3RopeFactors) {
   TempDir dir("rt_rope");
   auto cfg = tiny_config();
