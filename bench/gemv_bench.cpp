@@ -52,7 +52,9 @@ void BM_Gemv(benchmark::State& state) {
   const int64_t n = state.range(0), k = state.range(1);
   const int threads = static_cast<int>(state.range(2));
   const bool cold = state.range(3) != 0;
-  const DType type = state.range(4) == 0 ? DType::F32 : state.range(4) == 1 ? DType::F16 : DType::BF16;
+  const DType type = state.range(4) == 0   ? DType::F32
+                     : state.range(4) == 1 ? DType::F16
+                                           : DType::BF16;
   const int64_t m = state.range(5);
   const int64_t w_bytes = n * k * elem_bytes(type);
   const int64_t copies = cold ? std::max<int64_t>(2, kColdBytes / w_bytes) : 1;

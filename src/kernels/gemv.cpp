@@ -113,7 +113,8 @@ void GemvBatchRows(const typename Tag::Elem* HWY_RESTRICT w, const float* HWY_RE
       for (int b = 0; b < M; ++b) acc0[b] = hn::MulAdd(w0, hn::LoadU(df, x + b * k + i), acc0[b]);
     }
     float sums[M];
-    for (int b = 0; b < M; ++b) sums[b] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[b], acc1[b])));
+    for (int b = 0; b < M; ++b)
+      sums[b] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[b], acc1[b])));
     for (; i < k; ++i) {
       const float wi = Tag::to_f32(row[i]);
       for (int b = 0; b < M; ++b) sums[b] += wi * x[b * k + i];

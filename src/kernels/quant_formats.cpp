@@ -261,6 +261,12 @@ void min_max(const float* x, int count, float& min, float& max) {
   }
 }
 
+// ggml's rounding for 4/5-bit codes: C conversion of the (non-negative) float to int8_t
+// truncates, then the code is clamped to max.
+uint8_t truncate_clamped(float v, int max) {
+  return static_cast<uint8_t>(std::min(max, static_cast<int>(static_cast<int8_t>(v))));
+}
+
 // Symmetric 4-bit: d = max / -8 so the extreme maps to q = 0 (value -8·d); rounding is
 // truncation of x·id + 8.5 (round half up), clamped to 15.
 void quantize_q4_0(const float* x, void* dst, int64_t n) {
@@ -272,8 +278,8 @@ void quantize_q4_0(const float* x, void* dst, int64_t n) {
     for (int j = 0; j < kQK / 2; ++j) {
       const float x0 = x[j] * id;
       const float x1 = x[j + kQK / 2] * id;
-      const auto q0 = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x0 + 8.5f))));
-      const auto q1 = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x1 + 8.5f))));
+      const auto q0 = truncate_clamped(x0 + 8.5f, 15);
+      const auto q1 = truncate_clamped(x1 + 8.5f, 15);
       b[i].qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
     }
   }
@@ -292,8 +298,8 @@ void quantize_q4_1(const float* x, void* dst, int64_t n) {
     for (int j = 0; j < kQK / 2; ++j) {
       const float x0 = (x[j] - min) * id;
       const float x1 = (x[j + kQK / 2] - min) * id;
-      const auto q0 = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x0 + 0.5f))));
-      const auto q1 = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x1 + 0.5f))));
+      const auto q0 = truncate_clamped(x0 + 0.5f, 15);
+      const auto q1 = truncate_clamped(x1 + 0.5f, 15);
       b[i].qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
     }
   }
@@ -314,8 +320,8 @@ void quantize_q5_0(const float* x, void* dst, int64_t n) {
     for (int j = 0; j < kQK / 2; ++j) {
       const float x0 = x[j] * id;
       const float x1 = x[j + kQK / 2] * id;
-      const auto q0 = static_cast<uint8_t>(std::min(31, static_cast<int>(static_cast<int8_t>(x0 + 16.5f))));
-      const auto q1 = static_cast<uint8_t>(std::min(31, static_cast<int>(static_cast<int8_t>(x1 + 16.5f))));
+      const auto q0 = truncate_clamped(x0 + 16.5f, 31);
+      const auto q1 = truncate_clamped(x1 + 16.5f, 31);
       b[i].qs[j] = static_cast<uint8_t>((q0 & 0x0f) | ((q1 & 0x0f) << 4));
       qh |= static_cast<uint32_t>((q0 & 0x10) >> 4) << j;
       qh |= static_cast<uint32_t>((q1 & 0x10) >> 4) << (j + kQK / 2);
