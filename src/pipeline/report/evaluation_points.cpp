@@ -64,7 +64,7 @@ std::vector<EvaluationPoint> evaluation_points(const RunRecord& run) {
     point.label = sweep.name;
     point.origin = sweep.dir;
     point.status = sweep.status;
-    point.error = first_error(sweep.stages);
+    point.error = sweep.error.empty() ? first_error(sweep.stages) : sweep.error;
     // The sub-run's result is its last evaluation that produced numbers.
     for (auto it = sweep.stages.rbegin(); it != sweep.stages.rend(); ++it) {
       if (it->type == kEvaluateType && !it->metrics.empty()) {

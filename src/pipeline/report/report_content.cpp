@@ -14,14 +14,19 @@ namespace {
 constexpr std::array kStartKeys = {"start_time", "started_at", "start", "started", "begin_time"};
 constexpr std::array kEndKeys = {"end_time", "ended_at", "end", "ended", "finished_at"};
 
+// Looks at the top level of the manifest, then inside its "run" object.
 template <size_t N>
-std::string first_string(const nlohmann::json& object, const std::array<const char*, N>& keys) {
-  if (!object.is_object()) return "";
-  for (const char* key : keys) {
-    const auto it = object.find(key);
-    if (it == object.end()) continue;
-    if (it->is_string()) return it->get<std::string>();
-    if (it->is_number()) return it->dump();
+std::string manifest_time(const nlohmann::json& manifest, const std::array<const char*, N>& keys) {
+  for (const nlohmann::json* object : {&manifest, manifest.is_object() && manifest.contains("run")
+                                                      ? &manifest["run"]
+                                                      : nullptr}) {
+    if (object == nullptr || !object->is_object()) continue;
+    for (const char* key : keys) {
+      const auto it = object->find(key);
+      if (it == object->end()) continue;
+      if (it->is_string()) return it->get<std::string>();
+      if (it->is_number()) return it->dump();
+    }
   }
   return "";
 }
@@ -62,12 +67,20 @@ TradeoffPlot make_tradeoff(const std::vector<EvaluationPoint>& points, const std
 ReportContent build_report_content(const RunRecord& run) {
   ReportContent content;
   content.points = evaluation_points(run);
-  content.started = first_string(run.manifest, kStartKeys);
-  content.ended = first_string(run.manifest, kEndKeys);
+  content.started = manifest_time(run.manifest, kStartKeys);
+  content.ended = manifest_time(run.manifest, kEndKeys);
   content.stage_seconds = total_wall_seconds(run);
   collect_errors(run.stages, "", content.errors);
   for (const auto& sweep : run.sweep) {
-    collect_errors(sweep.stages, fmt::format("sweep {}: ", sweep.name), content.errors);
+    const std::string prefix = fmt::format("sweep {}: ", sweep.name);
+    if (!sweep.error.empty()) content.errors.push_back(prefix + sweep.error);
+    collect_errors(sweep.stages, prefix, content.errors);
+  }
+  // The run's own error adds information only when no stage error already says it.
+  if (!run.error.empty()) {
+    bool repeated = false;
+    for (const auto& error : content.errors) repeated = repeated || error.find(run.error) != std::string::npos;
+    if (!repeated) content.errors.insert(content.errors.begin(), "run: " + run.error);
   }
 
   for (const auto& spec : summary_metrics()) {

@@ -44,6 +44,11 @@ StageRecord parse_stage(const json& stage, const std::string& where, int positio
   record.error = string_member(stage, "error", where);
   record.wall_s = number_member(stage, "wall_s", where);
   record.peak_rss_bytes = number_member(stage, "peak_rss_bytes", where);
+  if (record.status == "skipped") {
+    // The runner writes 0 placeholders for stages it never started; they are not measurements.
+    record.wall_s.reset();
+    record.peak_rss_bytes.reset();
+  }
   if (const auto it = stage.find("metrics"); it != stage.end() && !it->is_null()) {
     LLMOPT_CHECK_INPUT(it->is_object(), "[report] {}: 'metrics' must be an object, found {}",
                        where, type_name(*it));
@@ -101,6 +106,20 @@ json parse_json_file(const fs::path& path, const std::string& text) {
   }
 }
 
+// The events log is a diagnostic aid here, not a contract: lines that are not JSON objects (a
+// line cut short by a crash) are skipped rather than failing the report.
+std::string last_run_end_error(const std::string& events) {
+  std::string error;
+  std::istringstream lines(events);
+  for (std::string line; std::getline(lines, line);) {
+    const json event = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!event.is_object() || event.value("event", json()) != "run_end") continue;
+    const auto it = event.find("error");
+    error = it != event.end() && it->is_string() ? it->get<std::string>() : "";
+  }
+  return error;
+}
+
 }  // namespace
 
 RunRecord parse_metrics(const json& metrics, const std::string& source) {
@@ -113,6 +132,7 @@ RunRecord parse_metrics(const json& metrics, const std::string& source) {
     run.name = string_member(*it, "name", source + " run");
     run.dir = string_member(*it, "dir", source + " run");
     run.status = string_member(*it, "status", source + " run", "unknown");
+    run.error = string_member(*it, "error", source + " run");
   } else {
     run.status = "unknown";
   }
@@ -130,6 +150,7 @@ RunRecord parse_metrics(const json& metrics, const std::string& source) {
       record.name = string_member(point, "name", where, "point " + std::to_string(i));
       record.dir = string_member(point, "dir", where);
       record.status = string_member(point, "status", where, "unknown");
+      record.error = string_member(point, "error", where);
       if (const auto o = point.find("overrides"); o != point.end() && !o->is_null()) {
         LLMOPT_CHECK_INPUT(o->is_object(), "[report] {}: 'overrides' must be an object, found {}",
                            where, type_name(*o));
@@ -157,7 +178,13 @@ RunRecord load_run(const std::string& run_dir) {
     run.manifest = parse_json_file(manifest_path, *manifest_text);
   }
   run.config_yaml = read_text_file(dir / "config.resolved.yaml");
-  if (run.name.empty()) run.name = dir.filename().string();
+  if (run.error.empty()) {
+    if (const auto events = read_text_file(dir / "events.jsonl")) run.error = last_run_end_error(*events);
+  }
+  if (run.name.empty()) {
+    const fs::path normal = dir.lexically_normal();
+    run.name = (normal.has_filename() ? normal : normal.parent_path()).filename().string();
+  }
   return run;
 }
 

@@ -17,8 +17,8 @@ struct StageRecord {
   std::string type;
   std::string status;  // ok | failed | cached | skipped (rendered as found otherwise)
   std::string error;   // empty unless the stage failed
-  std::optional<double> wall_s;
-  std::optional<double> peak_rss_bytes;
+  std::optional<double> wall_s;          // absent for skipped stages (never started)
+  std::optional<double> peak_rss_bytes;  // absent for skipped stages
   std::map<std::string, double> metrics;            // numeric metrics, by snake_case key
   std::map<std::string, std::string> text_metrics;  // anything non-numeric, as JSON text
   std::vector<std::string> artifacts;               // paths relative to the run directory
@@ -29,6 +29,7 @@ struct SweepRecord {
   std::string name;  // "bits=2,group_size=32"
   std::string dir;   // relative to the run directory
   std::string status;
+  std::string error;  // a failure outside any stage (e.g. a bad override), empty otherwise
   nlohmann::json overrides = nlohmann::json::object();  // dotted path -> value
   std::vector<StageRecord> stages;
 };
@@ -37,6 +38,9 @@ struct RunRecord {
   std::string dir;  // the run directory on disk (empty when parsed from memory)
   std::string name;
   std::string status;  // ok | failed | interrupted
+  // Why the run stopped when no stage says so (e.g. the model failed to load): "run.error" of
+  // metrics.json, else the "error" of the last run_end event in events.jsonl.
+  std::string error;
   std::vector<StageRecord> stages;  // in sweep runs: the shared baseline evaluation
   std::vector<SweepRecord> sweep;   // empty unless this is a sweep run
   bool is_sweep = false;
@@ -48,8 +52,8 @@ struct RunRecord {
 // Throws InputError ("[report] <source>: ...") when the document is not the documented schema.
 RunRecord parse_metrics(const nlohmann::json& metrics, const std::string& source);
 
-// Reads DIR/metrics.json (required), DIR/manifest.json and DIR/config.resolved.yaml (optional:
-// a run that failed early may lack them). Throws InputError naming the file on unreadable or
+// Reads DIR/metrics.json (required), DIR/manifest.json, DIR/config.resolved.yaml and
+// DIR/events.jsonl (optional: a run that failed early may lack them). Throws InputError naming the file on unreadable or
 // malformed input.
 RunRecord load_run(const std::string& run_dir);
 

@@ -190,6 +190,49 @@ TEST(ReportRender, MissingMetricsAndFiles) {
   EXPECT_THAT(e.html, HasSubstr("status-interrupted"));
 }
 
+// The pipeline's own layout: times nested in the manifest's "run" object, a run that failed
+// before any stage (its error only in events.jsonl), and a sweep point that failed outside its
+// stages.
+TEST(ReportRender, PipelineLayoutAndEarlyFailures) {
+  const auto dir = t::make_temp_dir("early");
+  const json manifest = {{"llmopt", {{"version", "0.1.0"}, {"git_commit", "abc"}}},
+                         {"run", {{"name", "early"}, {"start_time", "2026-11-26T09:00:00Z"},
+                                  {"end_time", "2026-11-26T09:00:01Z"}}},
+                         {"inputs", json::array({{{"path", "m.bin"}, {"sha256", "ff"}, {"bytes", 3}}})}};
+  t::write_run_dir(dir, {{"run", {{"name", "early"}, {"status", "failed"}}}, {"stages", json::array()}},
+                   manifest, std::nullopt);
+  t::write_text(dir / "events.jsonl",
+                "{\"event\":\"run_start\"}\n"
+                "{\"event\":\"run_end\",\"status\":\"failed\",\"error\":\"[llama2c] m.bin: truncated\"}\n"
+                "{\"event\":");  // a line cut short by a crash is skipped
+  const Rendered r = render(dir);
+  EXPECT_THAT(r.html, HasSubstr("started <b>2026-11-26T09:00:00Z</b>"));
+  EXPECT_THAT(first_block(r.html, "<div class=\"alert\"", "</div>"),
+              HasSubstr("run: [llama2c] m.bin: truncated"));
+  EXPECT_THAT(r.html, HasSubstr("<table class=\"records\"><thead><tr><th>bytes</th><th>path</th>"));
+  EXPECT_THAT(r.md, HasSubstr("> - run: [llama2c] m.bin: truncated"));
+
+  const auto sweep_dir = t::make_temp_dir("sweep-fail");
+  json metrics = t::sweep_run_metrics();
+  metrics["run"]["status"] = "failed";
+  metrics["sweep"][1]["status"] = "failed";
+  metrics["sweep"][1]["error"] = "[recipe] pipeline.1.bits: expected 2..8, found 9";
+  metrics["sweep"][1]["stages"] = json::array();
+  metrics["sweep"][2]["stages"][1]["status"] = "skipped";
+  metrics["sweep"][2]["stages"][1]["metrics"] = json::object();
+  t::write_run_dir(sweep_dir, metrics);
+  const Rendered s = render(sweep_dir);
+  EXPECT_THAT(first_block(s.html, "<div class=\"alert\"", "</div>"),
+              HasSubstr("sweep bits=3,group_size=32: [recipe] pipeline.1.bits: expected 2..8, found 9"));
+  // The failed point's details are open; its summary row has no numbers.
+  EXPECT_THAT(s.html, HasSubstr("<details open><summary>bits=3,group_size=32<span class=\"badge status-failed\">"));
+  // Only 3 of the 5 points have perplexity: the failed one and the skipped evaluation drop out.
+  const std::string size_chart = first_block(s.html, "<svg class=\"chart scatter-chart\"", "</svg>");
+  EXPECT_EQ(count_of(size_chart, "class=\"point "), 3u);
+  // A skipped stage shows no wall time or memory instead of the runner's 0 placeholders.
+  EXPECT_THAT(s.md, HasSubstr("| 2 | evaluate | evaluate | skipped | \u2014 | \u2014 |"));
+}
+
 // Everything from the run directory is data, never markup.
 TEST(ReportRender, EscapesInput) {
   const auto dir = t::make_temp_dir("escape");
