@@ -124,7 +124,8 @@ std::string token_content(const json& config, const char* key) {
 
 }  // namespace
 
-Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& source) {
+Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& source,
+                              std::string_view config_json) {
   json root;
   try {
     root = json::parse(json_text);
@@ -276,14 +277,12 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
       return -1;
     };
     json config;
-    const std::filesystem::path config_path =
-        std::filesystem::path(source).parent_path() / "tokenizer_config.json";
-    std::error_code ec;
-    if (std::filesystem::is_regular_file(config_path, ec)) {
+    if (!config_json.empty()) {
       try {
-        config = json::parse(io::read_text_file(config_path.string(), "tokenizer"));
+        config = json::parse(config_json);
       } catch (const json::exception& e) {
-        throw_input("[tokenizer] {}: not valid JSON: {}", config_path.string(), e.what());
+        throw_input("[tokenizer] {}: tokenizer_config.json beside it is not valid JSON: {}", source,
+                    e.what());
       }
     }
     if (config.is_object()) {
@@ -329,7 +328,14 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
 }
 
 Vocab load_hf_tokenizer_json(const std::string& path) {
-  return parse_hf_tokenizer_json(io::read_text_file(path, "tokenizer"), path);
+  const std::filesystem::path config_path =
+      std::filesystem::path(path).parent_path() / "tokenizer_config.json";
+  std::error_code ec;
+  std::string config;
+  if (std::filesystem::is_regular_file(config_path, ec)) {
+    config = io::read_text_file(config_path.string(), "tokenizer");
+  }
+  return parse_hf_tokenizer_json(io::read_text_file(path, "tokenizer"), path, config);
 }
 
 std::string export_hf_tokenizer_json(const Vocab& v) {

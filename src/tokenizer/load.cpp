@@ -35,7 +35,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path) {
   const std::string_view bytes(reinterpret_cast<const char*>(file->data()), file->size());
   switch (detect_kind(path, bytes.substr(0, 64))) {
     case FileKind::Gguf: return make_tokenizer(load_gguf_vocab(path), path);
-    case FileKind::HfJson: return make_tokenizer(parse_hf_tokenizer_json(bytes, path), path);
+    case FileKind::HfJson: return make_tokenizer(load_hf_tokenizer_json(path), path);
     case FileKind::SentencePiece:
       return make_tokenizer(parse_sentencepiece_model(bytes, path), path);
     case FileKind::Llama2c: return make_tokenizer(parse_llama2c_tokenizer(bytes, path), path);

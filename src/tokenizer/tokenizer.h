@@ -48,8 +48,11 @@ std::unique_ptr<Tokenizer> load_tokenizer(const io::TokenizerSource& src);
 std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path);
 
 // ---- Loaders to the data model (InputError "[tokenizer] PATH: ..." on malformed input) ----
-Vocab load_hf_tokenizer_json(const std::string& path);
-Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& source);
+Vocab load_hf_tokenizer_json(const std::string& path);  // reads tokenizer_config.json beside it
+// `config_json`: the tokenizer_config.json beside it (BOS/EOS pieces, add_bos_token), if any.
+// Without it, BOS comes from a TemplateProcessing post-processor or conventional piece names.
+Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& source,
+                              std::string_view config_json = {});
 Vocab load_sentencepiece_model(const std::string& path);
 Vocab parse_sentencepiece_model(std::string_view bytes, const std::string& source);
 // llama2.c tokenizer.bin. vocab_size < 0: read tokens until the end of the file.
