@@ -1,6 +1,392 @@
-// Placeholder until the model subcommands land.
+// Model-level subcommands: info, tokenize, generate, eval, bench, synth, convert.
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
 #include "apps/llmopt/commands.h"
+#include "apps/llmopt/model_io.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/memory.h"
+#include "core/threads.h"
+#include "eval/perplexity.h"
+#include "eval/speed.h"
+#include "io/atomic_file.h"
+#include "io/checkpoint.h"
+#include "io/mapped_file.h"
+#include "model/generate.h"
+#include "model/loader.h"
+#include "model/synth.h"
 
 namespace llmopt::cli {
-void register_model_commands(CLI::App& app, GlobalOptions& g) {}
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+void write_json_output(const std::string& path, const json& j) {
+  const std::string text = j.dump(2) + "\n";
+  if (path == "-") {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+  } else {
+    io::write_file_atomic(path, text);
+  }
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.2f} {}", b, units[u]);
+}
+
+// ---------------------------------------------------------------- info
+void register_info(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("info", "Architecture, parameter count, per-tensor dtype/format and bytes");
+  static std::string model, tokenizer, json_out;
+  cmd->add_option("MODEL", model, "Model path (HF dir, .gguf, llama2.c .bin)")->required();
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
+  cmd->add_option("--json", json_out, "Write JSON here ('-' = stdout)");
+  cmd->callback([&g] {
+    apply_threads(g);
+    io::LoadOptions lo;
+    lo.tokenizer_path = tokenizer;
+    lo.check_finite = true;
+    if (io::detect_model_format(model) == io::ModelFormat::Llama2c && tokenizer.empty()) lo.tokenizer_path = "";
+    io::Checkpoint ck = load_checkpoint_for_info(model, lo);
+    const auto& c = ck.config;
+    json tensors = json::array();
+    json by_dtype = json::object();
+    for (const auto& t : ck.tensors) {
+      tensors.push_back({{"name", t.name}, {"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape},
+                         {"params", t.numel()}, {"bytes", t.nbytes}});
+      auto& e = by_dtype[std::string(dtype_name(t.dtype))];
+      e["tensors"] = e.value("tensors", 0) + 1;
+      e["bytes"] = e.value("bytes", int64_t{0}) + t.nbytes;
+    }
+    json j = {{"path", model},
+              {"format", std::string(io::model_format_name(ck.format))},
+              {"architecture", c.architecture},
+              {"config",
+               {{"hidden_size", c.hidden_size},
+                {"intermediate_size", c.intermediate_size},
+                {"num_hidden_layers", c.num_hidden_layers},
+                {"num_attention_heads", c.num_attention_heads},
+                {"num_key_value_heads", c.num_key_value_heads},
+                {"head_dim", c.head_dim},
+                {"vocab_size", c.vocab_size},
+                {"max_position_embeddings", c.max_position_embeddings},
+                {"rms_norm_eps", c.rms_norm_eps},
+                {"rope_theta", c.rope_theta},
+                {"rope_scaling", c.rope_scaling.type},
+                {"tie_word_embeddings", c.tie_word_embeddings},
+                {"attention_bias", c.attention_bias}}},
+              {"params", ck.total_params()},
+              {"bytes", ck.total_bytes()},
+              {"dtypes", by_dtype},
+              {"tokenizer", ck.tokenizer.path},
+              {"tensors", tensors},
+              {"metadata", ck.metadata}};
+    if (!json_out.empty()) {
+      write_json_output(json_out, j);
+      if (json_out == "-") return;
+    }
+    std::printf("model:        %s (%s)\n", model.c_str(), std::string(io::model_format_name(ck.format)).c_str());
+    std::printf("architecture: %s\n", c.architecture.c_str());
+    std::printf("shape:        dim %lld, layers %lld, heads %lld (kv %lld, head_dim %lld), ffn %lld, vocab %lld\n",
+                (long long)c.hidden_size, (long long)c.num_hidden_layers, (long long)c.num_attention_heads,
+                (long long)c.num_key_value_heads, (long long)c.head_dim, (long long)c.intermediate_size,
+                (long long)c.vocab_size);
+    std::printf("rope:         theta %g%s; rms_norm_eps %g; tied embeddings: %s\n", c.rope_theta,
+                c.rope_scaling.type == "none" ? "" : (", scaling " + c.rope_scaling.type).c_str(), c.rms_norm_eps,
+                c.tie_word_embeddings ? "yes" : "no");
+    std::printf("params:       %lld (%.2f M)\n", (long long)ck.total_params(), ck.total_params() / 1e6);
+    std::printf("bytes:        %lld (%s)\n", (long long)ck.total_bytes(), human_bytes(ck.total_bytes()).c_str());
+    for (auto& [k, v] : by_dtype.items())
+      std::printf("  %-6s %4d tensors  %s\n", k.c_str(), v["tensors"].get<int>(),
+                  human_bytes(v["bytes"].get<double>()).c_str());
+    std::printf("tokenizer:    %s\n", ck.tokenizer.path.empty() ? "(none)" : ck.tokenizer.path.c_str());
+    std::printf("tensors:\n");
+    for (const auto& t : ck.tensors) {
+      std::string shape;
+      for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? " x " : "") + std::to_string(t.shape[i]);
+      std::printf("  %-48s %-5s %-16s %s\n", t.name.c_str(), std::string(dtype_name(t.dtype)).c_str(), shape.c_str(),
+                  human_bytes(static_cast<double>(t.nbytes)).c_str());
+    }
+  });
+}
+
+// ---------------------------------------------------------------- tokenize
+void register_tokenize(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("tokenize", "Token ids (and pieces) of a text");
+  static std::string model, tokenizer, text, file;
+  static bool no_bos = false, bos = false, json_out = false, parse_special = false;
+  cmd->add_option("MODEL", model, "Model or tokenizer file")->required();
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (overrides the model's)");
+  auto* t = cmd->add_option("--text", text, "Text to tokenize");
+  auto* f = cmd->add_option("--file", file, "File to tokenize");
+  t->excludes(f);
+  cmd->add_flag("--no-bos", no_bos, "Do not add BOS");
+  cmd->add_flag("--bos", bos, "Add BOS even if the tokenizer does not by default");
+  cmd->add_flag("--parse-special", parse_special, "Match special tokens written in the text");
+  cmd->add_flag("--json", json_out, "JSON output with ids and pieces");
+  cmd->callback([&g] {
+    apply_threads(g);
+    LLMOPT_CHECK_INPUT(!text.empty() || !file.empty(), "[tokenize] give --text or --file");
+    auto tk = load_tokenizer_for(model, tokenizer);
+    const std::string input = file.empty() ? text : io::read_text_file(file, "tokenize");
+    tok::EncodeOptions eo;
+    eo.add_bos = bos ? true : (no_bos ? false : tk->add_bos_default());
+    eo.parse_special = parse_special;
+    auto ids = tk->encode(input, eo);
+    if (json_out) {
+      json pieces = json::array();
+      for (int32_t id : ids) pieces.push_back(tk->token_piece(id));
+      json j = {{"ids", ids}, {"pieces", pieces}, {"count", ids.size()}};
+      std::cout << j.dump() << "\n";
+    } else {
+      std::string line;
+      for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
+      std::cout << line << "\n";
+    }
+  });
+}
+
+// ---------------------------------------------------------------- generate
+void register_generate(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("generate", "Generate text from a prompt");
+  static std::string model, tokenizer, prompt;
+  static model::SamplingOptions so;
+  static bool no_bos = false, json_out = false;
+  so.max_new_tokens = 128;
+  cmd->add_option("MODEL", model, "Model path")->required();
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
+  cmd->add_option("--prompt,-p", prompt, "Prompt text")->required();
+  cmd->add_option("-n,--n-predict", so.max_new_tokens, "Tokens to generate")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temp", so.temperature, "Temperature (0 = greedy)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-k", so.top_k, "Top-k (0 = off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", so.top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--seed", so.seed, "Sampling seed");
+  cmd->add_flag("--no-bos", no_bos, "Do not add BOS to the prompt");
+  cmd->add_flag("--json", json_out, "Print a JSON object (ids, text) instead of streaming text");
+  cmd->callback([&g] {
+    apply_threads(g);
+    auto lm = load_for_inference(model, tokenizer);
+    LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[generate] {}: no tokenizer found (give --tokenizer)", model);
+    tok::EncodeOptions eo;
+    eo.add_bos = !no_bos;
+    auto ids32 = lm.tokenizer->encode(prompt, eo);
+    std::vector<int64_t> ids(ids32.begin(), ids32.end());
+    so.stop_token = lm.tokenizer->eos_id();
+    std::string generated;
+    if (!json_out) {
+      std::fputs(prompt.c_str(), stdout);
+      std::fflush(stdout);
+    }
+    auto out = model::generate(*lm.model, ids, so, [&](int64_t id) {
+      if (id == so.stop_token) return false;
+      const std::string piece = lm.tokenizer->decode_token(static_cast<int32_t>(id));
+      generated += piece;
+      if (!json_out) {
+        std::fputs(piece.c_str(), stdout);
+        std::fflush(stdout);
+      }
+      return true;
+    });
+    if (json_out) {
+      json j = {{"prompt", prompt}, {"prompt_ids", ids}, {"ids", out}, {"text", generated}};
+      std::cout << j.dump() << "\n";
+    } else {
+      std::fputs("\n", stdout);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- eval
+void register_eval(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("eval", "Perplexity (and KL divergence against a baseline)");
+  static std::string model, tokenizer, data, protocol = "llamacpp", baseline, json_out;
+  static int64_t ctx = 512, stride = 0, limit = 0;
+  static bool bos = false, no_bos = false;
+  cmd->add_option("MODEL", model, "Model path")->required();
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
+  cmd->add_option("--data", data, "Text file")->required();
+  cmd->add_option("--ctx,-c", ctx, "Context length")->check(CLI::PositiveNumber);
+  cmd->add_option("--protocol", protocol, "llamacpp | windows | sliding");
+  cmd->add_option("--stride", stride, "Stride for --protocol sliding (default ctx/2)");
+  cmd->add_option("--baseline", baseline, "Baseline model: adds kld_mean, kld_p99, top1_agreement, delta_p_rms");
+  cmd->add_option("--limit", limit, "Evaluate at most N chunks/windows");
+  cmd->add_flag("--bos", bos, "Prepend BOS to the text even if the tokenizer does not by default");
+  cmd->add_flag("--no-bos", no_bos, "Never prepend BOS");
+  cmd->add_option("--json", json_out, "Write JSON results here ('-' = stdout)");
+  cmd->callback([&g] {
+    apply_threads(g);
+    eval::PerplexityOptions po;
+    po.protocol = eval::parse_protocol(protocol);
+    po.ctx = ctx;
+    po.stride = stride;
+    po.max_chunks = limit;
+    auto lm = load_for_inference(model, tokenizer);
+    LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[eval] {}: no tokenizer found (give --tokenizer)", model);
+    const std::string text = io::read_text_file(data, "eval");
+    tok::EncodeOptions eo;
+    eo.add_bos = bos ? true : (no_bos ? false : lm.tokenizer->add_bos_default());
+    auto ids32 = lm.tokenizer->encode(text, eo);
+    std::vector<int64_t> ids(ids32.begin(), ids32.end());
+    po.bos_id = lm.tokenizer->bos_id() >= 0 ? lm.tokenizer->bos_id() : ids.front();
+    if (po.protocol == eval::PerplexityProtocol::LlamaCpp && !eo.add_bos) po.bos_id = -1;
+    model::LoadedModel base;
+    if (!baseline.empty()) base = load_for_inference(baseline, tokenizer);
+    Progress progress("eval", g.quiet);
+    auto r = eval::evaluate_perplexity(*lm.model, ids, po, base.model.get(),
+                                       [&](int64_t d, int64_t t) { progress.update(d, t, "chunks"); });
+    progress.finish();
+    json j = {{"model", model},          {"data", data},       {"protocol", protocol}, {"ctx", ctx},
+              {"perplexity", r.perplexity}, {"nll_mean", r.nll_mean}, {"nll_sd", r.nll_sd},
+              {"tokens", r.tokens},      {"chunks", r.chunks}, {"text_tokens", ids.size()},
+              {"seconds", r.seconds},    {"threads", threads()}};
+    if (r.has_baseline) {
+      j["baseline"] = baseline;
+      j["baseline_perplexity"] = r.baseline_perplexity;
+      j["kld_mean"] = r.kld_mean;
+      j["kld_median"] = r.kld_median;
+      j["kld_p99"] = r.kld_p99;
+      j["kld_max"] = r.kld_max;
+      j["top1_agreement"] = r.top1_agreement;
+      j["delta_p_rms"] = r.delta_p_rms;
+    }
+    if (!json_out.empty()) write_json_output(json_out, j);
+    if (json_out != "-") {
+      std::printf("perplexity %.4f  nll_mean %.5f  tokens %lld  chunks %lld  (%s, ctx %lld)\n", r.perplexity,
+                  r.nll_mean, (long long)r.tokens, (long long)r.chunks, protocol.c_str(), (long long)ctx);
+      if (r.has_baseline)
+        std::printf("baseline ppl %.4f  kld_mean %.6f  kld_p99 %.6f  top1_agreement %.4f  delta_p_rms %.5f\n",
+                    r.baseline_perplexity, r.kld_mean, r.kld_p99, r.top1_agreement, r.delta_p_rms);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- bench
+void register_bench(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("bench", "Prefill and decode speed, memory");
+  static std::string model, tokenizer, json_out;
+  static eval::BenchOptions bo;
+  bo.prompt_tokens = 128;
+  bo.gen_tokens = 64;
+  bo.repetitions = 3;
+  cmd->add_option("MODEL", model, "Model path")->required();
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (unused for timing)");
+  cmd->add_option("-p,--prompt-tokens", bo.prompt_tokens, "Prefill tokens (0 = skip)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-n,--gen-tokens", bo.gen_tokens, "Decode tokens (0 = skip)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-r,--repetitions", bo.repetitions, "Measured repetitions")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", bo.warmup, "Warm-up repetitions")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--json", json_out, "Write JSON results here ('-' = stdout)");
+  cmd->callback([&g] {
+    apply_threads(g);
+    auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false);
+    Progress progress("bench", g.quiet);
+    auto r = eval::run_bench(*lm.model, bo, [&](const std::string& what, int64_t rep, int64_t total) {
+      progress.update(rep, total, what);
+    });
+    progress.finish();
+    json j = {{"model", model},
+              {"pp_tokens", bo.prompt_tokens},
+              {"tg_tokens", bo.gen_tokens},
+              {"repetitions", bo.repetitions},
+              {"pp_tok_s", r.pp_tok_s},
+              {"pp_tok_s_sd", r.pp_tok_s_sd},
+              {"tg_tok_s", r.tg_tok_s},
+              {"tg_tok_s_sd", r.tg_tok_s_sd},
+              {"threads", r.threads},
+              {"model_bytes", r.model_bytes},
+              {"kv_cache_bytes", r.kv_cache_bytes},
+              {"peak_rss_bytes", r.peak_rss_bytes}};
+    if (!json_out.empty()) write_json_output(json_out, j);
+    if (json_out != "-") {
+      std::printf("threads %lld  pp%lld %.1f ± %.1f tok/s  tg%lld %.2f ± %.2f tok/s\n", (long long)r.threads,
+                  (long long)bo.prompt_tokens, r.pp_tok_s, r.pp_tok_s_sd, (long long)bo.gen_tokens, r.tg_tok_s,
+                  r.tg_tok_s_sd);
+      std::printf("model %s  kv cache %s  peak RSS %s (%.3f x model+kv)\n", human_bytes(r.model_bytes).c_str(),
+                  human_bytes(r.kv_cache_bytes).c_str(), human_bytes(r.peak_rss_bytes).c_str(),
+                  static_cast<double>(r.peak_rss_bytes) / static_cast<double>(r.model_bytes + r.kv_cache_bytes));
+    }
+  });
+}
+
+// ---------------------------------------------------------------- synth
+void register_synth(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("synth", "Random-weight model of a given shape, written as a HF directory");
+  static std::string out, tokenizer, preset, dtype = "f32";
+  static ModelConfig c;
+  static uint64_t seed = 0;
+  static bool tied = false;
+  cmd->add_option("OUT", out, "Output directory")->required();
+  cmd->add_option("--preset", preset, "tiny | small | bench134m");
+  cmd->add_option("--dim", c.hidden_size, "Hidden size");
+  cmd->add_option("--layers", c.num_hidden_layers, "Layers");
+  cmd->add_option("--heads", c.num_attention_heads, "Attention heads");
+  cmd->add_option("--kv-heads", c.num_key_value_heads, "Key/value heads (default = heads)");
+  cmd->add_option("--ffn", c.intermediate_size, "FFN hidden size");
+  cmd->add_option("--vocab", c.vocab_size, "Vocabulary size (default: the tokenizer's)");
+  cmd->add_option("--ctx", c.max_position_embeddings, "Max positions");
+  cmd->add_flag("--tied", tied, "Tie the output head to the embedding");
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer to ship with the model (any supported tokenizer file)");
+  cmd->add_option("--seed", seed, "Weight seed");
+  cmd->add_option("--dtype", dtype, "f32 | f16 | bf16");
+  cmd->callback([&g] {
+    apply_threads(g);
+    ModelConfig cfg = synth_config(preset, c);
+    cfg.tie_word_embeddings = tied;
+    std::shared_ptr<tok::Tokenizer> tk;
+    if (!tokenizer.empty()) {
+      tk = tok::load_tokenizer_file(tokenizer);
+      if (cfg.vocab_size == 0) cfg.vocab_size = tk->vocab_size();
+      LLMOPT_CHECK_INPUT(cfg.vocab_size >= tk->vocab_size(), "[synth] --vocab {} is smaller than the tokenizer's {}",
+                         cfg.vocab_size, tk->vocab_size());
+    }
+    LLMOPT_CHECK_INPUT(cfg.vocab_size > 0, "[synth] give --vocab or --tokenizer");
+    cfg.validate("synth options");
+    auto m = model::synth_model(cfg, seed);
+    save_model(*m, tk.get(), tokenizer, "hf", parse_float_type(dtype), out);
+    log::info("[synth] wrote {} ({} params)", out, m->parameters().size());
+  });
+}
+
+// ---------------------------------------------------------------- convert
+void register_convert(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("convert", "Convert between HF, GGUF and llama2.c at f32/f16/bf16");
+  static std::string model, tokenizer, to, type = "f32", out;
+  cmd->add_option("MODEL", model, "Model path")->required();
+  cmd->add_option("OUT", out, "Output path (directory for hf)")->required();
+  cmd->add_option("--to", to, "hf | gguf | llama2c")->required();
+  cmd->add_option("--type", type, "f32 | f16 | bf16");
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
+  cmd->callback([&g] {
+    apply_threads(g);
+    auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false);
+    save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, to, parse_float_type(type), out);
+    log::info("[convert] wrote {}", out);
+  });
+}
+
+}  // namespace
+
+void register_model_commands(CLI::App& app, GlobalOptions& g) {
+  register_info(app, g);
+  register_tokenize(app, g);
+  register_generate(app, g);
+  register_eval(app, g);
+  register_bench(app, g);
+  register_synth(app, g);
+  register_convert(app, g);
+}
+
 }  // namespace llmopt::cli

@@ -1,6 +1,179 @@
-// Placeholder until the pipeline subcommands land.
+// Pipeline subcommands: run, validate, init, stages, report, compare (DESIGN.md "CLI contract").
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
 #include "apps/llmopt/commands.h"
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "pipeline/recipe.h"
+#include "pipeline/report/report.h"
+#include "pipeline/runner.h"
+#include "pipeline/stages_doc.h"
+#include "pipeline/templates.h"
+
+namespace fs = std::filesystem;
 
 namespace llmopt::cli {
-void register_pipeline_commands(CLI::App& app, GlobalOptions& g) {}
+
+namespace {
+
+struct RunArgs {
+  std::vector<std::string> args;  // RECIPE.yaml then overrides
+  std::string out;
+  std::string resume;
+  std::string cache_dir;
+  bool no_cache = false;
+  bool json_events = false;
+};
+
+pipeline::BuildInfo build_info() {
+  pipeline::BuildInfo b;
+  b.version = LLMOPT_VERSION;
+  b.git_commit = std::string(LLMOPT_GIT_COMMIT).empty() ? "unknown" : LLMOPT_GIT_COMMIT;
+  b.build_type = LLMOPT_BUILD_TYPE;
+  return b;
+}
+
+void run_command(const RunArgs& a, GlobalOptions& g, int argc_hint) {
+  pipeline::RunOptions o;
+  o.out_dir = a.out;
+  o.use_cache = !a.no_cache;
+  o.cache_dir = a.cache_dir;
+  o.quiet = g.quiet;
+  o.json_events = a.json_events;
+  o.threads = g.threads;
+  o.build = build_info();
+  o.command_line = a.args;
+  o.write_reports = [](const std::string& dir) { pipeline::report::write_reports(dir); };
+  pipeline::RunOutcome outcome;
+  if (!a.resume.empty()) {
+    LLMOPT_CHECK_INPUT(a.args.empty(),
+                       "[run] --resume continues a run from its config.resolved.yaml; do not give "
+                       "a recipe or overrides with it");
+    outcome = pipeline::resume_run(a.resume, o);
+  } else {
+    LLMOPT_CHECK_INPUT(!a.args.empty(), "[run] missing RECIPE.yaml (or --resume DIR)");
+    pipeline::RecipeLoadOptions lo;
+    lo.overrides.assign(a.args.begin() + 1, a.args.end());
+    const pipeline::Recipe recipe = pipeline::load_recipe(a.args[0], lo);
+    outcome = pipeline::run_recipe(recipe, o);
+  }
+  const fs::path report = fs::path(outcome.run_dir) / "report.html";
+  if (outcome.status == "ok") {
+    if (!a.json_events) {
+      std::printf("run directory: %s\n", outcome.run_dir.c_str());
+      if (fs::exists(report)) std::printf("report: %s\n", report.c_str());
+    }
+  } else {
+    std::fprintf(stderr, "error: [run] %s\n", outcome.error.c_str());
+    std::fprintf(stderr, "run directory: %s%s\n", outcome.run_dir.c_str(),
+                 outcome.status == "interrupted" ? " (continue with --resume)" : "");
+    if (fs::exists(report)) std::fprintf(stderr, "report: %s\n", report.c_str());
+  }
+  g.exit_code = outcome.exit_code;
+  (void)argc_hint;
+}
+
+}  // namespace
+
+void register_pipeline_commands(CLI::App& app, GlobalOptions& g) {
+  // ---- run
+  auto run_args = std::make_shared<RunArgs>();
+  CLI::App* run = app.add_subcommand("run", "Run a recipe: llmopt run RECIPE.yaml [key=value ...]");
+  run->add_option("args", run_args->args, "RECIPE.yaml followed by overrides (a.b=v, +a.b=v, ~a.b)");
+  run->add_option("--out", run_args->out, "Run directory (overrides output.dir)");
+  run->add_option("--resume", run_args->resume, "Continue the run in DIR after its last completed stage");
+  run->add_flag("--no-cache", run_args->no_cache, "Do not reuse or store cached stage results");
+  run->add_option("--cache-dir", run_args->cache_dir, "Stage cache (default: $LLMOPT_CACHE_DIR or ~/.cache/llmopt/stages)");
+  run->add_flag("--json-events", run_args->json_events, "Print run events as JSON lines on stdout");
+  run->add_flag("-q,--quiet", g.quiet, "No progress output");
+  run->callback([run_args, &g]() {
+    apply_threads(g);
+    run_command(*run_args, g, 0);
+  });
+
+  // ---- validate
+  auto val_args = std::make_shared<std::vector<std::string>>();
+  auto val_print = std::make_shared<bool>(false);
+  CLI::App* validate = app.add_subcommand("validate", "Check a recipe (exit 0 ok, 2 with FILE:LINE:COLUMN errors)");
+  validate->add_option("args", *val_args, "RECIPE.yaml followed by overrides")->required();
+  validate->add_flag("--print", *val_print, "Print the resolved recipe");
+  validate->callback([val_args, val_print, &g]() {
+    apply_threads(g);
+    pipeline::RecipeLoadOptions lo;
+    lo.overrides.assign(val_args->begin() + 1, val_args->end());
+    const pipeline::Recipe r = pipeline::load_recipe((*val_args)[0], lo);
+    if (*val_print) {
+      std::fputs(r.tree.to_yaml().c_str(), stdout);
+    } else {
+      size_t points = r.sweep.empty() ? 0 : 1;
+      for (const auto& a : r.sweep) points *= a.values.size();
+      std::printf("ok: %s (%zu stage%s%s)\n", (*val_args)[0].c_str(), r.stages.size(),
+                  r.stages.size() == 1 ? "" : "s",
+                  points ? (", sweep of " + std::to_string(points) + " points").c_str() : "");
+    }
+  });
+
+  // ---- init
+  auto init_template = std::make_shared<std::string>("basic");
+  auto init_path = std::make_shared<std::string>("recipe.yaml");
+  auto init_force = std::make_shared<bool>(false);
+  auto init_list = std::make_shared<bool>(false);
+  CLI::App* init = app.add_subcommand("init", "Write a commented starter recipe");
+  init->add_option("--template", *init_template, "Template name (--list shows them)");
+  init->add_option("path", *init_path, "Where to write it (default recipe.yaml)");
+  init->add_flag("--force", *init_force, "Overwrite an existing file");
+  init->add_flag("--list", *init_list, "List the templates");
+  init->callback([=, &g]() {
+    apply_threads(g);
+    if (*init_list) {
+      for (const auto& t : pipeline::list_templates())
+        std::printf("%-12s %s\n", t.name.c_str(), t.summary.c_str());
+      return;
+    }
+    const std::string text = pipeline::template_text(*init_template);
+    LLMOPT_CHECK_INPUT(*init_force || !fs::exists(*init_path),
+                       "[init] {} already exists (use --force to overwrite)", *init_path);
+    if (fs::path(*init_path).has_parent_path()) fs::create_directories(fs::path(*init_path).parent_path());
+    io::write_file_atomic(*init_path, text);
+    std::printf("wrote %s (template '%s'); check it with: llmopt validate %s\n", init_path->c_str(),
+                init_template->c_str(), init_path->c_str());
+  });
+
+  // ---- stages
+  auto stages_md = std::make_shared<bool>(false);
+  auto stages_js = std::make_shared<bool>(false);
+  CLI::App* stages_cmd = app.add_subcommand("stages", "List registered stages and their options");
+  stages_cmd->add_flag("--markdown", *stages_md, "Print the recipe reference (docs/recipes.md)");
+  stages_cmd->add_flag("--json", *stages_js, "Print as JSON");
+  stages_cmd->callback([=, &g]() {
+    apply_threads(g);
+    const auto& reg = stages::builtin_registry();
+    if (*stages_md) std::fputs(pipeline::recipe_reference_markdown(reg).c_str(), stdout);
+    else if (*stages_js) std::puts(pipeline::stages_json(reg).dump(2).c_str());
+    else std::fputs(pipeline::stages_text(reg).c_str(), stdout);
+  });
+
+  // ---- report
+  auto report_dir = std::make_shared<std::string>();
+  CLI::App* report = app.add_subcommand("report", "Regenerate report.md and report.html of a run directory");
+  report->add_option("dir", *report_dir, "Run directory")->required();
+  report->callback([=, &g]() {
+    apply_threads(g);
+    pipeline::report::write_reports(*report_dir);
+    std::printf("report: %s\n", (fs::path(*report_dir) / "report.html").c_str());
+  });
+
+  // ---- compare
+  auto compare_dirs = std::make_shared<std::vector<std::string>>();
+  CLI::App* compare = app.add_subcommand("compare", "Tabulate runs side by side (Markdown)");
+  compare->add_option("dirs", *compare_dirs, "Run directories")->required();
+  compare->callback([=, &g]() {
+    apply_threads(g);
+    std::fputs(pipeline::report::compare_table(*compare_dirs).c_str(), stdout);
+  });
+}
+
 }  // namespace llmopt::cli

@@ -1,0 +1,44 @@
+// Helpers shared by the model subcommands: loading with good errors, presets, progress.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/model_config.h"
+#include "io/checkpoint.h"
+#include "model/loader.h"
+#include "model/save.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmopt::cli {
+
+// Checkpoint for `info` (no torch model is built).
+io::Checkpoint load_checkpoint_for_info(const std::string& path, const io::LoadOptions& lo);
+// A model file's tokenizer, or a tokenizer file given directly as MODEL, or --tokenizer.
+std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, const std::string& tokenizer);
+// Model + tokenizer, in inference mode.
+model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer,
+                                      bool need_tokenizer = true);
+// Named shapes for `synth`; explicit options override the preset.
+ModelConfig synth_config(const std::string& preset, const ModelConfig& explicit_opts);
+
+inline DType parse_float_type(const std::string& s) { return model::parse_float_type(s); }
+void save_model(model::LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file,
+                const std::string& format, DType type, const std::string& out);
+
+// Progress on stderr: a bar redrawn in place on a terminal, otherwise a line every few seconds.
+class Progress {
+ public:
+  Progress(std::string label, bool quiet);
+  void update(int64_t done, int64_t total, const std::string& unit);
+  void finish();
+
+ private:
+  std::string label_;
+  bool quiet_, tty_;
+  double last_ = -1e9;
+  double start_;
+  bool drawn_ = false;
+};
+
+}  // namespace llmopt::cli
