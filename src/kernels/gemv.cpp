@@ -5,10 +5,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "core/error.h"
 #include "core/half.h"
 #include "core/threads.h"
+#include "kernels/gemv_quant.h"
+#include "kernels/quant_formats.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/gemv.cpp"
@@ -187,10 +190,14 @@ constexpr int64_t kMinParallelWork = 1 << 15;
 
 void check_args(const char* name, DType w_type, int64_t m, int64_t n, int64_t k) {
   LLMOPT_CHECK_INPUT(gemv_supports(w_type),
-                     "[kernels.{}] weight type {} is not supported (expected F32, F16 or BF16)",
+                     "[kernels.{}] weight type {} is not supported (expected F32, F16, BF16, "
+                     "Q8_0 or Q4_0)",
                      name, dtype_name(w_type));
   LLMOPT_CHECK_INPUT(n >= 0 && k >= 0, "[kernels.{}] sizes must be >= 0, got n={} k={}", name, n,
                      k);
+  LLMOPT_CHECK_INPUT(!gemv_quant_supports(w_type) || k % kQK == 0,
+                     "[kernels.{}] {} rows must hold whole blocks: k={} is not a multiple of {}",
+                     name, dtype_name(w_type), k, kQK);
   LLMOPT_CHECK_INPUT(m >= 1 && m <= kMaxGemvBatch,
                      "[kernels.{}] batch m={} out of range (expected 1..{})", name, m,
                      kMaxGemvBatch);
@@ -215,23 +222,28 @@ void for_row_blocks(int64_t n, int threads, Rows&& rows) {
     rows(b * kRowsPerBlock, std::min(n, (b + 1) * kRowsPerBlock));
 }
 
-float weight_to_f32(DType w_type, const void* w, int64_t idx) {
-  switch (w_type) {
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(w)[idx]);
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(w)[idx]);
-    default: return static_cast<const float*>(w)[idx];
-  }
+// Row r of W decoded to f32 (k values).
+void decode_row(DType w_type, const void* w, int64_t r, int64_t k, float* out) {
+  const int64_t row_bytes = dtype_bytes_for(w_type, k);
+  dequantize_row(w_type, static_cast<const uint8_t*>(w) + r * row_bytes, out, k);
 }
 }  // namespace
 
 bool gemv_supports(DType w_type) {
-  return w_type == DType::F32 || w_type == DType::F16 || w_type == DType::BF16;
+  return w_type == DType::F32 || w_type == DType::F16 || w_type == DType::BF16 ||
+         gemv_quant_supports(w_type);
 }
 
 void gemv(DType w_type, const void* w, const float* x, const float* bias, float* y, int64_t n,
           int64_t k, int num_threads) {
   check_args("gemv", w_type, 1, n, k);
   const int threads = resolve_threads(num_threads, 1, n, k);
+  if (gemv_quant_supports(w_type)) {
+    for_row_blocks(n, threads, [&](int64_t r0, int64_t r1) {
+      gemv_quant_rows(w_type, w, x, bias, y, r0, r1, k);
+    });
+    return;
+  }
   auto* kernel = w_type == DType::F32   ? HWY_DYNAMIC_DISPATCH(GemvF32)
                  : w_type == DType::F16 ? HWY_DYNAMIC_DISPATCH(GemvF16)
                                         : HWY_DYNAMIC_DISPATCH(GemvBf16);
@@ -242,6 +254,15 @@ void gemv_batch(DType w_type, const void* w, const float* x, const float* bias, 
                 int64_t m, int64_t n, int64_t k, int num_threads) {
   check_args("gemv_batch", w_type, m, n, k);
   const int threads = resolve_threads(num_threads, m, n, k);
+  if (gemv_quant_supports(w_type)) {
+    // One row block of quantized W (16 rows, ≤ 14 KB for k = 768) stays in L1/L2 while the m
+    // rows of X pass over it, so W is still streamed from memory once.
+    for_row_blocks(n, threads, [&](int64_t r0, int64_t r1) {
+      for (int64_t b = 0; b < m; ++b)
+        gemv_quant_rows(w_type, w, x + b * k, bias, y + b * n, r0, r1, k);
+    });
+    return;
+  }
   auto* kernel = w_type == DType::F32   ? HWY_DYNAMIC_DISPATCH(GemvBatchF32)
                  : w_type == DType::F16 ? HWY_DYNAMIC_DISPATCH(GemvBatchF16)
                                         : HWY_DYNAMIC_DISPATCH(GemvBatchBf16);
@@ -257,10 +278,12 @@ void gemv_ref(DType w_type, const void* w, const float* x, const float* bias, fl
 void gemv_batch_ref(DType w_type, const void* w, const float* x, const float* bias, float* y,
                     int64_t m, int64_t n, int64_t k) {
   check_args("gemv_batch_ref", w_type, m, n, k);
-  for (int64_t b = 0; b < m; ++b) {
-    for (int64_t r = 0; r < n; ++r) {
+  std::vector<float> row(k);
+  for (int64_t r = 0; r < n; ++r) {
+    decode_row(w_type, w, r, k, row.data());
+    for (int64_t b = 0; b < m; ++b) {
       float sum = 0.0f;
-      for (int64_t i = 0; i < k; ++i) sum += weight_to_f32(w_type, w, r * k + i) * x[b * k + i];
+      for (int64_t i = 0; i < k; ++i) sum += row[i] * x[b * k + i];
       y[b * n + r] = bias ? sum + bias[r] : sum;
     }
   }

@@ -1,0 +1,137 @@
+// Quantized dot products (see gemv_quant.h), Highway dynamic dispatch. Per block of 32: the int8
+// or 4-bit codes are widened to i32 and converted to f32 one vector at a time, multiplied with x
+// into a block accumulator, which is then scaled by d into the row accumulator. Lanes(f32) ≤ 32
+// on every target Highway compiles here, so a vector never straddles two blocks.
+#include "kernels/gemv_quant.h"
+
+#include "core/half.h"
+#include "kernels/quant_formats.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/gemv_quant.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace llmopt::kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+// A Q4_0 byte group of Lanes(DF) must fit in the 16 code bytes of one block.
+static_assert(HWY_MAX_BYTES / sizeof(float) <= kQK / 2, "vector wider than half a block");
+
+// Σ over blocks of d_b · (Σ_j q_bj·x_bj), with two row accumulators for alternating blocks.
+float DotQ8_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
+  const DF df;
+  const hn::RebindToSigned<DF> di32;
+  const hn::Rebind<int8_t, DF> di8;
+  const int L = static_cast<int>(hn::Lanes(df));
+  const auto* blocks = static_cast<const BlockQ8_0*>(w_row);
+  auto acc_even = hn::Zero(df), acc_odd = hn::Zero(df);
+  for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+    auto block_sum = hn::Zero(df);
+    for (int j = 0; j < kQK; j += L) {
+      const auto q = hn::ConvertTo(df, hn::PromoteTo(di32, hn::LoadU(di8, blocks[b].qs + j)));
+      block_sum = hn::MulAdd(q, hn::LoadU(df, x + j), block_sum);
+    }
+    const auto d = hn::Set(df, f16_to_f32(blocks[b].d));
+    if (b & 1) {
+      acc_odd = hn::MulAdd(d, block_sum, acc_odd);
+    } else {
+      acc_even = hn::MulAdd(d, block_sum, acc_even);
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc_even, acc_odd)));
+}
+
+// Q4_0: the byte at qs[j] holds element j (low nibble) and element j + 16 (high nibble).
+float DotQ4_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
+  const DF df;
+  const hn::RebindToSigned<DF> di32;
+  const hn::Rebind<uint8_t, DF> du8;
+  const int L = static_cast<int>(hn::Lanes(df));
+  const auto* blocks = static_cast<const BlockQ4_0*>(w_row);
+  const auto low_mask = hn::Set(di32, 0x0f);
+  const auto eight = hn::Set(di32, 8);
+  auto acc_even = hn::Zero(df), acc_odd = hn::Zero(df);
+  for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+    auto block_sum = hn::Zero(df);
+    for (int j = 0; j < kQK / 2; j += L) {
+      const auto bytes = hn::PromoteTo(di32, hn::LoadU(du8, blocks[b].qs + j));
+      const auto lo = hn::ConvertTo(df, hn::Sub(hn::And(bytes, low_mask), eight));
+      const auto hi = hn::ConvertTo(df, hn::Sub(hn::ShiftRight<4>(bytes), eight));
+      block_sum = hn::MulAdd(lo, hn::LoadU(df, x + j), block_sum);
+      block_sum = hn::MulAdd(hi, hn::LoadU(df, x + j + kQK / 2), block_sum);
+    }
+    const auto d = hn::Set(df, f16_to_f32(blocks[b].d));
+    if (b & 1) {
+      acc_odd = hn::MulAdd(d, block_sum, acc_odd);
+    } else {
+      acc_even = hn::MulAdd(d, block_sum, acc_even);
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc_even, acc_odd)));
+}
+
+void GemvQuantRows(DType w_type, const void* w, const float* x, const float* bias, float* y,
+                   int64_t r0, int64_t r1, int64_t k) {
+  const bool q8 = w_type == DType::Q8_0;
+  const int64_t row_bytes = k / kQK * (q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+  const auto* base = static_cast<const uint8_t*>(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* row = base + r * row_bytes;
+    const float sum = q8 ? DotQ8_0(row, x, k) : DotQ4_0(row, x, k);
+    y[r] = bias ? sum + bias[r] : sum;
+  }
+}
+
+float DotQuant(DType w_type, const void* w_row, const float* x, int64_t k) {
+  return w_type == DType::Q8_0 ? DotQ8_0(w_row, x, k) : DotQ4_0(w_row, x, k);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace llmopt::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace llmopt::kernels {
+HWY_EXPORT(GemvQuantRows);
+HWY_EXPORT(DotQuant);
+
+bool gemv_quant_supports(DType w_type) {
+  return w_type == DType::Q8_0 || w_type == DType::Q4_0;
+}
+
+float dot_quant(DType w_type, const void* w_row, const float* x, int64_t k) {
+  return HWY_DYNAMIC_DISPATCH(DotQuant)(w_type, w_row, x, k);
+}
+
+void gemv_quant_rows(DType w_type, const void* w, const float* x, const float* bias, float* y,
+                     int64_t r0, int64_t r1, int64_t k) {
+  HWY_DYNAMIC_DISPATCH(GemvQuantRows)(w_type, w, x, bias, y, r0, r1, k);
+}
+
+float dot_quant_ref(DType w_type, const void* w_row, const float* x, int64_t k) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+    float block_sum = 0.0f;
+    float d = 0.0f;
+    if (w_type == DType::Q8_0) {
+      const auto& blk = static_cast<const BlockQ8_0*>(w_row)[b];
+      d = f16_to_f32(blk.d);
+      for (int j = 0; j < kQK; ++j) block_sum += static_cast<float>(blk.qs[j]) * x[j];
+    } else {
+      const auto& blk = static_cast<const BlockQ4_0*>(w_row)[b];
+      d = f16_to_f32(blk.d);
+      for (int j = 0; j < kQK / 2; ++j) {
+        block_sum += static_cast<float>((blk.qs[j] & 0x0f) - 8) * x[j];
+        block_sum += static_cast<float>((blk.qs[j] >> 4) - 8) * x[j + kQK / 2];
+      }
+    }
+    sum += d * block_sum;
+  }
+  return sum;
+}
+}  // namespace llmopt::kernels
+#endif  // HWY_ONCE
