@@ -16,9 +16,10 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "core/half.h"
 #include "core/threads.h"
+#include "kernels/convert.h"
 #include "kernels/gemv.h"
+#include "kernels/quant_formats.h"
 #include "kernels/reduce.h"
 
 namespace {
@@ -28,35 +29,38 @@ using llmopt::kernels::gemv_batch;
 
 constexpr int64_t kColdBytes = int64_t{512} << 20;  // total W copies for cold runs: 16× the L3
 
-int64_t elem_bytes(DType t) { return t == DType::F32 ? 4 : 2; }
+constexpr DType kTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
 
 // n*k weights of type t in `copies` contiguous copies, filled with small random values.
 std::vector<uint8_t> make_weights(DType t, int64_t n, int64_t k, int64_t copies) {
-  std::vector<uint8_t> buf(static_cast<size_t>(n * k * elem_bytes(t) * copies));
+  const int64_t count = n * k * copies;
+  std::vector<uint8_t> buf(static_cast<size_t>(llmopt::dtype_bytes_for(t, count)));
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
-  for (int64_t i = 0; i < n * k * copies; ++i) {
-    const float v = dist(rng);
-    if (t == DType::F32) {
-      std::memcpy(buf.data() + i * 4, &v, 4);
-    } else {
-      const uint16_t h = t == DType::F16 ? llmopt::f32_to_f16(v) : llmopt::f32_to_bf16(v);
-      std::memcpy(buf.data() + i * 2, &h, 2);
-    }
+  std::vector<float> values(count);
+  for (auto& v : values) v = dist(rng);
+  if (t == DType::F32) {
+    std::memcpy(buf.data(), values.data(), buf.size());
+  } else if (t == DType::F16) {
+    llmopt::kernels::convert_f32_to_f16(values.data(), reinterpret_cast<uint16_t*>(buf.data()),
+                                        count);
+  } else if (t == DType::BF16) {
+    llmopt::kernels::convert_f32_to_bf16(values.data(), reinterpret_cast<uint16_t*>(buf.data()),
+                                         count);
+  } else {
+    llmopt::kernels::quantize_row_ref(t, values.data(), buf.data(), count);
   }
   return buf;
 }
 
-// Args: n, k, threads, cold (0/1), dtype index (0 F32, 1 F16, 2 BF16), batch m.
+// Args: n, k, threads, cold (0/1), dtype index into kTypes, batch m.
 void BM_Gemv(benchmark::State& state) {
   const int64_t n = state.range(0), k = state.range(1);
   const int threads = static_cast<int>(state.range(2));
   const bool cold = state.range(3) != 0;
-  const DType type = state.range(4) == 0   ? DType::F32
-                     : state.range(4) == 1 ? DType::F16
-                                           : DType::BF16;
+  const DType type = kTypes[state.range(4)];
   const int64_t m = state.range(5);
-  const int64_t w_bytes = n * k * elem_bytes(type);
+  const int64_t w_bytes = llmopt::dtype_bytes_for(type, n * k);
   const int64_t copies = cold ? std::max<int64_t>(2, kColdBytes / w_bytes) : 1;
   const auto w = make_weights(type, n, k, copies);
   std::vector<float> x(m * k, 0.01f), y(m * n);
@@ -74,6 +78,8 @@ void BM_Gemv(benchmark::State& state) {
   }
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w_bytes) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["Gweights/s"] = benchmark::Counter(
+      static_cast<double>(n * k) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(std::string(llmopt::dtype_name(type)) + (cold ? " cold" : " hot"));
 }
 
@@ -149,6 +155,8 @@ void GemvArgs(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
     b->Args({2048, 768, threads, 1, 1, 1});  // F16 storage
     b->Args({2048, 768, threads, 1, 2, 1});  // BF16 storage
+    b->Args({2048, 768, threads, 1, 3, 1});  // Q8_0 blocks
+    b->Args({2048, 768, threads, 1, 4, 1});  // Q4_0 blocks
     b->Args({2048, 768, threads, 1, 0, 4});  // batch of 4 rows
     b->Args({2048, 768, threads, 1, 0, 8});  // batch of 8 rows
   }

@@ -4,8 +4,8 @@
 // Tolerance (kDotBound): decoded weights q·d are exact in f32 (≤ 8-bit code × 11-bit f16 step),
 // so every variant approximates the same exact S = bias + Σ w_i·x_i. Each rounds any term at most
 // k + 8 times (products, the 32-term block sum, the scaling by d, the k/32-term row sum, a
-// log2(16)-level lane reduction, the bias), so each is within (k+8)·u·(|bias| + Σ|w_i·x_i|) of S
-// (Higham §3.1, u = 2^-24), and two of them differ by at most twice that.
+// log2(16)-level lane reduction, the bias), so each is within (k+8)·u·(|bias| + Σ|w_i·x_i|)
+// of S (Higham §3.1, u = 2^-24), and two of them differ by at most twice that.
 #include "kernels/gemv_quant.h"
 
 #include <gtest/gtest.h>
