@@ -102,11 +102,13 @@ void BM_ReadBandwidth(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// One decode step of the benchmark model (dim 768, 12 layers, FFN 2048, vocab 32000, F32):
-// per layer q/k/v/o 768×768 and gate/up 2048×768, down 768×2048, then the 32000×768 classifier.
-// Every matrix is a distinct allocation (438 MB streamed per token), as in the engine.
+// One decode step of the benchmark model (dim 768, 12 layers, FFN 2048, vocab 32000): per layer
+// q/k/v/o 768×768, gate/up 2048×768 and down 768×2048, then the 32000×768 classifier; 110M
+// weights, every matrix a distinct allocation as in the engine (438 MB per token in F32).
+// Args: threads, dtype index into kTypes.
 void BM_DecodeStepWeights(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
+  const DType type = kTypes[state.range(1)];
   struct Shape {
     int64_t n, k;
   };
@@ -118,22 +120,23 @@ void BM_DecodeStepWeights(benchmark::State& state) {
     shapes.push_back({768, 2048});
   }
   shapes.push_back({32000, 768});
-  std::vector<std::vector<float>> weights;
+  std::vector<std::vector<uint8_t>> weights;
   int64_t bytes = 0;
   for (const auto& s : shapes) {
-    weights.emplace_back(s.n * s.k, 0.001f);
-    bytes += s.n * s.k * 4;
+    weights.push_back(make_weights(type, s.n, s.k, 1));
+    bytes += static_cast<int64_t>(weights.back().size());
   }
   std::vector<float> x(2048, 0.01f), y(32000);
   for (auto _ : state) {
     for (size_t i = 0; i < shapes.size(); ++i)
-      gemv(DType::F32, weights[i].data(), x.data(), nullptr, y.data(), shapes[i].n, shapes[i].k,
+      gemv(type, weights[i].data(), x.data(), nullptr, y.data(), shapes[i].n, shapes[i].k,
            threads);
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
   state.counters["tok/s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::string(llmopt::dtype_name(type)));
 }
 
 // The machine is shared (other builds run beside the bench), so besides mean/median each case
@@ -165,9 +168,8 @@ void GemvArgs(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_ReadBandwidth)->ArgName("thr")->Arg(1)->Arg(2)->UseRealTime()->Apply(BestOf);
 BENCHMARK(BM_Gemv)->Apply(GemvArgs)->UseRealTime()->Apply(BestOf);
 BENCHMARK(BM_DecodeStepWeights)
-    ->ArgName("thr")
-    ->Arg(1)
-    ->Arg(2)
+    ->ArgNames({"thr", "type"})
+    ->ArgsProduct({{1, 2}, {0, 3, 4}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond)
     ->Apply(BestOf);
