@@ -1,0 +1,60 @@
+// `evaluate`: perplexity on data.eval, KL divergence against the pipeline's input model, speed
+// (prefill/decode tokens/s) and memory (model bytes, peak RSS). Leaves the model unchanged.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "stages/options.h"
+#include "stages/stage.h"
+
+namespace llmopt::stages {
+
+struct EvaluateOptions {
+  std::vector<std::string> metrics = {"perplexity", "kld", "speed", "memory"};
+  int64_t ctx = 0;
+  int64_t max_chunks = -1;
+  int64_t bench_prompt_tokens = 64;
+  int64_t bench_gen_tokens = 32;
+  int64_t bench_repetitions = 3;
+
+  static void describe(Schema<EvaluateOptions>& s) {
+    s.field("metrics", &EvaluateOptions::metrics,
+            "What to measure: perplexity, kld (vs the pipeline's input model), speed, memory")
+        .choices({"perplexity", "kld", "speed", "memory"});
+    s.field("ctx", &EvaluateOptions::ctx, "Context length override (0 = data.eval.ctx)")
+        .range(0, 1 << 20);
+    s.field("max_chunks", &EvaluateOptions::max_chunks,
+            "Chunk limit override (-1 = data.eval.max_chunks, 0 = all)")
+        .range(-1, 1e9);
+    s.field("bench_prompt_tokens", &EvaluateOptions::bench_prompt_tokens,
+            "speed: prefill length in tokens")
+        .range(0, 1 << 20);
+    s.field("bench_gen_tokens", &EvaluateOptions::bench_gen_tokens, "speed: tokens decoded")
+        .range(0, 1 << 20);
+    s.field("bench_repetitions", &EvaluateOptions::bench_repetitions,
+            "speed: measured repetitions (mean reported)")
+        .range(1, 1000);
+  }
+};
+
+class EvaluateStage : public Stage {
+ public:
+  using Options = EvaluateOptions;
+  static constexpr const char* kType = "evaluate";
+  static constexpr const char* kDoc =
+      "Perplexity, KL divergence vs the input model, speed and memory on data.eval";
+
+  explicit EvaluateStage(Options o) : o_(std::move(o)) {}
+  std::string type() const override { return kType; }
+  void validate(const ModelState& state) const override;
+  StageResult run(ModelState& state, StageContext& ctx) override;
+  nlohmann::json options_json() const override { return schema_of<Options>().json(o_); }
+  std::vector<std::string> input_files(const DataOptions& data) const override;
+
+  bool wants(const std::string& metric) const;
+
+ private:
+  Options o_;
+};
+
+}  // namespace llmopt::stages

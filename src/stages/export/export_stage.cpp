@@ -1,0 +1,80 @@
+#include "stages/export/export_stage.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "model/save.h"
+
+namespace fs = std::filesystem;
+
+namespace llmopt::stages {
+
+void ExportStage::validate(const ModelState& state) const {
+  LLMOPT_CHECK_INPUT(state.has_model(), "[export] no model to export");
+  for (const auto& f : o_.formats) {
+    if (f == "gguf")
+      LLMOPT_CHECK_INPUT(state.tokenizer != nullptr,
+                         "[export] gguf needs a tokenizer; set model.tokenizer in the recipe");
+  }
+}
+
+// Every regular file under `dir`, as paths relative to it, sorted (deterministic artifact lists).
+static std::vector<std::string> files_under(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) out.push_back(fs::relative(e.path(), dir).string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
+  torch::NoGradGuard no_grad;
+  StageResult result;
+  const DType type = model::parse_float_type(o_.dtype);
+  const fs::path artifacts(ctx.artifacts_dir);
+  int64_t done = 0;
+  for (const auto& format_name : o_.formats) {
+    ctx.check_interrupted();
+    if (ctx.note) ctx.note("writing " + format_name);
+    const model::ExportFormat format = model::parse_export_format(format_name);
+    // Each format is written into a private temporary directory and then moved into artifacts/
+    // (a rename per file, or per directory for hf), so artifacts/ only ever holds complete files.
+    const fs::path tmp = artifacts / fmt::format(".export-{}-{}.tmp", format_name, ::getpid());
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    std::string out_name;
+    switch (format) {
+      case model::ExportFormat::Hf: out_name = o_.basename + "-hf"; break;
+      case model::ExportFormat::Gguf: out_name = o_.basename + ".gguf"; break;
+      case model::ExportFormat::Llama2c: out_name = o_.basename + ".bin"; break;
+    }
+    try {
+      model::save_model(*state.model, state.tokenizer.get(), state.provenance.tokenizer_path, format,
+                        type, (tmp / out_name).string());
+      for (const auto& rel : files_under(tmp)) {
+        const std::string artifact_rel = (fs::path("artifacts") / rel).string();
+        result.artifacts.push_back(artifact_rel);
+        state.artifacts[format_name + ":" + rel] = artifact_rel;
+      }
+      for (const auto& entry : fs::directory_iterator(tmp)) {
+        const fs::path dest = artifacts / entry.path().filename();
+        if (entry.is_directory() && fs::exists(dest)) fs::remove_all(dest);
+        fs::rename(entry.path(), dest);
+      }
+      fs::remove_all(tmp);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove_all(tmp, ec);
+      throw;
+    }
+    ctx.report(++done, static_cast<int64_t>(o_.formats.size()), "files");
+  }
+  int64_t bytes = 0;
+  for (const auto& a : result.artifacts) bytes += static_cast<int64_t>(fs::file_size(fs::path(ctx.run_dir) / a));
+  result.metrics["export_bytes"] = bytes;
+  return result;
+}
+
+}  // namespace llmopt::stages
