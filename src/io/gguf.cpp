@@ -32,6 +32,9 @@ constexpr std::array<GgmlTypeInfo, 30> kGgmlTypes = {{
 
 constexpr uint32_t kMaxDims = 4;         // GGML_MAX_DIMS
 constexpr int kMaxArrayNesting = 16;     // deeper nesting is never legitimate; bounds recursion
+// Each parsed array element costs ~100 bytes of memory however small its encoding; the largest
+// real vocabularies (256k tokens + merges + scores) hold about 1M elements in total.
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 26;
 
 // Smallest encoding of one element of type t, used to reject absurd counts before allocating.
 uint64_t min_encoded_size(GgufType t) {
@@ -100,6 +103,10 @@ class Parser {
                       f_.path(), key, count, gguf_type_name(v.elem_type),
                       count > std::numeric_limits<uint64_t>::max() / min_size ? 0 : count * min_size,
                       r_.remaining());
+        total_elements_ += count;
+        if (total_elements_ > kMaxArrayElements)
+          throw_input("[gguf] {}: key '{}': metadata arrays hold more than {} elements in total", f_.path(), key,
+                      kMaxArrayElements);
         v.items.reserve(count);
         for (uint64_t k = 0; k < count; ++k) v.items.push_back(read_value(v.elem_type, key, depth + 1));
         break;
@@ -110,6 +117,7 @@ class Parser {
 
   const MappedFile& f_;
   ByteReader r_;
+  uint64_t total_elements_ = 0;
 };
 
 }  // namespace
