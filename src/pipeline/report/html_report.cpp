@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <filesystem>
 #include <string_view>
 
@@ -39,6 +42,7 @@ th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:left;verti
 th{font-size:11.5px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);
 font-weight:600;background:#f8fafc;white-space:nowrap}
 td.num,th.num{text-align:right;white-space:nowrap}
+table.summary th{white-space:normal;vertical-align:bottom}
 td.small{font-size:12px;color:#334155;max-width:360px}
 tbody tr:hover td{background:#f8fafc}
 tr.baseline td{background:#f8fafc}
@@ -48,6 +52,8 @@ td.label{font-weight:600;white-space:nowrap}
 .delta{display:block;font-size:11.5px;font-weight:600}
 .delta.better{color:var(--good)}.delta.worse{color:var(--bad)}.delta.neutral,.delta.unknown{color:var(--muted);font-weight:400}
 .missing{color:#cbd5e1}
+.tag{display:inline-block;margin-left:8px;padding:0 5px;border-radius:4px;font-size:10.5px;
+font-weight:600;color:#1d4ed8;background:#eff6ff;border:1px solid #bfdbfe;vertical-align:1px}
 .badge{display:inline-block;padding:1px 9px;border-radius:999px;font-size:11.5px;font-weight:700;
 text-transform:uppercase;letter-spacing:.03em;white-space:nowrap}
 .status-ok{background:#dcfce7;color:#166534}.status-failed{background:#fee2e2;color:#991b1b}
@@ -186,9 +192,17 @@ std::string summary_section(const RunRecord& run, const ReportContent& content) 
   html += "</tr></thead><tbody>\n";
   for (const SummaryRow& row : content.rows) {
     const EvaluationPoint& point = content.points[row.point];
-    html += fmt::format("<tr class=\"{}\"><td class=\"label\">{}<span class=\"origin\">{}</span></td><td>{}</td>",
+    // The tag names the trade-off plots whose Pareto front this point is on.
+    std::string fronts;
+    for (const TradeoffPlot& plot : content.tradeoffs) {
+      if (std::find(plot.front.begin(), plot.front.end(), row.point) == plot.front.end()) continue;
+      fronts += std::string(fronts.empty() ? "" : ", ") + (plot.minimize_x ? "size" : "speed");
+    }
+    const std::string tag =
+        fronts.empty() ? "" : fmt::format("<span class=\"tag\">Pareto: {}</span>", fronts);
+    html += fmt::format("<tr class=\"{}\"><td class=\"label\">{}<span class=\"origin\">{}{}</span></td><td>{}</td>",
                         point.is_baseline ? "baseline" : (point.status == "failed" ? "failed" : "point"),
-                        html_escape(point.label), html_escape(point.origin), badge(point.status));
+                        html_escape(point.label), html_escape(point.origin), tag, badge(point.status));
     for (const MetricCell& cell : row.cells) {
       if (!cell.value) {
         html += "<td class=\"num\"><span class=\"missing\">&mdash;</span></td>";

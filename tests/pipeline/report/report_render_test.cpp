@@ -120,6 +120,9 @@ TEST(ReportRender, SweepParetoChart) {
   const std::string summary = first_block(r.html, "<table class=\"summary\">", "</table>");
   EXPECT_EQ(count_of(summary, "<tr class="), 5u);  // baseline + 4 sweep points
   EXPECT_THAT(summary, HasSubstr("bits=4,group_size=128"));
+  // Tags: bits=4,group_size=128 is on neither front, bits=4,group_size=32 on both.
+  EXPECT_THAT(summary, HasSubstr("sweep/003-bits=4-group_size=128</span>"));
+  EXPECT_THAT(summary, HasSubstr("sweep/002-bits=4-group_size=32<span class=\"tag\">Pareto: size, speed</span>"));
 
   // First scatter: perplexity vs size. 5 markers, 1 baseline diamond, 1 dominated point, and a
   // front polyline through the 4 others in ascending size (see fake_run_dir.h).
