@@ -43,13 +43,15 @@ std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path) {
   throw_input("[tokenizer] {}: unrecognized tokenizer file", path);
 }
 
-std::unique_ptr<Tokenizer> load_tokenizer(const io::TokenizerSource& src) {
+std::unique_ptr<Tokenizer> load_tokenizer(const io::TokenizerSource& src,
+                                          int32_t llama2c_vocab_size) {
   using Kind = io::TokenizerSource::Kind;
   switch (src.kind) {
     case Kind::HfJson: return make_tokenizer(load_hf_tokenizer_json(src.path), src.path);
     case Kind::SentencePieceModel:
       return make_tokenizer(load_sentencepiece_model(src.path), src.path);
-    case Kind::Llama2cBin: return make_tokenizer(load_llama2c_tokenizer(src.path), src.path);
+    case Kind::Llama2cBin:
+      return make_tokenizer(load_llama2c_tokenizer(src.path, llama2c_vocab_size), src.path);
     case Kind::Gguf: return make_tokenizer(load_gguf_vocab(src.path), src.path);
     case Kind::None: break;
   }

@@ -43,7 +43,10 @@ class Tokenizer {
 // Builds the encoder for a vocabulary (checks it first: InputError naming `source`).
 std::unique_ptr<Tokenizer> make_tokenizer(Vocab vocab, const std::string& source);
 
-std::unique_ptr<Tokenizer> load_tokenizer(const io::TokenizerSource& src);
+// `llama2c_vocab_size`: for Llama2cBin sources, the model's vocab_size (the file has no count);
+// -1 reads tokens to the end of the file.
+std::unique_ptr<Tokenizer> load_tokenizer(const io::TokenizerSource& src,
+                                          int32_t llama2c_vocab_size = -1);
 // Detects the format by content: GGUF magic, JSON object, SentencePiece protobuf, llama2.c bin.
 std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path);
 
