@@ -142,6 +142,9 @@ bool same_keyed_objects(const json& array) {
 // Manifest keys are not fixed: objects become key/value tables, arrays of objects numbered
 // nested tables, arrays of scalars comma lists.
 std::string json_html(const json& value, int depth) {
+  // Deeper nesting than any real manifest is shown as JSON text instead of recursing further.
+  constexpr int kMaxNesting = 16;
+  if (depth > kMaxNesting) return html_escape(value.dump());
   if (value.is_object()) {
     if (value.empty()) return "<span class=\"missing\">{}</span>";
     std::string html = "<table class=\"kv\">";
@@ -180,7 +183,7 @@ std::string json_html(const json& value, int depth) {
   return html_escape(json_scalar_text(value));
 }
 
-std::string summary_section(const RunRecord& run, const ReportContent& content) {
+std::string summary_section(const ReportContent& content) {
   std::string html = "<section id=\"summary\"><h2>Summary</h2>";
   if (content.points.empty()) {
     return html + "<p class=\"note\">No evaluate stage in this run: nothing to summarise.</p></section>\n";
@@ -221,7 +224,6 @@ std::string summary_section(const RunRecord& run, const ReportContent& content) 
   html += "<p class=\"note\">Deltas are relative to the baseline (the run's first evaluate "
           "stage); green is better, red is worse, grey is within noise. Top-1 agreement and KLD "
           "compare each model's next-token distribution with the baseline's.</p>";
-  (void)run;
   return html + "</section>\n";
 }
 
@@ -402,7 +404,7 @@ std::string render_html(const RunRecord& run) {
   html += fmt::format("<title>llmopt report: {}</title>\n<style>{}</style></head>\n<body><main>\n",
                       html_escape(run.name), kStyle);
   html += header_html(run, content);
-  html += summary_section(run, content);
+  html += summary_section(content);
   html += charts_section(content);
   html += timeline_section(run);
   html += "<section id=\"recipe\"><h2>Resolved recipe</h2>";

@@ -95,10 +95,17 @@ std::string scalar_text(const json& value) {
 
 // Manifest keys are not fixed: nested objects and arrays are flattened to dotted keys
 // ("inputs.0.sha256"), arrays of scalars to comma lists.
-void flatten(const json& value, const std::string& prefix, std::vector<std::pair<std::string, std::string>>& rows) {
+void flatten(const json& value, const std::string& prefix,
+             std::vector<std::pair<std::string, std::string>>& rows, int depth = 0) {
+  // Deeper nesting than any real manifest is shown as JSON text instead of recursing further.
+  constexpr int kMaxNesting = 16;
+  if (depth > kMaxNesting) {
+    rows.emplace_back(prefix, value.dump());
+    return;
+  }
   if (value.is_object() && !value.empty()) {
     for (const auto& [key, item] : value.items()) {
-      flatten(item, prefix.empty() ? key : prefix + "." + key, rows);
+      flatten(item, prefix.empty() ? key : prefix + "." + key, rows, depth + 1);
     }
     return;
   }
@@ -106,7 +113,9 @@ void flatten(const json& value, const std::string& prefix, std::vector<std::pair
     bool all_scalar = true;
     for (const auto& item : value) all_scalar = all_scalar && !item.is_structured();
     if (!all_scalar) {
-      for (size_t i = 0; i < value.size(); ++i) flatten(value[i], fmt::format("{}.{}", prefix, i), rows);
+      for (size_t i = 0; i < value.size(); ++i) {
+        flatten(value[i], fmt::format("{}.{}", prefix, i), rows, depth + 1);
+      }
       return;
     }
     std::string text;

@@ -266,6 +266,18 @@ TEST(ReportRender, EscapesInput) {
   EXPECT_THAT(r.md, HasSubstr("````yaml\nname: \"" + evil + "\"\n```\n# fence\n````\n"));
 }
 
+// Manifest keys are free-form: deep nesting is cut off into JSON text rather than recursed.
+TEST(ReportRender, DeeplyNestedManifest) {
+  const auto dir = t::make_temp_dir("nested");
+  json manifest = "leaf";
+  for (int i = 0; i < 40; ++i) manifest = json{{"k", manifest}};
+  t::write_run_dir(dir, t::simple_run_metrics(), manifest);
+  const Rendered r = render(dir);
+  EXPECT_THAT(r.html, HasSubstr("{&quot;k&quot;:{&quot;k&quot;:"));
+  EXPECT_THAT(r.md, HasSubstr("{&quot;k&quot;:{&quot;k&quot;:"));
+  EXPECT_THAT(r.html, HasSubstr("&quot;leaf&quot;"));
+}
+
 TEST(ReportRender, WritesAtomicallyAndReplaces) {
   const auto dir = t::make_temp_dir("atomic");
   t::write_run_dir(dir, t::simple_run_metrics());
