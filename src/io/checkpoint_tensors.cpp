@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -15,28 +16,32 @@ std::string layer_tensor_name(int64_t layer, const std::string& suffix) {
 }
 
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
-  const int64_t dim = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.kv_dim();
   std::vector<ExpectedTensor> out;
-  out.push_back({"model.embed_tokens.weight", {c.vocab_size, dim}});
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    out.push_back({layer_tensor_name(l, "input_layernorm.weight"), {dim}});
-    out.push_back({layer_tensor_name(l, "self_attn.q_proj.weight"), {q_dim, dim}});
-    out.push_back({layer_tensor_name(l, "self_attn.k_proj.weight"), {kv_dim, dim}});
-    out.push_back({layer_tensor_name(l, "self_attn.v_proj.weight"), {kv_dim, dim}});
-    out.push_back({layer_tensor_name(l, "self_attn.o_proj.weight"), {dim, q_dim}});
-    if (c.attention_bias) {
-      out.push_back({layer_tensor_name(l, "self_attn.q_proj.bias"), {q_dim}});
-      out.push_back({layer_tensor_name(l, "self_attn.k_proj.bias"), {kv_dim}});
-      out.push_back({layer_tensor_name(l, "self_attn.v_proj.bias"), {kv_dim}});
-    }
-    out.push_back({layer_tensor_name(l, "post_attention_layernorm.weight"), {dim}});
-    out.push_back({layer_tensor_name(l, "mlp.gate_proj.weight"), {c.intermediate_size, dim}});
-    out.push_back({layer_tensor_name(l, "mlp.up_proj.weight"), {c.intermediate_size, dim}});
-    out.push_back({layer_tensor_name(l, "mlp.down_proj.weight"), {dim, c.intermediate_size}});
-  }
-  out.push_back({"model.norm.weight", {dim}});
-  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, dim}});
+  for_each_expected_tensor(c, [&](const ExpectedTensor& e) { out.push_back(e); });
   return out;
+}
+
+void for_each_expected_tensor(const ModelConfig& c, const std::function<void(const ExpectedTensor&)>& fn) {
+  const int64_t dim = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.kv_dim();
+  fn({"model.embed_tokens.weight", {c.vocab_size, dim}});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    fn({layer_tensor_name(l, "input_layernorm.weight"), {dim}});
+    fn({layer_tensor_name(l, "self_attn.q_proj.weight"), {q_dim, dim}});
+    fn({layer_tensor_name(l, "self_attn.k_proj.weight"), {kv_dim, dim}});
+    fn({layer_tensor_name(l, "self_attn.v_proj.weight"), {kv_dim, dim}});
+    fn({layer_tensor_name(l, "self_attn.o_proj.weight"), {dim, q_dim}});
+    if (c.attention_bias) {
+      fn({layer_tensor_name(l, "self_attn.q_proj.bias"), {q_dim}});
+      fn({layer_tensor_name(l, "self_attn.k_proj.bias"), {kv_dim}});
+      fn({layer_tensor_name(l, "self_attn.v_proj.bias"), {kv_dim}});
+    }
+    fn({layer_tensor_name(l, "post_attention_layernorm.weight"), {dim}});
+    fn({layer_tensor_name(l, "mlp.gate_proj.weight"), {c.intermediate_size, dim}});
+    fn({layer_tensor_name(l, "mlp.up_proj.weight"), {c.intermediate_size, dim}});
+    fn({layer_tensor_name(l, "mlp.down_proj.weight"), {dim, c.intermediate_size}});
+  }
+  fn({"model.norm.weight", {dim}});
+  if (!c.tie_word_embeddings) fn({"lm_head.weight", {c.vocab_size, dim}});
 }
 
 namespace {
@@ -64,14 +69,18 @@ void validate_checkpoint_tensors(const Checkpoint& ckpt, const char* component) 
                        t.name, t.nbytes, shape_string(t.shape), dtype_name(t.dtype),
                        numel / block * dtype_block_bytes(t.dtype));
   }
-  for (const auto& e : expected_tensors(ckpt.config)) {
-    const TensorView* t = ckpt.find(e.name);
+  // Lazily, so a hostile layer count fails at the first missing layer instead of listing 2^31.
+  std::unordered_map<std::string_view, const TensorView*> by_name;
+  for (const auto& t : ckpt.tensors) by_name.emplace(t.name, &t);
+  for_each_expected_tensor(ckpt.config, [&](const ExpectedTensor& e) {
+    const auto it = by_name.find(e.name);
+    const TensorView* t = it == by_name.end() ? nullptr : it->second;
     LLMOPT_CHECK_INPUT(t != nullptr, "[{}] {}: missing tensor '{}' (expected shape {})", component, ckpt.path,
                        e.name, shape_string(e.shape));
     LLMOPT_CHECK_INPUT(t->shape == e.shape,
                        "[{}] {}: tensor '{}' shape mismatch: config implies {}, file has {}", component,
                        ckpt.path, e.name, shape_string(e.shape), shape_string(t->shape));
-  }
+  });
 }
 
 void check_tensors_finite(const Checkpoint& ckpt) {

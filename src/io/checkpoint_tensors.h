@@ -3,6 +3,7 @@
 // rotate-half (HF) q/k layouts, owned buffers and float type conversion.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,8 @@ struct ExpectedTensor {
   std::vector<int64_t> shape;
 };
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg);
+// The same list, one at a time (stops early if `fn` throws).
+void for_each_expected_tensor(const ModelConfig& cfg, const std::function<void(const ExpectedTensor&)>& fn);
 
 // Checks that every expected tensor is present with the expected shape and that its byte size
 // matches its dtype; InputError "[component] FILE: ..." naming the tensor otherwise.
