@@ -124,6 +124,12 @@ Vocab vocab_from_gguf_kvs(const std::vector<io::GgufKeyValue>& kvs, const std::s
       v.merges.emplace_back(m.substr(0, space), m.substr(space + 1));
     }
     v.pre = kv.string_or("tokenizer.ggml.pre", "default");
+    // llama.cpp takes a pre-token that is a whole vocab entry as is for these families
+    // (tokenizer.json "ignore_merges": true in Llama 3 and Tekken).
+    for (const char* name : {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "llama4",
+                             "tekken", "pixtral"}) {
+      if (v.pre == name) v.ignore_merges = true;
+    }
   }
 
   // Defaults as llama.cpp's llama_vocab::load sets them before reading the optional keys.
