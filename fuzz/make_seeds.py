@@ -3,7 +3,8 @@
   OUT/gguf/        a tiny llama GGUF model (every metadata value type) and a vocab-only file
   OUT/safetensors/ a two-tensor file with __metadata__
   OUT/llama2c/     tiny legacy, v1 and v2 models (dim 8, 1 layer, 2 heads, 1 KV head, vocab 4)
-Usage: make_seeds.py OUT"""
+  OUT/tokenizer_json/ a shrunken byte-level BPE tokenizer.json (when TOKENIZER_JSON is given)
+Usage: make_seeds.py OUT [TOKENIZER_JSON]"""
 import os
 import struct
 import sys
@@ -107,3 +108,26 @@ v2 = hdr2 + b"\0" * (256 - len(hdr2)) + floats(DIM) * 3
 for n in [sizes["emb"], sizes["wq"], sizes["wk"], sizes["wv"], sizes["wo"], sizes["w"], sizes["w"], sizes["w"]]:
     v2 += bytes((i * 37) % 256 for i in range(n)) + struct.pack(f"<{n // GS}f", *([0.01] * (n // GS)))
 open(os.path.join(out, "llama2c", "v2.bin"), "wb").write(v2)
+
+# ---- tokenizer.json (optional second argument: a real tokenizer.json to shrink) ----
+# A byte-level BPE reduced to the 256 byte tokens, the first 200 merges whose parts and result
+# are kept, and one special token: small enough for fast fuzzing, same structure as the real file.
+if len(sys.argv) > 2:
+    import json
+    os.makedirs(os.path.join(out, "tokenizer_json"), exist_ok=True)
+    j = json.load(open(sys.argv[2]))
+    vocab = j["model"]["vocab"]
+    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+    kept = {tok: i for i, (tok, _) in enumerate(by_id[:256])}
+    merges = []
+    for m in j["model"]["merges"]:
+        a, b = m.split(" ") if isinstance(m, str) else m
+        if a in kept and b in kept and (a + b) in vocab and len(merges) < 200:
+            kept.setdefault(a + b, len(kept))
+            merges.append(m)
+    j["model"]["vocab"] = kept
+    j["model"]["merges"] = merges
+    for t in j["added_tokens"]:
+        t["id"] = len(kept)
+    j["added_tokens"] = j["added_tokens"][:1]
+    json.dump(j, open(os.path.join(out, "tokenizer_json", "bpe_small.json"), "w"))

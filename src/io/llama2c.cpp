@@ -167,11 +167,17 @@ Llama2cHeader parse_header(const MappedFile& f) {
 
 }  // namespace
 
+Llama2cHeader parse_llama2c_header(const MappedFile& f) { return parse_header(f); }
+
+uint64_t llama2c_file_size(const Llama2cHeader& h) {
+  const unsigned __int128 implied = h.weights_offset + payload_bytes(h);
+  return implied > UINT64_MAX ? UINT64_MAX : static_cast<uint64_t>(implied);
+}
+
 Llama2cHeader read_llama2c_header(const MappedFile& f) {
   Llama2cHeader h = parse_header(f);
-  const unsigned __int128 implied = h.weights_offset + payload_bytes(h);
-  const uint64_t expected = implied > UINT64_MAX ? UINT64_MAX : static_cast<uint64_t>(implied);
-  LLMOPT_CHECK_INPUT(f.size() == implied,
+  const uint64_t expected = llama2c_file_size(h);
+  LLMOPT_CHECK_INPUT(f.size() == expected && expected != UINT64_MAX,
                      "[llama2c] {}: file is {} bytes but a version {} header (dim {}, hidden {}, layers {}, "
                      "heads {}/{}, vocab {}, seq {}) implies {} bytes",
                      f.path(), f.size(), h.version, h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,

@@ -28,6 +28,10 @@ struct Llama2cHeader {
 
 // Parses and checks the header and that the file size is exactly what the header implies.
 Llama2cHeader read_llama2c_header(const MappedFile& file);
+// Parses and checks the header fields only (no file size check).
+Llama2cHeader parse_llama2c_header(const MappedFile& file);
+// The exact file size a header implies (saturates at UINT64_MAX).
+uint64_t llama2c_file_size(const Llama2cHeader& h);
 // True if the bytes look like a llama2.c model (magic ak42, or a legacy header whose implied size
 // equals the file size).
 bool looks_like_llama2c(const MappedFile& file);
