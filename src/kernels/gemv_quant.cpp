@@ -4,6 +4,8 @@
 // on every target Highway compiles here, so a vector never straddles two blocks.
 #include "kernels/gemv_quant.h"
 
+#include <cstring>
+
 #include "core/half.h"
 #include "kernels/quant_formats.h"
 
@@ -21,57 +23,84 @@ using DF = hn::ScalableTag<float>;
 // A Q4_0 byte group of Lanes(DF) must fit in the 16 code bytes of one block.
 static_assert(HWY_MAX_BYTES / sizeof(float) <= kQK / 2, "vector wider than half a block");
 
-// Σ over blocks of d_b · (Σ_j q_bj·x_bj), with two row accumulators for alternating blocks.
-float DotQ8_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
+// f16 block scale -> f32 without core/half.h's subnormal loop: placing the 15 exponent and
+// mantissa bits at the top of an f32 and multiplying by 2^112 rebiases the exponent and
+// renormalizes subnormals exactly in one multiply. Inf/NaN (exponent 31) take the exact path.
+HWY_INLINE float ScaleToF32(uint16_t h) {
+  if (HWY_UNLIKELY((h & 0x7c00u) == 0x7c00u)) return f16_to_f32(h);
+  const uint32_t bits = static_cast<uint32_t>(h & 0x7fffu) << 13;
+  float magnitude;
+  std::memcpy(&magnitude, &bits, 4);
+  magnitude *= 0x1p112f;
+  return (h & 0x8000u) ? -magnitude : magnitude;
+}
+
+// Σ_j q_j·x_j of one Q8_0 block as a vector of partial sums.
+HWY_INLINE hn::Vec<DF> BlockSumQ8_0(const BlockQ8_0& block, const float* HWY_RESTRICT x) {
   const DF df;
   const hn::RebindToSigned<DF> di32;
   const hn::Rebind<int8_t, DF> di8;
   const int L = static_cast<int>(hn::Lanes(df));
-  const auto* blocks = static_cast<const BlockQ8_0*>(w_row);
-  auto acc_even = hn::Zero(df), acc_odd = hn::Zero(df);
-  for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
-    auto block_sum = hn::Zero(df);
-    for (int j = 0; j < kQK; j += L) {
-      const auto q = hn::ConvertTo(df, hn::PromoteTo(di32, hn::LoadU(di8, blocks[b].qs + j)));
-      block_sum = hn::MulAdd(q, hn::LoadU(df, x + j), block_sum);
-    }
-    const auto d = hn::Set(df, f16_to_f32(blocks[b].d));
-    if (b & 1) {
-      acc_odd = hn::MulAdd(d, block_sum, acc_odd);
-    } else {
-      acc_even = hn::MulAdd(d, block_sum, acc_even);
-    }
+  auto sum = hn::Zero(df);
+  for (int j = 0; j < kQK; j += L) {
+    const auto q = hn::ConvertTo(df, hn::PromoteTo(di32, hn::LoadU(di8, block.qs + j)));
+    sum = hn::MulAdd(q, hn::LoadU(df, x + j), sum);
   }
-  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc_even, acc_odd)));
+  return sum;
 }
 
-// Q4_0: the byte at qs[j] holds element j (low nibble) and element j + 16 (high nibble).
-float DotQ4_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
+// Σ_j (q_j - 8)·x_j of one Q4_0 block; the byte at qs[j] holds element j (low nibble) and
+// element j + 16 (high nibble).
+HWY_INLINE hn::Vec<DF> BlockSumQ4_0(const BlockQ4_0& block, const float* HWY_RESTRICT x) {
   const DF df;
   const hn::RebindToSigned<DF> di32;
   const hn::Rebind<uint8_t, DF> du8;
   const int L = static_cast<int>(hn::Lanes(df));
-  const auto* blocks = static_cast<const BlockQ4_0*>(w_row);
   const auto low_mask = hn::Set(di32, 0x0f);
   const auto eight = hn::Set(di32, 8);
-  auto acc_even = hn::Zero(df), acc_odd = hn::Zero(df);
-  for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
-    auto block_sum = hn::Zero(df);
-    for (int j = 0; j < kQK / 2; j += L) {
-      const auto bytes = hn::PromoteTo(di32, hn::LoadU(du8, blocks[b].qs + j));
-      const auto lo = hn::ConvertTo(df, hn::Sub(hn::And(bytes, low_mask), eight));
-      const auto hi = hn::ConvertTo(df, hn::Sub(hn::ShiftRight<4>(bytes), eight));
-      block_sum = hn::MulAdd(lo, hn::LoadU(df, x + j), block_sum);
-      block_sum = hn::MulAdd(hi, hn::LoadU(df, x + j + kQK / 2), block_sum);
-    }
-    const auto d = hn::Set(df, f16_to_f32(blocks[b].d));
-    if (b & 1) {
-      acc_odd = hn::MulAdd(d, block_sum, acc_odd);
-    } else {
-      acc_even = hn::MulAdd(d, block_sum, acc_even);
-    }
+  auto sum = hn::Zero(df);
+  for (int j = 0; j < kQK / 2; j += L) {
+    const auto bytes = hn::PromoteTo(di32, hn::LoadU(du8, block.qs + j));
+    const auto lo = hn::ConvertTo(df, hn::Sub(hn::And(bytes, low_mask), eight));
+    const auto hi = hn::ConvertTo(df, hn::Sub(hn::ShiftRight<4>(bytes), eight));
+    sum = hn::MulAdd(lo, hn::LoadU(df, x + j), sum);
+    sum = hn::MulAdd(hi, hn::LoadU(df, x + j + kQK / 2), sum);
   }
+  return sum;
+}
+
+// Σ_b d_b·(block sum b): even blocks into one accumulator and odd blocks into another, two
+// blocks per iteration so their independent work overlaps. The order is fixed for a given k.
+template <class Block, class BlockSum>
+HWY_INLINE float DotBlocks(const void* w_row, const float* HWY_RESTRICT x, int64_t k,
+                           BlockSum block_sum) {
+  const DF df;
+  const auto* blocks = static_cast<const Block*>(w_row);
+  const int64_t count = k / kQK;
+  auto acc_even = hn::Zero(df), acc_odd = hn::Zero(df);
+  int64_t b = 0;
+  for (; b + 2 <= count; b += 2) {
+    const auto s0 = block_sum(blocks[b], x + b * kQK);
+    const auto s1 = block_sum(blocks[b + 1], x + (b + 1) * kQK);
+    acc_even = hn::MulAdd(hn::Set(df, ScaleToF32(blocks[b].d)), s0, acc_even);
+    acc_odd = hn::MulAdd(hn::Set(df, ScaleToF32(blocks[b + 1].d)), s1, acc_odd);
+  }
+  if (b < count)
+    acc_even = hn::MulAdd(hn::Set(df, ScaleToF32(blocks[b].d)), block_sum(blocks[b], x + b * kQK),
+                          acc_even);
   return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc_even, acc_odd)));
+}
+
+float DotQ8_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
+  return DotBlocks<BlockQ8_0>(w_row, x, k, [](const BlockQ8_0& blk, const float* xb) {
+    return BlockSumQ8_0(blk, xb);
+  });
+}
+
+float DotQ4_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
+  return DotBlocks<BlockQ4_0>(w_row, x, k, [](const BlockQ4_0& blk, const float* xb) {
+    return BlockSumQ4_0(blk, xb);
+  });
 }
 
 void GemvQuantRows(DType w_type, const void* w, const float* x, const float* bias, float* y,
