@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/half.h"
 #include "each_simd_target.h"
 #include "kernels/gemv.h"
 #include "kernels/quant_formats.h"
@@ -86,6 +87,27 @@ TEST(GemvQuant, KnownSmallDot) {
   std::vector<float> x(64, 1.0f);
   EXPECT_EQ(dot_quant(DType::Q8_0, q8, x.data(), 64), 2 * 528.0f);  // 2·(1 + ... + 32)
   EXPECT_EQ(dot_quant(DType::Q4_0, q4, x.data(), 64), 2 * 2.0f * (16 * 2 + 16 * 1));
+}
+
+// Block scales across the f16 range (subnormal, negative, largest finite) decode exactly as
+// core/half.h does: small integer codes against x = 1 keep every sum exact.
+TEST(GemvQuant, ScalesDecodeExactlyOverTheHalfRange) {
+  testing::for_each_simd_target([&] {
+    for (uint16_t d : {0x0001, 0x03ff, 0x0400, 0x8400, 0x3555, 0x7bff, 0xfbff}) {
+      BlockQ8_0 q8[3]{};
+      int code_sum = 0;
+      for (int b = 0; b < 3; ++b) {
+        q8[b].d = d;
+        for (int j = 0; j < 32; ++j) {
+          q8[b].qs[j] = static_cast<int8_t>((j % 5) - 2 + b);
+          code_sum += q8[b].qs[j];
+        }
+      }
+      std::vector<float> x(96, 1.0f);
+      EXPECT_EQ(dot_quant(DType::Q8_0, q8, x.data(), 96), f16_to_f32(d) * code_sum)
+          << "d=0x" << std::hex << d;
+    }
+  });
 }
 
 TEST(GemvQuant, GemvMatchesDequantizedMatmulWithinDotBound) {
