@@ -67,8 +67,8 @@ TEST(LlamaCppVectors, EveryShippedVocabularyMatches) {
       }
       all = false;
       std::string g, e;
-      for (int32_t id : got) g += " " + std::to_string(id);
-      for (int32_t id : cases[i].expected) e += " " + std::to_string(id);
+      for (int32_t id : got) g.append(1, ' ').append(std::to_string(id));
+      for (int32_t id : cases[i].expected) e.append(1, ' ').append(std::to_string(id));
       ADD_FAILURE() << p.vocab << " case " << i << " '" << cases[i].input.substr(0, 60)
                     << "'\n  expected:" << e << "\n  got:     " << g;
     }

@@ -155,6 +155,36 @@ TEST(ByteLevel, MergesByRank) {
   EXPECT_EQ(t->decode(Ids{259}), "");  // control tokens do not decode to text
 }
 
+TEST(ByteLevel, IgnoreMergesTakesWholeVocabEntries) {
+  // "abc" is a vocab entry reachable only through a merge that is not listed.
+  Vocab v = tiny_byte_level({{"a", "b"}});
+  v.tokens.insert(v.tokens.end() - 1, "abc");
+  v.scores.push_back(0);
+  v.types.insert(v.types.end() - 1, TokenType::Normal);
+  v.bos_id = v.eos_id = v.size() - 1;
+  EXPECT_EQ(make_tokenizer(v, "tiny")->encode("abc", kPlain), (Ids{256, 'c'}));
+  v.ignore_merges = true;
+  EXPECT_EQ(make_tokenizer(v, "tiny")->encode("abc", kPlain), (Ids{257}));
+  // llama.cpp turns it on for the llama3 family of GGUF pre-tokenizers.
+  v.ignore_merges = false;
+  v.pre = "llama-bpe";
+  EXPECT_TRUE(vocab_from_gguf_kvs(export_gguf_kvs(v), "g").ignore_merges);
+}
+
+TEST(ByteLevel, StreamingDecodeConcatenatesToFullDecode) {
+  const std::string g = byte_to_unicode(' ');
+  auto t = make_tokenizer(tiny_byte_level({{"a", "b"}, {g, "ab"}}), "tiny");
+  const std::string text = " ab \xF0\x9F\xA6\x99 ab\n";
+  std::string streamed;
+  for (int32_t id : t->encode(text, kPlain)) streamed += t->decode_token(id);
+  EXPECT_EQ(streamed, text);
+}
+
+TEST(Load, MissingSourceIsInputError) {
+  EXPECT_THROW(load_tokenizer(io::TokenizerSource{}), InputError);
+  EXPECT_THROW(load_tokenizer_file("/nonexistent/tokenizer.json"), InputError);
+}
+
 TEST(PreTokenizer, Gpt2RegexSplits) {
   PreTokenizer pre({kGpt2Regex}, "test");
   const auto pieces = pre.split("I'm  here, 1234 ok\n");
