@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "io/gguf.h"
+#include "io/gguf_writer.h"
 #include "test_data_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -149,6 +150,45 @@ TEST(VocabFiles, ExportedKvsMatchLlamaCppKeys) {
     const io::GgufValue* original = file.find(key);
     ASSERT_NE(original, nullptr) << key;
     EXPECT_EQ(value.to_string(1u << 30), original->to_string(1u << 30)) << key;
+  }
+}
+
+// llama.cpp's own llama2.c converter turned tok512.bin into the stories260K GGUF (DATA.md): our
+// llama2.c loader must produce exactly the vocabulary it wrote (pieces with U+2581, scores, types,
+// special ids), and our GGUF export of it must carry the same values.
+TEST(VocabFiles, Tok512MatchesLlamaCppConversion) {
+  const Vocab ours = load_llama2c_tokenizer(shared_path("models/stories260K/tok512.bin"), 512);
+  const auto file = io::GgufFile::open(shared_path("models/stories260K/stories260K.llamacpp-f32.gguf"));
+  const Vocab theirs = vocab_from_gguf(file);
+  EXPECT_EQ(ours.tokens, theirs.tokens);
+  EXPECT_EQ(ours.scores, theirs.scores);
+  EXPECT_EQ(ours.types, theirs.types);
+  EXPECT_EQ(ours.bos_id, theirs.bos_id);
+  EXPECT_EQ(ours.eos_id, theirs.eos_id);
+  EXPECT_EQ(ours.unk_id, theirs.unk_id);
+  for (const auto& [key, value] : export_gguf_kvs(ours)) {
+    if (key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.scores" ||
+        key == "tokenizer.ggml.token_type" || key == "tokenizer.ggml.model") {
+      const io::GgufValue* original = file.find(key);
+      ASSERT_NE(original, nullptr) << key;
+      EXPECT_EQ(value.to_string(1u << 30), original->to_string(1u << 30)) << key;
+    }
+  }
+}
+
+// The path `convert` takes: our kvs written into a GGUF file by the io writer, read back by
+// content detection, must tokenize like the source vocabulary.
+TEST(VocabFiles, VocabOnlyGgufFileRoundTrip) {
+  for (const char* source : {"tokenizers/llama2-32000/tokenizer_llama32000.model",
+                             "tokenizers/llamacpp-vocab/ggml-vocab-deepseek-coder.gguf"}) {
+    const auto original = load_tokenizer_file(shared_path(source));
+    auto kvs = export_gguf_kvs(original->vocab());
+    kvs.insert(kvs.begin(), {"general.architecture", io::GgufValue::make_string("llama")});
+    const std::string path = std::string(LLMOPT_BINARY_DIR) + "/tokenizer-roundtrip.gguf";
+    io::write_gguf_file(path, kvs, {});
+    const auto reloaded = load_tokenizer_file(path);
+    expect_same_encodings(*original, *reloaded, std::string(source) + " -> GGUF file");
+    std::remove(path.c_str());
   }
 }
 
