@@ -238,6 +238,16 @@ const std::vector<BadCase>& cases() {
          });
        },
        load_model, "shape mismatch"},
+      // Fuzz finding (docs/fuzzing.md): a huge block_count must fail fast at the first missing
+      // layer, not after listing 2^30 x 9 expected tensor names.
+      {"gguf_absurd_block_count",
+       [](const TempDir& d) {
+         return tiny_gguf(d, "layers.gguf", [](auto& kvs) {
+           for (auto& [k, v] : kvs)
+             if (k == "llama.block_count") v = GgufValue::make_u32(1u << 30);
+         });
+       },
+       load_model, "missing tensor 'model.layers.2.input_layernorm.weight'"},
       {"gguf_wrong_key_type",
        [](const TempDir& d) {
          return tiny_gguf(d, "ktype.gguf", [](auto& kvs) {
