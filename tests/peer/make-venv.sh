@@ -11,6 +11,13 @@ venv="${LLMOPT_PEER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/llmopt/peer-venv-$key}
 if [[ ! -f "$venv/.complete" ]]; then
   rm -rf "$venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
+  # llama-cpp-python compiles llama.cpp from its sdist (pip then caches the wheel in ~/.cache/pip).
+  # Portable CPU build only: no -march=native (the wheel is cached across machines), no OpenMP or
+  # BLAS, no multimodal/tools/examples/tests, so the build is small and needs only cmake + gcc.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_BLAS=OFF \
+-DGGML_CCACHE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}"
+  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   touch "$venv/.complete"
 fi

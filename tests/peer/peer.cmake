@@ -1,0 +1,13 @@
+# Peer checks (label `peer`): Python tests that run llmopt's outputs in the ecosystem's own tools
+# (transformers, tokenizers, gguf-py, llama.cpp via llama-cpp-python). The venv comes from
+# tests/peer/make-venv.sh (scripts/test.sh runs it first); without it the tests are skipped.
+set(LLMOPT_PEER_DIR ${CMAKE_CURRENT_LIST_DIR})
+foreach(peer_name transformers tokenizers gguf_package llama_cpp)
+  add_test(NAME peer_${peer_name}
+           COMMAND ${LLMOPT_PEER_DIR}/run-pytest.sh ${LLMOPT_PEER_DIR}/test_${peer_name}.py)
+  set_tests_properties(peer_${peer_name} PROPERTIES
+    LABELS peer
+    SKIP_RETURN_CODE 77
+    TIMEOUT 1500
+    ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_SHARED_DIR=${PROJECT_SOURCE_DIR}/../shared")
+endforeach()

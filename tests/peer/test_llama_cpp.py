@@ -1,0 +1,88 @@
+"""Peer check: llama.cpp (through llama-cpp-python) runs llmopt's GGUF export of stories260K.
+
+The f32 GGUF written by `llmopt convert --to gguf` must load in llama.cpp and give
+- the same token ids as `llmopt tokenize` (llama.cpp's SentencePiece-style tokenizer from the GGUF
+  metadata, BOS added by default on both sides);
+- next-token logits within 1e-3 of `llmopt logits --full` at every prompt position (f32 weights
+  on both sides; llama.cpp's CPU kernels sum in a different order and convert activations of
+  some ops to f16, e.g. the KQ mask / softmax path, hence 1e-3 rather than 1e-4 for logits of O(10));
+- the same greedy continuation (64 tokens from "Once upon a time") as `llmopt generate`: ids and text.
+The greedy loop is written here (argmax of llama.cpp's logits), so no sampler settings are involved.
+"""
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")  # must be installed: see requirements.txt
+
+LOGIT_TOL = 1e-3
+N_PREDICT = 64
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def stories_gguf(llmopt, stories_bin, stories_tok, tmp_path_factory):
+    out = tmp_path_factory.mktemp("llama-cpp") / "stories260K-f32.gguf"
+    llmopt.run("convert", stories_bin, out, "--to", "gguf", "--type", "f32",
+               "--tokenizer", stories_tok)
+    return out
+
+
+@pytest.fixture(scope="module")
+def llm(stories_gguf):
+    return llama_cpp.Llama(model_path=str(stories_gguf), n_ctx=512, n_batch=512, n_threads=1,
+                           seed=0, logits_all=True, verbose=False)
+
+
+def texts(shared):
+    stories = (shared / "text" / "tinystories_val.txt").read_text(encoding="utf-8")
+    return [p for p in stories.split("\n") if p.strip()][:30] + [PROMPT, "Hello  world!"]
+
+
+def test_tokenizer_matches(llmopt, llm, stories_gguf, shared, tmp_path):
+    mismatches = []
+    all_texts = texts(shared)
+    for n, text in enumerate(all_texts):
+        f = tmp_path / f"t{n}.txt"
+        f.write_text(text, encoding="utf-8")
+        ours = llmopt.json("tokenize", stories_gguf, "--file", f, "--json")["ids"]
+        theirs = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        if ours != theirs:
+            mismatches.append((text, ours, theirs))
+    print(f"llama.cpp tokenizer: {len(all_texts) - len(mismatches)}/{len(all_texts)} identical")
+    assert not mismatches, "first mismatch (text, llmopt, llama.cpp): %r" % (mismatches[0],)
+
+
+def test_logits_match(llmopt, llm, stories_gguf, tmp_path):
+    text = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
+    ours = llmopt.logits(stories_gguf, tmp_path, "--text", text)
+    ids = ours["ids"]
+    mine = np.array([p["logits"] for p in ours["positions"]], dtype=np.float64)
+    llm.reset()
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)], dtype=np.float64)
+    assert mine.shape == theirs.shape == (len(ids), 512)
+    diff = np.abs(mine - theirs).max()
+    print(f"llama.cpp logits: {len(ids)} positions x 512, max |diff| = {diff:.3g}")
+    assert diff <= LOGIT_TOL
+    assert (mine.argmax(1) == theirs.argmax(1)).all()
+
+
+def test_greedy_generation_matches(llmopt, llm, stories_gguf):
+    ours = llmopt.json("generate", stories_gguf, "--prompt", PROMPT, "-n", N_PREDICT, "--json")
+    prompt_ids = llm.tokenize(PROMPT.encode("utf-8"), add_bos=True)
+    assert ours["prompt_ids"] == prompt_ids
+    llm.reset()
+    llm.eval(prompt_ids)
+    generated = []
+    eos = llm.token_eos()
+    while len(generated) < N_PREDICT:
+        next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        if next_id == eos:
+            break
+        generated.append(next_id)
+        llm.eval([next_id])
+    text = llm.detokenize(generated, prev_tokens=prompt_ids).decode("utf-8", errors="replace")
+    print(f"llama.cpp greedy: {len(generated)} tokens: {text!r}")
+    assert ours["ids"][: len(generated)] == generated
+    assert len(ours["ids"]) in (len(generated), len(generated) + 1)  # llmopt may list the EOS
+    assert ours["text"] == text
