@@ -10,6 +10,9 @@ namespace llmopt::tok {
 
 Vocab parse_sentencepiece_model(std::string_view bytes, const std::string& source) {
   spm::ModelProto model;
+  LLMOPT_CHECK_INPUT(bytes.size() < (size_t{1} << 31),
+                     "[tokenizer] {}: {} bytes, too large for a SentencePiece model (< 2 GiB)",
+                     source, bytes.size());
   LLMOPT_CHECK_INPUT(model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())),
                      "[tokenizer] {}: not a SentencePiece model (protobuf ModelProto did not "
                      "parse, {} bytes)",

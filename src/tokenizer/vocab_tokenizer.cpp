@@ -129,6 +129,10 @@ class VocabTokenizer final : public Tokenizer {
     std::vector<int32_t> out;
     if (o.add_bos && vocab_.bos_id >= 0) out.push_back(vocab_.bos_id);
     if (text.empty()) return out;
+    // Symbol offsets are 32-bit (half the memory of the merge state).
+    LLMOPT_CHECK_INPUT(text.size() < (size_t{1} << 32),
+                       "[tokenizer] text of {} bytes is too long to encode at once (< 4 GiB)",
+                       text.size());
     const std::vector<Fragment> fragments = partition_special(text, o.parse_special);
     bool previous_was_special = true;  // the start of the text counts as "after a special"
     std::string buffer;
