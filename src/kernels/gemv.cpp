@@ -190,14 +190,15 @@ constexpr int64_t kMinParallelWork = 1 << 15;
 
 void check_args(const char* name, DType w_type, int64_t m, int64_t n, int64_t k) {
   LLMOPT_CHECK_INPUT(gemv_supports(w_type),
-                     "[kernels.{}] weight type {} is not supported (expected F32, F16, BF16, "
-                     "Q8_0 or Q4_0)",
+                     "[kernels.{}] weight type {} is not supported (expected F32, F16, BF16 or "
+                     "a ggml block type)",
                      name, dtype_name(w_type));
   LLMOPT_CHECK_INPUT(n >= 0 && k >= 0, "[kernels.{}] sizes must be >= 0, got n={} k={}", name, n,
                      k);
-  LLMOPT_CHECK_INPUT(!gemv_quant_supports(w_type) || k % kQK == 0,
+  const int64_t block = dtype_block_elems(w_type);
+  LLMOPT_CHECK_INPUT(k % block == 0,
                      "[kernels.{}] {} rows must hold whole blocks: k={} is not a multiple of {}",
-                     name, dtype_name(w_type), k, kQK);
+                     name, dtype_name(w_type), k, block);
   LLMOPT_CHECK_INPUT(m >= 1 && m <= kMaxGemvBatch,
                      "[kernels.{}] batch m={} out of range (expected 1..{})", name, m,
                      kMaxGemvBatch);
@@ -231,7 +232,7 @@ void decode_row(DType w_type, const void* w, int64_t r, int64_t k, float* out) {
 
 bool gemv_supports(DType w_type) {
   return w_type == DType::F32 || w_type == DType::F16 || w_type == DType::BF16 ||
-         gemv_quant_supports(w_type);
+         find_quant_traits(w_type) != nullptr;
 }
 
 void gemv(DType w_type, const void* w, const float* x, const float* bias, float* y, int64_t n,
@@ -241,6 +242,17 @@ void gemv(DType w_type, const void* w, const float* x, const float* bias, float*
   if (gemv_quant_supports(w_type)) {
     for_row_blocks(n, threads, [&](int64_t r0, int64_t r1) {
       gemv_quant_rows(w_type, w, x, bias, y, r0, r1, k);
+    });
+    return;
+  }
+  if (find_quant_traits(w_type) != nullptr) {
+    // Other block formats: decode each row block to f32 in a per-thread buffer (16·k floats,
+    // cache resident), then run the F32 kernel on it. W is still read once, quantized.
+    auto* f32_kernel = HWY_DYNAMIC_DISPATCH(GemvF32);
+    for_row_blocks(n, threads, [&](int64_t r0, int64_t r1) {
+      std::vector<float> decoded((r1 - r0) * k);
+      for (int64_t r = r0; r < r1; ++r) decode_row(w_type, w, r, k, decoded.data() + (r - r0) * k);
+      f32_kernel(decoded.data(), x, bias ? bias + r0 : nullptr, y + r0, 0, r1 - r0, k);
     });
     return;
   }
@@ -260,6 +272,15 @@ void gemv_batch(DType w_type, const void* w, const float* x, const float* bias, 
     for_row_blocks(n, threads, [&](int64_t r0, int64_t r1) {
       for (int64_t b = 0; b < m; ++b)
         gemv_quant_rows(w_type, w, x + b * k, bias, y + b * n, r0, r1, k);
+    });
+    return;
+  }
+  if (find_quant_traits(w_type) != nullptr) {  // decode row blocks once, as in gemv
+    auto* f32_kernel = HWY_DYNAMIC_DISPATCH(GemvBatchF32);
+    for_row_blocks(n, threads, [&](int64_t r0, int64_t r1) {
+      std::vector<float> decoded((r1 - r0) * k);
+      for (int64_t r = r0; r < r1; ++r) decode_row(w_type, w, r, k, decoded.data() + (r - r0) * k);
+      f32_kernel(decoded.data(), x, bias ? bias + r0 : nullptr, y + r0, m, n, 0, r1 - r0, k);
     });
     return;
   }

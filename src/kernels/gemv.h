@@ -1,6 +1,7 @@
 // Matrix-vector products for decode: y[n] = W[n×k]·x[k] (+ bias[n]) with W row-major and
-// stored as F32, F16 or BF16 (converted on the fly, accumulated in f32) or as ggml Q8_0/Q4_0
-// blocks (k/32 blocks per row, see gemv_quant.h), and a small-batch form
+// stored as F32, F16 or BF16 (converted on the fly, accumulated in f32) or as ggml blocks
+// (Q8_0/Q4_0 with fused dot products, see gemv_quant.h; the other block formats by decoding 16
+// rows at a time to f32 in cache, then the F32 kernel), and a small-batch form
 // Y[m×n] = X[m×k]·Wᵀ (m ≤ kMaxGemvBatch) that streams W once for all m rows of X.
 //
 // Both are bound by the bandwidth of streaming W. Rows are split over OpenMP threads in
@@ -17,13 +18,14 @@ namespace llmopt::kernels {
 // Largest m accepted by gemv_batch.
 inline constexpr int64_t kMaxGemvBatch = 8;
 
-// True for the weight storage types gemv and gemv_batch accept (F32, F16, BF16, Q8_0, Q4_0).
+// True for the weight storage types gemv and gemv_batch accept (F32, F16, BF16, and every
+// block type of quant_formats.h).
 bool gemv_supports(DType w_type);
 
 // y[n] = W[n×k]·x[k] + bias[n]. w: n*k elements of w_type (F32: float, F16/BF16: uint16_t bits,
-// Q8_0/Q4_0: n rows of k/32 blocks), x: k floats, bias: n floats or nullptr, y: n floats (must
-// not alias x or w). num_threads <= 0 uses llmopt::threads(). Throws InputError for an
-// unsupported w_type, negative sizes, or a k that is not a multiple of 32 for block types.
+// block types: n rows of k / block_elems blocks), x: k floats, bias: n floats or nullptr, y: n
+// floats (must not alias x or w). num_threads <= 0 uses llmopt::threads(). Throws InputError for
+// an unsupported w_type, negative sizes, or a k that is not a multiple of the block size.
 void gemv(DType w_type, const void* w, const float* x, const float* bias, float* y, int64_t n,
           int64_t k, int num_threads = 0);
 

@@ -172,14 +172,84 @@ TEST(GemvQuant, BitIdenticalAcrossThreadCounts) {
   }
 }
 
+// Blocks of any format in the traits table: the reference quantizer where there is one, else
+// random bytes with the f16 (f32 for Q8_K) scale fields set to small finite values, so every
+// decoded weight is finite. Offsets of the scale fields are those of the structs in
+// quant_formats.h.
+std::vector<uint8_t> any_format_weights(const QuantTraits& traits, int64_t count,
+                                        std::mt19937& rng) {
+  std::vector<uint8_t> bytes(count / traits.block_elems * traits.block_bytes);
+  if (traits.quantize_ref) {
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    std::vector<float> src(count);
+    for (auto& v : src) v = dist(rng);
+    traits.quantize_ref(src.data(), bytes.data(), count);
+    return bytes;
+  }
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  std::vector<int> half_offsets;
+  switch (traits.type) {
+    case DType::Q2_K: half_offsets = {80, 82}; break;
+    case DType::Q3_K: half_offsets = {108}; break;
+    case DType::Q4_K:
+    case DType::Q5_K: half_offsets = {0, 2}; break;
+    case DType::Q6_K: half_offsets = {208}; break;
+    default: break;
+  }
+  for (int64_t off = 0; off < static_cast<int64_t>(bytes.size()); off += traits.block_bytes) {
+    for (int h : half_offsets) {
+      const uint16_t scale = f32_to_f16(std::ldexp(1.0f + (rng() % 100) / 100.0f, -6));
+      std::memcpy(bytes.data() + off + h, &scale, 2);
+    }
+    if (traits.type == DType::Q8_K) {
+      const float scale = std::ldexp(1.0f + (rng() % 100) / 100.0f, -8);
+      std::memcpy(bytes.data() + off, &scale, 4);
+    }
+  }
+  return bytes;
+}
+
+TEST(GemvQuant, EveryBlockFormatMatchesDequantizedMatmulAndIgnoresThreadCount) {
+  std::mt19937 rng(25);
+  for (const QuantTraits& traits : quant_traits_table()) {
+    SCOPED_TRACE(dtype_name(traits.type));
+    ASSERT_TRUE(gemv_supports(traits.type));
+    const int64_t n = 37, k = 512, m = 3;
+    const auto w = any_format_weights(traits, n * k, rng);
+    std::vector<float> decoded(n * k);
+    dequantize_row(traits.type, w.data(), decoded.data(), n * k);
+    const auto x = random_floats(m * k, rng);
+    const auto bias = random_floats(n, rng);
+    std::vector<float> got(n), want(n), threaded(n);
+    gemv(traits.type, w.data(), x.data(), bias.data(), got.data(), n, k, 1);
+    gemv(traits.type, w.data(), x.data(), bias.data(), threaded.data(), n, k, 3);
+    gemv_ref(traits.type, w.data(), x.data(), bias.data(), want.data(), n, k);
+    EXPECT_EQ(0, std::memcmp(got.data(), threaded.data(), n * sizeof(float)));
+    for (int64_t r = 0; r < n; ++r)
+      ASSERT_LE(std::fabs(static_cast<double>(got[r]) - want[r]),
+                dot_bound(decoded.data() + r * k, x.data(), bias[r], k))
+          << "r=" << r;
+    std::vector<float> batch(m * n), batch_want(m * n);
+    gemv_batch(traits.type, w.data(), x.data(), bias.data(), batch.data(), m, n, k, 2);
+    gemv_batch_ref(traits.type, w.data(), x.data(), bias.data(), batch_want.data(), m, n, k);
+    for (int64_t b = 0; b < m; ++b)
+      for (int64_t r = 0; r < n; ++r)
+        ASSERT_LE(std::fabs(static_cast<double>(batch[b * n + r]) - batch_want[b * n + r]),
+                  dot_bound(decoded.data() + r * k, x.data() + b * k, bias[r], k))
+            << "b=" << b << " r=" << r;
+  }
+}
+
 TEST(GemvQuant, RejectsPartialBlocks) {
   std::vector<uint8_t> w(1000);
   std::vector<float> x(100), y(4);
   EXPECT_THROW(gemv(DType::Q8_0, w.data(), x.data(), nullptr, y.data(), 2, 48), InputError);
   EXPECT_THROW(gemv_batch(DType::Q4_0, w.data(), x.data(), nullptr, y.data(), 2, 2, 40),
                InputError);
+  EXPECT_THROW(gemv(DType::Q6_K, w.data(), x.data(), nullptr, y.data(), 1, 96), InputError);
   EXPECT_TRUE(gemv_supports(DType::Q8_0));
-  EXPECT_FALSE(gemv_supports(DType::Q4_K));
+  EXPECT_TRUE(gemv_supports(DType::Q4_K));
+  EXPECT_FALSE(gemv_supports(DType::I8));
 }
 
 }  // namespace

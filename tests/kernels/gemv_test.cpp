@@ -145,7 +145,7 @@ TEST(GemvBatch, MatchesScalarTwinWithinDotBound) {
   testing::for_each_simd_target([&] {
     for (DType type : kTypes) {
       for (int64_t m = 1; m <= kMaxGemvBatch; ++m) {
-        for (int64_t n : {1, 7, 172}) {
+        for (int64_t n : {1, 7, 33}) {
           for (int64_t k : {1, 7, 33, 172, 1000}) {
             const Weights w = make_weights(type, n * k, rng);
             const auto x = random_floats(m * k, rng);
@@ -170,7 +170,7 @@ TEST(GemvBatch, MatchesScalarTwinWithinDotBound) {
 
 TEST(Gemv, RejectsBadArguments) {
   float w[4] = {}, x[2] = {}, y[2];
-  EXPECT_THROW(gemv(DType::Q8_0, w, x, nullptr, y, 2, 2), InputError);
+  EXPECT_THROW(gemv(DType::I32, w, x, nullptr, y, 2, 2), InputError);
   EXPECT_THROW(gemv(DType::F32, w, x, nullptr, y, -1, 2), InputError);
   EXPECT_THROW(gemv_batch(DType::F32, w, x, nullptr, y, 9, 1, 2), InputError);
   EXPECT_THROW(gemv_batch(DType::F32, w, x, nullptr, y, 0, 1, 2), InputError);
