@@ -27,7 +27,8 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   fd_ = ::mkstemp(templ.data());
   if (fd_ < 0) {
     const int err = errno;
-    throw_run("[io] {}: cannot create a temporary file in {}: {}", path_, dir.string(), std::strerror(err));
+    throw_run("[io] {}: cannot create a temporary file in {}: {}", path_, dir.string(),
+              std::strerror(err));
   }
   temp_path_ = templ;
   buffer_.reserve(kBufferBytes);

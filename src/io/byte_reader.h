@@ -24,8 +24,9 @@ class ByteReader {
   // Throws unless `n` more bytes are available; `what` names the field being read.
   void need(uint64_t n, std::string_view what) const {
     if (n > remaining())
-      throw_input("[{}] {}: truncated: {} needs {} bytes at offset {}, only {} left (file is {} bytes)",
-                  component_, file_, what, n, pos_, remaining(), size_);
+      throw_input(
+          "[{}] {}: truncated: {} needs {} bytes at offset {}, only {} left (file is {} bytes)",
+          component_, file_, what, n, pos_, remaining(), size_);
   }
   void skip(uint64_t n, std::string_view what) {
     need(n, what);
@@ -41,7 +42,8 @@ class ByteReader {
   T read(std::string_view what) {
     need(sizeof(T), what);
     T v;
-    std::memcpy(&v, data_ + pos_, sizeof(T));  // files are little-endian, as is every host we build for
+    std::memcpy(&v, data_ + pos_,
+                sizeof(T));  // files are little-endian, as is every host we build for
     pos_ += sizeof(T);
     return v;
   }

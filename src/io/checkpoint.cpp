@@ -17,9 +17,12 @@ namespace fs = std::filesystem;
 
 std::string_view model_format_name(ModelFormat f) {
   switch (f) {
-    case ModelFormat::HfDir: return "hf";
-    case ModelFormat::Gguf: return "gguf";
-    case ModelFormat::Llama2c: return "llama2c";
+    case ModelFormat::HfDir:
+      return "hf";
+    case ModelFormat::Gguf:
+      return "gguf";
+    case ModelFormat::Llama2c:
+      return "llama2c";
   }
   return "unknown";
 }
@@ -53,8 +56,9 @@ ModelFormat detect_model_format(const std::string& path) {
   const auto status = fs::status(path, ec);
   if (ec || !fs::exists(status)) throw_input("[io] {}: no such file or directory", path);
   if (fs::is_directory(status)) {
-    LLMOPT_CHECK_INPUT(fs::exists(fs::path(path) / "config.json"),
-                       "[io] {}: directory has no config.json (expected a Hugging Face model directory)", path);
+    LLMOPT_CHECK_INPUT(
+        fs::exists(fs::path(path) / "config.json"),
+        "[io] {}: directory has no config.json (expected a Hugging Face model directory)", path);
     return ModelFormat::HfDir;
   }
   const auto file = MappedFile::open(path);
@@ -64,9 +68,11 @@ ModelFormat detect_model_format(const std::string& path) {
     if (magic == kGgufMagic) return ModelFormat::Gguf;
   }
   if (looks_like_llama2c(*file)) return ModelFormat::Llama2c;
-  throw_input("[io] {}: unrecognized model format (expected a GGUF file, a llama2.c .bin, or a Hugging Face "
-              "directory with config.json)",
-              path);
+  throw_input(
+      "[io] {}: unrecognized model format (expected a GGUF file, a llama2.c .bin, or a Hugging "
+      "Face "
+      "directory with config.json)",
+      path);
 }
 
 namespace {
@@ -105,8 +111,10 @@ Checkpoint load_checkpoint(const std::string& path, const LoadOptions& opts) {
       ckpt = load_gguf_checkpoint(path);
       break;
     case ModelFormat::Llama2c:
-      LLMOPT_CHECK_INPUT(!opts.tokenizer_path.empty(),
-                         "[llama2c] {}: a llama2.c model needs a tokenizer file (--tokenizer tokenizer.bin)", path);
+      LLMOPT_CHECK_INPUT(
+          !opts.tokenizer_path.empty(),
+          "[llama2c] {}: a llama2.c model needs a tokenizer file (--tokenizer tokenizer.bin)",
+          path);
       ckpt = load_llama2c(path);
       break;
   }

@@ -21,8 +21,10 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
   return out;
 }
 
-void for_each_expected_tensor(const ModelConfig& c, const std::function<void(const ExpectedTensor&)>& fn) {
-  const int64_t dim = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.kv_dim();
+void for_each_expected_tensor(const ModelConfig& c,
+                              const std::function<void(const ExpectedTensor&)>& fn) {
+  const int64_t dim = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim,
+                kv_dim = c.kv_dim();
   fn({"model.embed_tokens.weight", {c.vocab_size, dim}});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     fn({layer_tensor_name(l, "input_layernorm.weight"), {dim}});
@@ -56,17 +58,19 @@ void validate_checkpoint_tensors(const Checkpoint& ckpt, const char* component) 
   for (const auto& t : ckpt.tensors) {
     int64_t numel = 1;
     for (int64_t d : t.shape) {
-      LLMOPT_CHECK_INPUT(d >= 0, "[{}] {}: tensor '{}' has a negative dimension", component, ckpt.path, t.name);
+      LLMOPT_CHECK_INPUT(d >= 0, "[{}] {}: tensor '{}' has a negative dimension", component,
+                         ckpt.path, t.name);
       numel *= d;
     }
     const int64_t block = dtype_block_elems(t.dtype);
     const int64_t row = t.shape.empty() ? 1 : t.shape.back();
-    LLMOPT_CHECK_INPUT(row % block == 0,
-                       "[{}] {}: tensor '{}' row length {} is not a multiple of the {} block size {}",
-                       component, ckpt.path, t.name, row, dtype_name(t.dtype), block);
+    LLMOPT_CHECK_INPUT(
+        row % block == 0,
+        "[{}] {}: tensor '{}' row length {} is not a multiple of the {} block size {}", component,
+        ckpt.path, t.name, row, dtype_name(t.dtype), block);
     LLMOPT_CHECK_INPUT(t.nbytes == numel / block * dtype_block_bytes(t.dtype),
-                       "[{}] {}: tensor '{}' holds {} bytes, shape {} of {} needs {}", component, ckpt.path,
-                       t.name, t.nbytes, shape_string(t.shape), dtype_name(t.dtype),
+                       "[{}] {}: tensor '{}' holds {} bytes, shape {} of {} needs {}", component,
+                       ckpt.path, t.name, t.nbytes, shape_string(t.shape), dtype_name(t.dtype),
                        numel / block * dtype_block_bytes(t.dtype));
   }
   // Lazily, so a hostile layer count fails at the first missing layer instead of listing 2^31.
@@ -75,11 +79,11 @@ void validate_checkpoint_tensors(const Checkpoint& ckpt, const char* component) 
   for_each_expected_tensor(ckpt.config, [&](const ExpectedTensor& e) {
     const auto it = by_name.find(e.name);
     const TensorView* t = it == by_name.end() ? nullptr : it->second;
-    LLMOPT_CHECK_INPUT(t != nullptr, "[{}] {}: missing tensor '{}' (expected shape {})", component, ckpt.path,
-                       e.name, shape_string(e.shape));
+    LLMOPT_CHECK_INPUT(t != nullptr, "[{}] {}: missing tensor '{}' (expected shape {})", component,
+                       ckpt.path, e.name, shape_string(e.shape));
     LLMOPT_CHECK_INPUT(t->shape == e.shape,
-                       "[{}] {}: tensor '{}' shape mismatch: config implies {}, file has {}", component,
-                       ckpt.path, e.name, shape_string(e.shape), shape_string(t->shape));
+                       "[{}] {}: tensor '{}' shape mismatch: config implies {}, file has {}",
+                       component, ckpt.path, e.name, shape_string(e.shape), shape_string(t->shape));
   });
 }
 
@@ -107,7 +111,8 @@ void check_tensors_finite(const Checkpoint& ckpt) {
       }
     }
     if (bad >= 0)
-      throw_input("[io] {}: tensor '{}' has a non-finite value ({}) at element {}", ckpt.path, t.name, value, bad);
+      throw_input("[io] {}: tensor '{}' has a non-finite value ({}) at element {}", ckpt.path,
+                  t.name, value, bad);
   }
 }
 
@@ -118,9 +123,10 @@ uint8_t* own_buffer(Checkpoint& ckpt, size_t nbytes) {
   return p;
 }
 
-void permute_rope_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t row_bytes, int64_t n_head,
-                       bool to_rotate_half) {
-  LLMOPT_ASSERT(n_head > 0 && rows % n_head == 0 && (rows / n_head) % 2 == 0, "rows {} n_head {}", rows, n_head);
+void permute_rope_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t row_bytes,
+                       int64_t n_head, bool to_rotate_half) {
+  LLMOPT_ASSERT(n_head > 0 && rows % n_head == 0 && (rows / n_head) % 2 == 0, "rows {} n_head {}",
+                rows, n_head);
   const int64_t head_dim = rows / n_head, half = head_dim / 2;
   for (int64_t h = 0; h < n_head; ++h) {
     for (int64_t i = 0; i < half; ++i) {
@@ -135,10 +141,12 @@ void permute_rope_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t r
   }
 }
 
-void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_head, bool to_rotate_half) {
-  LLMOPT_CHECK_INPUT(!view.shape.empty() && view.shape[0] % n_head == 0 && (view.shape[0] / n_head) % 2 == 0,
-                     "[io] {}: tensor '{}' has {} rows, not a multiple of 2 x {} heads", ckpt.path, view.name,
-                     view.shape.empty() ? 0 : view.shape[0], n_head);
+void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_head,
+                                bool to_rotate_half) {
+  LLMOPT_CHECK_INPUT(
+      !view.shape.empty() && view.shape[0] % n_head == 0 && (view.shape[0] / n_head) % 2 == 0,
+      "[io] {}: tensor '{}' has {} rows, not a multiple of 2 x {} heads", ckpt.path, view.name,
+      view.shape.empty() ? 0 : view.shape[0], n_head);
   const int64_t rows = view.shape[0];
   uint8_t* dst = own_buffer(ckpt, static_cast<size_t>(view.nbytes));
   permute_rope_rows(view.data, dst, rows, view.nbytes / rows, n_head, to_rotate_half);
@@ -164,8 +172,9 @@ std::vector<float> tensor_to_f32(const TensorView& t) {
       break;
     }
     default:
-      LLMOPT_CHECK_INPUT(dtype_is_block_quantized(t.dtype), "[io] tensor '{}': converting {} to f32 is not supported",
-                         t.name, dtype_name(t.dtype));
+      LLMOPT_CHECK_INPUT(dtype_is_block_quantized(t.dtype),
+                         "[io] tensor '{}': converting {} to f32 is not supported", t.name,
+                         dtype_name(t.dtype));
       kernels::dequantize_row(t.dtype, t.data, out.data(), n);
   }
   return out;
@@ -176,17 +185,18 @@ std::vector<uint8_t> convert_tensor_bytes(const TensorView& t, DType out) {
     return std::vector<uint8_t>(t.data, t.data + t.nbytes);
   }
   const bool block_target = dtype_is_block_quantized(out) && kernels::has_quantize_ref(out);
-  LLMOPT_CHECK_INPUT(out == DType::F32 || out == DType::F16 || out == DType::BF16 || block_target,
-                     "[io] tensor '{}': cannot convert {} to {} (supported targets: f32, f16, bf16 and block "
-                     "formats with a reference quantizer)",
-                     t.name, dtype_name(t.dtype), dtype_name(out));
+  LLMOPT_CHECK_INPUT(
+      out == DType::F32 || out == DType::F16 || out == DType::BF16 || block_target,
+      "[io] tensor '{}': cannot convert {} to {} (supported targets: f32, f16, bf16 and block "
+      "formats with a reference quantizer)",
+      t.name, dtype_name(t.dtype), dtype_name(out));
   const std::vector<float> f = tensor_to_f32(t);
   const int64_t n = static_cast<int64_t>(f.size());
   if (block_target) {
     const int64_t row = t.shape.empty() ? 1 : t.shape.back();
     LLMOPT_CHECK_INPUT(row % dtype_block_elems(out) == 0,
-                       "[io] tensor '{}': row length {} is not a multiple of the {} block size {}", t.name, row,
-                       dtype_name(out), dtype_block_elems(out));
+                       "[io] tensor '{}': row length {} is not a multiple of the {} block size {}",
+                       t.name, row, dtype_name(out), dtype_block_elems(out));
     std::vector<uint8_t> bytes(static_cast<size_t>(dtype_bytes_for(out, n)));
     kernels::quantize_row_ref(out, f.data(), bytes.data(), n);
     return bytes;

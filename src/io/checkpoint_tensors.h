@@ -23,7 +23,8 @@ struct ExpectedTensor {
 };
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& cfg);
 // The same list, one at a time (stops early if `fn` throws).
-void for_each_expected_tensor(const ModelConfig& cfg, const std::function<void(const ExpectedTensor&)>& fn);
+void for_each_expected_tensor(const ModelConfig& cfg,
+                              const std::function<void(const ExpectedTensor&)>& fn);
 
 // Checks that every expected tensor is present with the expected shape and that its byte size
 // matches its dtype; InputError "[component] FILE: ..." naming the tensor otherwise.
@@ -44,7 +45,8 @@ uint8_t* own_buffer(Checkpoint& ckpt, size_t nbytes);
 void permute_rope_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t row_bytes,
                        int64_t n_head, bool to_rotate_half);
 // Replaces `view` by a permuted copy owned by `ckpt`.
-void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_head, bool to_rotate_half);
+void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_head,
+                                bool to_rotate_half);
 
 // Converts a tensor's elements to F32 (from F32/F16/BF16, or block formats dequantized by
 // src/kernels); InputError naming the tensor otherwise.

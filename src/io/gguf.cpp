@@ -13,25 +13,40 @@ namespace {
 // Block geometry of ggml_type (ggml.c type_traits). Codes 4 and 5 (Q4_2, Q4_3) and 31..33
 // (Q4_0_4_4...) were removed from ggml and are rejected.
 constexpr std::array<GgmlTypeInfo, 30> kGgmlTypes = {{
-    {0, "F32", 1, 4, DType::F32},         {1, "F16", 1, 2, DType::F16},
-    {2, "Q4_0", 32, 18, DType::Q4_0},     {3, "Q4_1", 32, 20, DType::Q4_1},
-    {6, "Q5_0", 32, 22, DType::Q5_0},     {7, "Q5_1", 32, 24, DType::Q5_1},
-    {8, "Q8_0", 32, 34, DType::Q8_0},     {9, "Q8_1", 32, 36, DType::Q8_1},
-    {10, "Q2_K", 256, 84, DType::Q2_K},   {11, "Q3_K", 256, 110, DType::Q3_K},
-    {12, "Q4_K", 256, 144, DType::Q4_K},  {13, "Q5_K", 256, 176, DType::Q5_K},
-    {14, "Q6_K", 256, 210, DType::Q6_K},  {15, "Q8_K", 256, 292, DType::Q8_K},
-    {16, "IQ2_XXS", 256, 66, std::nullopt}, {17, "IQ2_XS", 256, 74, std::nullopt},
-    {18, "IQ3_XXS", 256, 98, std::nullopt}, {19, "IQ1_S", 256, 50, std::nullopt},
-    {20, "IQ4_NL", 32, 18, std::nullopt},   {21, "IQ3_S", 256, 110, std::nullopt},
-    {22, "IQ2_S", 256, 82, std::nullopt},   {23, "IQ4_XS", 256, 136, std::nullopt},
-    {24, "I8", 1, 1, DType::I8},          {25, "I16", 1, 2, DType::I16},
-    {26, "I32", 1, 4, DType::I32},        {27, "I64", 1, 8, DType::I64},
-    {28, "F64", 1, 8, DType::F64},        {29, "IQ1_M", 256, 56, std::nullopt},
-    {30, "BF16", 1, 2, DType::BF16},      {35, "TQ2_0", 256, 66, std::nullopt},
+    {0, "F32", 1, 4, DType::F32},
+    {1, "F16", 1, 2, DType::F16},
+    {2, "Q4_0", 32, 18, DType::Q4_0},
+    {3, "Q4_1", 32, 20, DType::Q4_1},
+    {6, "Q5_0", 32, 22, DType::Q5_0},
+    {7, "Q5_1", 32, 24, DType::Q5_1},
+    {8, "Q8_0", 32, 34, DType::Q8_0},
+    {9, "Q8_1", 32, 36, DType::Q8_1},
+    {10, "Q2_K", 256, 84, DType::Q2_K},
+    {11, "Q3_K", 256, 110, DType::Q3_K},
+    {12, "Q4_K", 256, 144, DType::Q4_K},
+    {13, "Q5_K", 256, 176, DType::Q5_K},
+    {14, "Q6_K", 256, 210, DType::Q6_K},
+    {15, "Q8_K", 256, 292, DType::Q8_K},
+    {16, "IQ2_XXS", 256, 66, std::nullopt},
+    {17, "IQ2_XS", 256, 74, std::nullopt},
+    {18, "IQ3_XXS", 256, 98, std::nullopt},
+    {19, "IQ1_S", 256, 50, std::nullopt},
+    {20, "IQ4_NL", 32, 18, std::nullopt},
+    {21, "IQ3_S", 256, 110, std::nullopt},
+    {22, "IQ2_S", 256, 82, std::nullopt},
+    {23, "IQ4_XS", 256, 136, std::nullopt},
+    {24, "I8", 1, 1, DType::I8},
+    {25, "I16", 1, 2, DType::I16},
+    {26, "I32", 1, 4, DType::I32},
+    {27, "I64", 1, 8, DType::I64},
+    {28, "F64", 1, 8, DType::F64},
+    {29, "IQ1_M", 256, 56, std::nullopt},
+    {30, "BF16", 1, 2, DType::BF16},
+    {35, "TQ2_0", 256, 66, std::nullopt},
 }};
 
-constexpr uint32_t kMaxDims = 4;         // GGML_MAX_DIMS
-constexpr int kMaxArrayNesting = 16;     // deeper nesting is never legitimate; bounds recursion
+constexpr uint32_t kMaxDims = 4;      // GGML_MAX_DIMS
+constexpr int kMaxArrayNesting = 16;  // deeper nesting is never legitimate; bounds recursion
 // Each parsed array element costs ~100 bytes of memory however small its encoding; the largest
 // real vocabularies (256k tokens + merges + scores) hold about 1M elements in total.
 constexpr uint64_t kMaxArrayElements = uint64_t{1} << 26;
@@ -39,12 +54,25 @@ constexpr uint64_t kMaxArrayElements = uint64_t{1} << 26;
 // Smallest encoding of one element of type t, used to reject absurd counts before allocating.
 uint64_t min_encoded_size(GgufType t) {
   switch (t) {
-    case GgufType::U8: case GgufType::I8: case GgufType::Bool: return 1;
-    case GgufType::U16: case GgufType::I16: return 2;
-    case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
-    case GgufType::U64: case GgufType::I64: case GgufType::F64: return 8;
-    case GgufType::String: return 8;  // u64 length
-    case GgufType::Array: return 12;  // u32 type + u64 count
+    case GgufType::U8:
+    case GgufType::I8:
+    case GgufType::Bool:
+      return 1;
+    case GgufType::U16:
+    case GgufType::I16:
+      return 2;
+    case GgufType::U32:
+    case GgufType::I32:
+    case GgufType::F32:
+      return 4;
+    case GgufType::U64:
+    case GgufType::I64:
+    case GgufType::F64:
+      return 8;
+    case GgufType::String:
+      return 8;  // u64 length
+    case GgufType::Array:
+      return 12;  // u32 type + u64 count
   }
   return 1;
 }
@@ -72,16 +100,36 @@ class Parser {
     GgufValue v;
     v.type = t;
     switch (t) {
-      case GgufType::U8: v.u = r_.read<uint8_t>(key); break;
-      case GgufType::I8: v.i = r_.read<int8_t>(key); break;
-      case GgufType::U16: v.u = r_.read<uint16_t>(key); break;
-      case GgufType::I16: v.i = r_.read<int16_t>(key); break;
-      case GgufType::U32: v.u = r_.read<uint32_t>(key); break;
-      case GgufType::I32: v.i = r_.read<int32_t>(key); break;
-      case GgufType::U64: v.u = r_.read<uint64_t>(key); break;
-      case GgufType::I64: v.i = r_.read<int64_t>(key); break;
-      case GgufType::F32: v.f = r_.read<float>(key); break;
-      case GgufType::F64: v.f = r_.read<double>(key); break;
+      case GgufType::U8:
+        v.u = r_.read<uint8_t>(key);
+        break;
+      case GgufType::I8:
+        v.i = r_.read<int8_t>(key);
+        break;
+      case GgufType::U16:
+        v.u = r_.read<uint16_t>(key);
+        break;
+      case GgufType::I16:
+        v.i = r_.read<int16_t>(key);
+        break;
+      case GgufType::U32:
+        v.u = r_.read<uint32_t>(key);
+        break;
+      case GgufType::I32:
+        v.i = r_.read<int32_t>(key);
+        break;
+      case GgufType::U64:
+        v.u = r_.read<uint64_t>(key);
+        break;
+      case GgufType::I64:
+        v.i = r_.read<int64_t>(key);
+        break;
+      case GgufType::F32:
+        v.f = r_.read<float>(key);
+        break;
+      case GgufType::F64:
+        v.f = r_.read<double>(key);
+        break;
       case GgufType::Bool: {
         const auto b = r_.read<uint8_t>(key);
         if (b > 1)
@@ -89,7 +137,9 @@ class Parser {
         v.b = b != 0;
         break;
       }
-      case GgufType::String: v.str = read_string(key); break;
+      case GgufType::String:
+        v.str = read_string(key);
+        break;
       case GgufType::Array: {
         if (depth >= kMaxArrayNesting)
           throw_input("[gguf] {}: key '{}': arrays nested deeper than {}", f_.path(), key,
@@ -98,17 +148,19 @@ class Parser {
         const auto count = r_.read<uint64_t>("array length");
         const uint64_t min_size = min_encoded_size(v.elem_type);
         if (count > r_.remaining() / min_size)
-          throw_input("[gguf] {}: key '{}': array of {} {} elements needs at least {} bytes, only {} "
-                      "left in the file",
-                      f_.path(), key, count, gguf_type_name(v.elem_type),
-                      count > std::numeric_limits<uint64_t>::max() / min_size ? 0 : count * min_size,
-                      r_.remaining());
+          throw_input(
+              "[gguf] {}: key '{}': array of {} {} elements needs at least {} bytes, only {} "
+              "left in the file",
+              f_.path(), key, count, gguf_type_name(v.elem_type),
+              count > std::numeric_limits<uint64_t>::max() / min_size ? 0 : count * min_size,
+              r_.remaining());
         total_elements_ += count;
         if (total_elements_ > kMaxArrayElements)
-          throw_input("[gguf] {}: key '{}': metadata arrays hold more than {} elements in total", f_.path(), key,
-                      kMaxArrayElements);
+          throw_input("[gguf] {}: key '{}': metadata arrays hold more than {} elements in total",
+                      f_.path(), key, kMaxArrayElements);
         v.items.reserve(count);
-        for (uint64_t k = 0; k < count; ++k) v.items.push_back(read_value(v.elem_type, key, depth + 1));
+        for (uint64_t k = 0; k < count; ++k)
+          v.items.push_back(read_value(v.elem_type, key, depth + 1));
         break;
       }
     }
@@ -153,10 +205,12 @@ void GgufFile::parse_all() {
   const std::string& path = file_->path();
   Parser p(*file_);
   ByteReader& r = p.r_;
-  if (file_->size() < 4) throw_input("[gguf] {}: file too small ({} bytes) for a GGUF header", path, file_->size());
+  if (file_->size() < 4)
+    throw_input("[gguf] {}: file too small ({} bytes) for a GGUF header", path, file_->size());
   const auto magic = r.read<uint32_t>("magic");
   if (magic != kGgufMagic)
-    throw_input("[gguf] {}: bad magic 0x{:08x} (expected 0x{:08x}, \"GGUF\")", path, magic, kGgufMagic);
+    throw_input("[gguf] {}: bad magic 0x{:08x} (expected 0x{:08x}, \"GGUF\")", path, magic,
+                kGgufMagic);
   version_ = r.read<uint32_t>("version");
   if (version_ != 2 && version_ != 3)
     throw_input("[gguf] {}: unsupported version {} (expected 2 or 3)", path, version_);
@@ -195,12 +249,14 @@ void GgufFile::parse_all() {
     t.name = p.read_string("tensor name");
     const auto n_dims = r.read<uint32_t>("tensor n_dims");
     if (n_dims > kMaxDims)
-      throw_input("[gguf] {}: tensor '{}' has {} dims (at most {})", path, t.name, n_dims, kMaxDims);
+      throw_input("[gguf] {}: tensor '{}' has {} dims (at most {})", path, t.name, n_dims,
+                  kMaxDims);
     int64_t numel = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       const auto n = r.read<uint64_t>("tensor dim");
       if (n == 0 || n > (uint64_t{1} << 40))
-        throw_input("[gguf] {}: tensor '{}' dim {} = {} out of range (1..2^40)", path, t.name, d, n);
+        throw_input("[gguf] {}: tensor '{}' dim {} = {} out of range (1..2^40)", path, t.name, d,
+                    n);
       if (static_cast<uint64_t>(numel) > (uint64_t{1} << 50) / n)
         throw_input("[gguf] {}: tensor '{}' has more than 2^50 elements", path, t.name);
       numel *= static_cast<int64_t>(n);
@@ -209,7 +265,8 @@ void GgufFile::parse_all() {
     t.shape.assign(t.ne.rbegin(), t.ne.rend());
     t.ggml_type = r.read<uint32_t>("tensor type");
     const GgmlTypeInfo* info = ggml_type_info(t.ggml_type);
-    if (!info) throw_input("[gguf] {}: tensor '{}' has unknown ggml type {}", path, t.name, t.ggml_type);
+    if (!info)
+      throw_input("[gguf] {}: tensor '{}' has unknown ggml type {}", path, t.name, t.ggml_type);
     t.dtype = info->dtype;
     const int64_t row = t.ne.empty() ? 1 : t.ne[0];
     if (row % info->block_elems != 0)
@@ -220,7 +277,8 @@ void GgufFile::parse_all() {
     if (t.offset % alignment_ != 0)
       throw_input("[gguf] {}: tensor '{}' offset {} is not a multiple of the alignment {}", path,
                   t.name, t.offset, alignment_);
-    if (tensor_index_.count(t.name)) throw_input("[gguf] {}: duplicate tensor name '{}'", path, t.name);
+    if (tensor_index_.count(t.name))
+      throw_input("[gguf] {}: duplicate tensor name '{}'", path, t.name);
     tensor_index_.emplace(t.name, tensors_.size());
     tensors_.push_back(std::move(t));
   }
@@ -269,7 +327,8 @@ const GgufValue& GgufFile::get(std::string_view key) const {
 void GgufFile::type_error(std::string_view key, std::string_view expected,
                           const GgufValue& found) const {
   std::string found_name(gguf_type_name(found.type));
-  if (found.type == GgufType::Array) found_name += fmt::format(" of {}", gguf_type_name(found.elem_type));
+  if (found.type == GgufType::Array)
+    found_name += fmt::format(" of {}", gguf_type_name(found.elem_type));
   throw_input("[gguf] {}: key '{}': expected {}, found {}", path(), key, expected, found_name);
 }
 
@@ -282,15 +341,18 @@ std::string GgufFile::get_string(std::string_view key) const {
 uint32_t GgufFile::get_u32(std::string_view key) const {
   const auto& v = get(key);
   if (!v.is_integer()) type_error(key, "u32", v);
-  const bool fits = gguf_type_is_signed(v.type) ? (v.i >= 0 && v.i <= 0xffffffffll) : v.u <= 0xffffffffull;
-  if (!fits) throw_input("[gguf] {}: key '{}': value {} does not fit in u32", path(), key, v.to_string());
+  const bool fits =
+      gguf_type_is_signed(v.type) ? (v.i >= 0 && v.i <= 0xffffffffll) : v.u <= 0xffffffffull;
+  if (!fits)
+    throw_input("[gguf] {}: key '{}': value {} does not fit in u32", path(), key, v.to_string());
   return gguf_type_is_signed(v.type) ? static_cast<uint32_t>(v.i) : static_cast<uint32_t>(v.u);
 }
 
 int64_t GgufFile::get_i64(std::string_view key) const {
   const auto& v = get(key);
   if (!v.is_integer()) type_error(key, "i64", v);
-  if (!gguf_type_is_signed(v.type) && v.u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+  if (!gguf_type_is_signed(v.type) &&
+      v.u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
     throw_input("[gguf] {}: key '{}': value {} does not fit in i64", path(), key, v.u);
   return v.as_int64();
 }
@@ -309,7 +371,8 @@ bool GgufFile::get_bool(std::string_view key) const {
 
 std::vector<std::string> GgufFile::get_string_array(std::string_view key) const {
   const auto& v = get(key);
-  if (v.type != GgufType::Array || v.elem_type != GgufType::String) type_error(key, "array of string", v);
+  if (v.type != GgufType::Array || v.elem_type != GgufType::String)
+    type_error(key, "array of string", v);
   std::vector<std::string> out;
   out.reserve(v.items.size());
   for (const auto& it : v.items) out.push_back(it.str);
@@ -328,17 +391,21 @@ std::vector<float> GgufFile::get_f32_array(std::string_view key) const {
 
 std::vector<int32_t> GgufFile::get_i32_array(std::string_view key) const {
   const auto& v = get(key);
-  if (v.type != GgufType::Array || !gguf_type_is_integer(v.elem_type)) type_error(key, "array of i32", v);
+  if (v.type != GgufType::Array || !gguf_type_is_integer(v.elem_type))
+    type_error(key, "array of i32", v);
   std::vector<int32_t> out;
   out.reserve(v.items.size());
   for (size_t k = 0; k < v.items.size(); ++k) {
     const auto& it = v.items[k];
     const bool fits = gguf_type_is_signed(it.type)
-                          ? (it.i >= std::numeric_limits<int32_t>::min() && it.i <= std::numeric_limits<int32_t>::max())
+                          ? (it.i >= std::numeric_limits<int32_t>::min() &&
+                             it.i <= std::numeric_limits<int32_t>::max())
                           : it.u <= static_cast<uint64_t>(std::numeric_limits<int32_t>::max());
     if (!fits)
-      throw_input("[gguf] {}: key '{}': element {} = {} does not fit in i32", path(), key, k, it.to_string());
-    out.push_back(static_cast<int32_t>(gguf_type_is_signed(it.type) ? it.i : static_cast<int64_t>(it.u)));
+      throw_input("[gguf] {}: key '{}': element {} = {} does not fit in i32", path(), key, k,
+                  it.to_string());
+    out.push_back(
+        static_cast<int32_t>(gguf_type_is_signed(it.type) ? it.i : static_cast<int64_t>(it.u)));
   }
   return out;
 }

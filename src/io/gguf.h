@@ -35,10 +35,10 @@ uint32_t ggml_type_for(DType t);
 struct GgufTensorInfo {
   std::string name;
   uint32_t ggml_type = 0;
-  std::optional<DType> dtype;   // nullopt for ggml types without a DType
-  std::vector<int64_t> ne;      // dims as stored: fastest-varying first (ggml ne[0] = row length)
-  std::vector<int64_t> shape;   // torch order: ne reversed, slowest-varying first
-  uint64_t offset = 0;          // relative to the start of the data section
+  std::optional<DType> dtype;  // nullopt for ggml types without a DType
+  std::vector<int64_t> ne;     // dims as stored: fastest-varying first (ggml ne[0] = row length)
+  std::vector<int64_t> shape;  // torch order: ne reversed, slowest-varying first
+  uint64_t offset = 0;         // relative to the start of the data section
   const uint8_t* data = nullptr;
   int64_t nbytes = 0;
   int64_t numel() const;

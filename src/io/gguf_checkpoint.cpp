@@ -40,9 +40,13 @@ const std::map<std::string, std::string>& global_name_map() {
 
 nlohmann::json value_to_json(const GgufValue& v) {
   switch (v.type) {
-    case GgufType::F32: case GgufType::F64: return v.f;
-    case GgufType::Bool: return v.b;
-    case GgufType::String: return v.str;
+    case GgufType::F32:
+    case GgufType::F64:
+      return v.f;
+    case GgufType::Bool:
+      return v.b;
+    case GgufType::String:
+      return v.str;
     case GgufType::Array: {
       // Tokenizer vocabularies and merges run to 100k+ entries: summarize, don't copy.
       if (v.items.size() > 64)
@@ -88,24 +92,40 @@ std::string hf_to_gguf_name(const std::string& h) {
 
 uint32_t gguf_file_type_for(DType t) {
   switch (t) {
-    case DType::F32: return 0;
-    case DType::F16: return 1;
-    case DType::Q4_0: return 2;
-    case DType::Q4_1: return 3;
-    case DType::Q8_0: return 7;
-    case DType::Q5_0: return 8;
-    case DType::Q5_1: return 9;
-    case DType::Q2_K: return 10;
-    case DType::Q3_K: return 12;  // Q3_K_M
-    case DType::Q4_K: return 15;  // Q4_K_M
-    case DType::Q5_K: return 17;  // Q5_K_M
-    case DType::Q6_K: return 18;
-    case DType::BF16: return 32;
-    default: throw_input("[gguf] no llama.cpp file type for {}", dtype_name(t));
+    case DType::F32:
+      return 0;
+    case DType::F16:
+      return 1;
+    case DType::Q4_0:
+      return 2;
+    case DType::Q4_1:
+      return 3;
+    case DType::Q8_0:
+      return 7;
+    case DType::Q5_0:
+      return 8;
+    case DType::Q5_1:
+      return 9;
+    case DType::Q2_K:
+      return 10;
+    case DType::Q3_K:
+      return 12;  // Q3_K_M
+    case DType::Q4_K:
+      return 15;  // Q4_K_M
+    case DType::Q5_K:
+      return 17;  // Q5_K_M
+    case DType::Q6_K:
+      return 18;
+    case DType::BF16:
+      return 32;
+    default:
+      throw_input("[gguf] no llama.cpp file type for {}", dtype_name(t));
   }
 }
 
-Checkpoint load_gguf_checkpoint(const std::string& path) { return gguf_to_checkpoint(GgufFile::open(path)); }
+Checkpoint load_gguf_checkpoint(const std::string& path) {
+  return gguf_to_checkpoint(GgufFile::open(path));
+}
 
 Checkpoint gguf_to_checkpoint(const GgufFile& g) {
   Checkpoint ckpt;
@@ -121,7 +141,9 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
   } else if (arch == "qwen2") {
     c.architecture = "Qwen2ForCausalLM";
   } else {
-    throw_input("[gguf] {}: unsupported general.architecture '{}' (supported: llama, mistral, qwen2)", g.path(), arch);
+    throw_input(
+        "[gguf] {}: unsupported general.architecture '{}' (supported: llama, mistral, qwen2)",
+        g.path(), arch);
   }
   const std::string p = arch + ".";
   c.max_position_embeddings = g.has(p + "context_length") ? g.get_i64(p + "context_length") : 2048;
@@ -129,21 +151,25 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
   c.num_hidden_layers = g.get_i64(p + "block_count");
   c.intermediate_size = g.get_i64(p + "feed_forward_length");
   c.num_attention_heads = g.get_i64(p + "attention.head_count");
-  LLMOPT_CHECK_INPUT(c.num_attention_heads > 0, "[gguf] {}: {}attention.head_count must be positive, found {}",
-                     g.path(), p, c.num_attention_heads);
-  c.num_key_value_heads =
-      g.has(p + "attention.head_count_kv") ? g.get_i64(p + "attention.head_count_kv") : c.num_attention_heads;
+  LLMOPT_CHECK_INPUT(c.num_attention_heads > 0,
+                     "[gguf] {}: {}attention.head_count must be positive, found {}", g.path(), p,
+                     c.num_attention_heads);
+  c.num_key_value_heads = g.has(p + "attention.head_count_kv")
+                              ? g.get_i64(p + "attention.head_count_kv")
+                              : c.num_attention_heads;
   c.head_dim = g.has(p + "attention.key_length") ? g.get_i64(p + "attention.key_length")
                                                  : c.hidden_size / c.num_attention_heads;
   if (g.has(p + "rope.dimension_count")) {
     const int64_t rot = g.get_i64(p + "rope.dimension_count");
-    LLMOPT_CHECK_INPUT(rot == c.head_dim,
-                       "[gguf] {}: {}rope.dimension_count is {} but head_dim is {} (partial rotary embeddings "
-                       "are not supported)",
-                       g.path(), p, rot, c.head_dim);
+    LLMOPT_CHECK_INPUT(
+        rot == c.head_dim,
+        "[gguf] {}: {}rope.dimension_count is {} but head_dim is {} (partial rotary embeddings "
+        "are not supported)",
+        g.path(), p, rot, c.head_dim);
   }
-  c.rms_norm_eps = g.has(p + "attention.layer_norm_rms_epsilon") ? g.get_f32(p + "attention.layer_norm_rms_epsilon")
-                                                                 : 1e-5;
+  c.rms_norm_eps = g.has(p + "attention.layer_norm_rms_epsilon")
+                       ? g.get_f32(p + "attention.layer_norm_rms_epsilon")
+                       : 1e-5;
   c.rope_theta = g.has(p + "rope.freq_base") ? g.get_f32(p + "rope.freq_base") : 10000.0;
   if (g.has(p + "vocab_size")) {
     c.vocab_size = g.get_i64(p + "vocab_size");
@@ -152,8 +178,10 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
   } else if (const auto* emb = g.find_tensor("token_embd.weight"); emb && emb->shape.size() == 2) {
     c.vocab_size = emb->shape[0];
   }
-  if (g.has("tokenizer.ggml.bos_token_id")) c.bos_token_id = g.get_i64("tokenizer.ggml.bos_token_id");
-  if (g.has("tokenizer.ggml.eos_token_id")) c.eos_token_id = g.get_i64("tokenizer.ggml.eos_token_id");
+  if (g.has("tokenizer.ggml.bos_token_id"))
+    c.bos_token_id = g.get_i64("tokenizer.ggml.bos_token_id");
+  if (g.has("tokenizer.ggml.eos_token_id"))
+    c.eos_token_id = g.get_i64("tokenizer.ggml.eos_token_id");
   c.tie_word_embeddings = g.find_tensor("output.weight") == nullptr;
   c.attention_bias = arch == "qwen2" || g.find_tensor("blk.0.attn_q.bias") != nullptr;
   c.validate(g.path());
@@ -167,8 +195,8 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
     }
     if (!t.dtype) {
       const GgmlTypeInfo* info = ggml_type_info(t.ggml_type);
-      throw_input("[gguf] {}: tensor '{}' has ggml type {} ({}), which llmopt cannot compute with", g.path(), t.name,
-                  info ? info->name : "?", t.ggml_type);
+      throw_input("[gguf] {}: tensor '{}' has ggml type {} ({}), which llmopt cannot compute with",
+                  g.path(), t.name, info ? info->name : "?", t.ggml_type);
     }
     TensorView v;
     v.name = name;
@@ -182,8 +210,10 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
   // llama.cpp's converter permuted HF q/k rows into the interleaved layout for `llama`; undo it.
   if (arch == "llama") {
     for (auto& v : ckpt.tensors) {
-      const bool is_q = v.name.ends_with("self_attn.q_proj.weight") || v.name.ends_with("self_attn.q_proj.bias");
-      const bool is_k = v.name.ends_with("self_attn.k_proj.weight") || v.name.ends_with("self_attn.k_proj.bias");
+      const bool is_q =
+          v.name.ends_with("self_attn.q_proj.weight") || v.name.ends_with("self_attn.q_proj.bias");
+      const bool is_k =
+          v.name.ends_with("self_attn.k_proj.weight") || v.name.ends_with("self_attn.k_proj.bias");
       if (is_q) permute_view_in_checkpoint(ckpt, v, c.num_attention_heads, true);
       if (is_k) permute_view_in_checkpoint(ckpt, v, c.num_key_value_heads, true);
     }
@@ -208,10 +238,12 @@ std::vector<GgufKeyValue> gguf_tokenizer_kvs(const GgufFile& gguf) {
 void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
                 const std::vector<GgufKeyValue>& extra_kvs) {
   const ModelConfig& c = ckpt.config;
-  LLMOPT_CHECK_INPUT(c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM",
-                     "[gguf] {}: writing {} is not supported (expected LlamaForCausalLM or MistralForCausalLM)",
-                     path, c.architecture);
-  LLMOPT_CHECK_INPUT(!c.attention_bias, "[gguf] {}: attention biases are not supported by the llama architecture",
+  LLMOPT_CHECK_INPUT(
+      c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM",
+      "[gguf] {}: writing {} is not supported (expected LlamaForCausalLM or MistralForCausalLM)",
+      path, c.architecture);
+  LLMOPT_CHECK_INPUT(!c.attention_bias,
+                     "[gguf] {}: attention biases are not supported by the llama architecture",
                      path);
   std::vector<GgufKeyValue> kvs;
   auto u32 = [](int64_t v) { return GgufValue::make_u32(static_cast<uint32_t>(v)); };
@@ -225,7 +257,8 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
   kvs.emplace_back("llama.attention.head_count", u32(c.num_attention_heads));
   kvs.emplace_back("llama.attention.head_count_kv", u32(c.num_key_value_heads));
   kvs.emplace_back("llama.rope.freq_base", GgufValue::make_f32(static_cast<float>(c.rope_theta)));
-  kvs.emplace_back("llama.attention.layer_norm_rms_epsilon", GgufValue::make_f32(static_cast<float>(c.rms_norm_eps)));
+  kvs.emplace_back("llama.attention.layer_norm_rms_epsilon",
+                   GgufValue::make_f32(static_cast<float>(c.rms_norm_eps)));
   if (c.head_dim * c.num_attention_heads != c.hidden_size) {
     kvs.emplace_back("llama.attention.key_length", u32(c.head_dim));
     kvs.emplace_back("llama.attention.value_length", u32(c.head_dim));
@@ -246,14 +279,17 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
     // 1-D tensors stay F32 (llama.cpp's rule); rows that are not whole blocks of a block format
     // fall back to F16, as llama-quantize does for such shapes.
     DType target = t.shape.size() == 1 ? DType::F32 : out_type;
-    if (dtype_is_block_quantized(target) && t.dtype != target && t.shape.back() % dtype_block_elems(target) != 0)
+    if (dtype_is_block_quantized(target) && t.dtype != target &&
+        t.shape.back() % dtype_block_elems(target) != 0)
       target = DType::F16;
     std::vector<uint8_t> bytes = convert_tensor_bytes(t, target);
-    const bool is_q = t.name.ends_with("self_attn.q_proj.weight"), is_k = t.name.ends_with("self_attn.k_proj.weight");
+    const bool is_q = t.name.ends_with("self_attn.q_proj.weight"),
+               is_k = t.name.ends_with("self_attn.k_proj.weight");
     if (is_q || is_k) {
       std::vector<uint8_t> permuted(bytes.size());
       const int64_t rows = t.shape[0];
-      permute_rope_rows(bytes.data(), permuted.data(), rows, static_cast<int64_t>(bytes.size()) / rows,
+      permute_rope_rows(bytes.data(), permuted.data(), rows,
+                        static_cast<int64_t>(bytes.size()) / rows,
                         is_q ? c.num_attention_heads : c.num_key_value_heads, false);
       bytes = std::move(permuted);
     }
@@ -261,14 +297,16 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
     tensors.push_back({name, ggml_type_for(target), t.shape, buffers.back().data(),
                        static_cast<int64_t>(buffers.back().size())});
   }
-  // Llama 3.1 frequency scaling travels as a tensor of per-frequency factors (convert_hf_to_gguf.py).
+  // Llama 3.1 frequency scaling travels as a tensor of per-frequency factors
+  // (convert_hf_to_gguf.py).
   if (c.rope_scaling.type == "llama3") {
     const auto& rs = c.rope_scaling;
     std::vector<float> factors;
     const double low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor;
     const double high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor;
     for (int64_t i = 0; i < c.head_dim; i += 2) {
-      const double freq = 1.0 / std::pow(c.rope_theta, static_cast<double>(i) / static_cast<double>(c.head_dim));
+      const double freq =
+          1.0 / std::pow(c.rope_theta, static_cast<double>(i) / static_cast<double>(c.head_dim));
       const double wavelen = 2 * M_PI / freq;
       if (wavelen < high_wavelen) {
         factors.push_back(1.0f);
@@ -282,7 +320,10 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
     }
     buffers.emplace_back(reinterpret_cast<const uint8_t*>(factors.data()),
                          reinterpret_cast<const uint8_t*>(factors.data() + factors.size()));
-    tensors.push_back({"rope_freqs.weight", 0, {static_cast<int64_t>(factors.size())}, buffers.back().data(),
+    tensors.push_back({"rope_freqs.weight",
+                       0,
+                       {static_cast<int64_t>(factors.size())},
+                       buffers.back().data(),
                        static_cast<int64_t>(buffers.back().size())});
   }
   write_gguf_file(path, kvs, tensors, kGgufDefaultAlignment);

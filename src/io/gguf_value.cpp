@@ -8,27 +8,46 @@ namespace llmopt::io {
 
 std::string_view gguf_type_name(GgufType t) {
   switch (t) {
-    case GgufType::U8: return "u8";
-    case GgufType::I8: return "i8";
-    case GgufType::U16: return "u16";
-    case GgufType::I16: return "i16";
-    case GgufType::U32: return "u32";
-    case GgufType::I32: return "i32";
-    case GgufType::F32: return "f32";
-    case GgufType::Bool: return "bool";
-    case GgufType::String: return "string";
-    case GgufType::Array: return "array";
-    case GgufType::U64: return "u64";
-    case GgufType::I64: return "i64";
-    case GgufType::F64: return "f64";
+    case GgufType::U8:
+      return "u8";
+    case GgufType::I8:
+      return "i8";
+    case GgufType::U16:
+      return "u16";
+    case GgufType::I16:
+      return "i16";
+    case GgufType::U32:
+      return "u32";
+    case GgufType::I32:
+      return "i32";
+    case GgufType::F32:
+      return "f32";
+    case GgufType::Bool:
+      return "bool";
+    case GgufType::String:
+      return "string";
+    case GgufType::Array:
+      return "array";
+    case GgufType::U64:
+      return "u64";
+    case GgufType::I64:
+      return "i64";
+    case GgufType::F64:
+      return "f64";
   }
   return "unknown";
 }
 
 bool gguf_type_is_integer(GgufType t) {
   switch (t) {
-    case GgufType::U8: case GgufType::I8: case GgufType::U16: case GgufType::I16:
-    case GgufType::U32: case GgufType::I32: case GgufType::U64: case GgufType::I64:
+    case GgufType::U8:
+    case GgufType::I8:
+    case GgufType::U16:
+    case GgufType::I16:
+    case GgufType::U32:
+    case GgufType::I32:
+    case GgufType::U64:
+    case GgufType::I64:
       return true;
     default:
       return false;
@@ -109,9 +128,13 @@ int64_t GgufValue::as_int64() const {
 
 std::string GgufValue::to_string(size_t max_items) const {
   switch (type) {
-    case GgufType::F32: case GgufType::F64: return fmt::format("{}", f);
-    case GgufType::Bool: return b ? "true" : "false";
-    case GgufType::String: return str;
+    case GgufType::F32:
+    case GgufType::F64:
+      return fmt::format("{}", f);
+    case GgufType::Bool:
+      return b ? "true" : "false";
+    case GgufType::String:
+      return str;
     case GgufType::Array: {
       if (items.size() > max_items)
         return fmt::format("[{} x {}]", items.size(), gguf_type_name(elem_type));

@@ -12,8 +12,19 @@ namespace llmopt::io {
 
 // Value type codes as stored in the file.
 enum class GgufType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, Bool = 7, String = 8, Array = 9,
-  U64 = 10, I64 = 11, F64 = 12,
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  Bool = 7,
+  String = 8,
+  Array = 9,
+  U64 = 10,
+  I64 = 11,
+  F64 = 12,
 };
 std::string_view gguf_type_name(GgufType t);
 bool gguf_type_is_integer(GgufType t);
@@ -26,7 +37,7 @@ struct GgufValue {
   int64_t i = 0;
   double f = 0.0;
   bool b = false;
-  std::string str;                 // String
+  std::string str;                    // String
   GgufType elem_type = GgufType::U8;  // Array: type of every element
   std::vector<GgufValue> items;       // Array elements
 
@@ -45,7 +56,8 @@ struct GgufValue {
   bool is_integer() const { return gguf_type_is_integer(type); }
   // Integer value as int64 (U64 above INT64_MAX is clamped; callers range-check).
   int64_t as_int64() const;
-  // Readable rendering for `info` and error messages; arrays longer than `max_items` are summarized.
+  // Readable rendering for `info` and error messages; arrays longer than `max_items` are
+  // summarized.
   std::string to_string(size_t max_items = 8) const;
 };
 

@@ -16,24 +16,49 @@ void write_string(AtomicFile& f, const std::string& s) {
 
 void write_value(AtomicFile& f, const GgufValue& v, const std::string& key) {
   switch (v.type) {
-    case GgufType::U8: f.write_pod(static_cast<uint8_t>(v.u)); break;
-    case GgufType::I8: f.write_pod(static_cast<int8_t>(v.i)); break;
-    case GgufType::U16: f.write_pod(static_cast<uint16_t>(v.u)); break;
-    case GgufType::I16: f.write_pod(static_cast<int16_t>(v.i)); break;
-    case GgufType::U32: f.write_pod(static_cast<uint32_t>(v.u)); break;
-    case GgufType::I32: f.write_pod(static_cast<int32_t>(v.i)); break;
-    case GgufType::U64: f.write_pod(v.u); break;
-    case GgufType::I64: f.write_pod(v.i); break;
-    case GgufType::F32: f.write_pod(static_cast<float>(v.f)); break;
-    case GgufType::F64: f.write_pod(v.f); break;
-    case GgufType::Bool: f.write_pod(static_cast<uint8_t>(v.b ? 1 : 0)); break;
-    case GgufType::String: write_string(f, v.str); break;
+    case GgufType::U8:
+      f.write_pod(static_cast<uint8_t>(v.u));
+      break;
+    case GgufType::I8:
+      f.write_pod(static_cast<int8_t>(v.i));
+      break;
+    case GgufType::U16:
+      f.write_pod(static_cast<uint16_t>(v.u));
+      break;
+    case GgufType::I16:
+      f.write_pod(static_cast<int16_t>(v.i));
+      break;
+    case GgufType::U32:
+      f.write_pod(static_cast<uint32_t>(v.u));
+      break;
+    case GgufType::I32:
+      f.write_pod(static_cast<int32_t>(v.i));
+      break;
+    case GgufType::U64:
+      f.write_pod(v.u);
+      break;
+    case GgufType::I64:
+      f.write_pod(v.i);
+      break;
+    case GgufType::F32:
+      f.write_pod(static_cast<float>(v.f));
+      break;
+    case GgufType::F64:
+      f.write_pod(v.f);
+      break;
+    case GgufType::Bool:
+      f.write_pod(static_cast<uint8_t>(v.b ? 1 : 0));
+      break;
+    case GgufType::String:
+      write_string(f, v.str);
+      break;
     case GgufType::Array:
       f.write_pod(static_cast<uint32_t>(v.elem_type));
       f.write_pod<uint64_t>(v.items.size());
       for (const auto& item : v.items) {
-        LLMOPT_CHECK_INPUT(item.type == v.elem_type, "[gguf] {}: key '{}': array of {} holds a {} element",
-                           f.path(), key, gguf_type_name(v.elem_type), gguf_type_name(item.type));
+        LLMOPT_CHECK_INPUT(item.type == v.elem_type,
+                           "[gguf] {}: key '{}': array of {} holds a {} element", f.path(), key,
+                           gguf_type_name(v.elem_type), gguf_type_name(item.type));
         write_value(f, item, key);
       }
       break;
@@ -55,16 +80,18 @@ void write_gguf_file(const std::string& path, const std::vector<GgufKeyValue>& k
   std::vector<uint64_t> offsets;
   uint64_t offset = 0;
   for (const auto& t : tensors) {
-    LLMOPT_CHECK_INPUT(names.insert(t.name).second, "[gguf] {}: duplicate tensor name '{}'", path, t.name);
+    LLMOPT_CHECK_INPUT(names.insert(t.name).second, "[gguf] {}: duplicate tensor name '{}'", path,
+                       t.name);
     const GgmlTypeInfo* info = ggml_type_info(t.ggml_type);
-    LLMOPT_CHECK_INPUT(info != nullptr, "[gguf] {}: tensor '{}' has unknown ggml type {}", path, t.name,
-                       t.ggml_type);
+    LLMOPT_CHECK_INPUT(info != nullptr, "[gguf] {}: tensor '{}' has unknown ggml type {}", path,
+                       t.name, t.ggml_type);
     int64_t numel = 1;
     for (int64_t d : t.shape) numel *= d;
     const int64_t row = t.shape.empty() ? 1 : t.shape.back();
-    LLMOPT_CHECK_INPUT(row % info->block_elems == 0 && t.nbytes == numel / info->block_elems * info->block_bytes,
-                       "[gguf] {}: tensor '{}' has {} bytes, which does not match its shape for type {}", path,
-                       t.name, t.nbytes, info->name);
+    LLMOPT_CHECK_INPUT(
+        row % info->block_elems == 0 && t.nbytes == numel / info->block_elems * info->block_bytes,
+        "[gguf] {}: tensor '{}' has {} bytes, which does not match its shape for type {}", path,
+        t.name, t.nbytes, info->name);
     offsets.push_back(offset);
     offset = align_up(offset + static_cast<uint64_t>(t.nbytes), alignment);
   }
@@ -82,7 +109,8 @@ void write_gguf_file(const std::string& path, const std::vector<GgufKeyValue>& k
     const auto& t = tensors[k];
     write_string(f, t.name);
     f.write_pod<uint32_t>(static_cast<uint32_t>(t.shape.size()));
-    for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) f.write_pod<uint64_t>(static_cast<uint64_t>(*it));
+    for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it)
+      f.write_pod<uint64_t>(static_cast<uint64_t>(*it));
     f.write_pod<uint32_t>(t.ggml_type);
     f.write_pod<uint64_t>(offsets[k]);
   }

@@ -12,13 +12,16 @@ namespace llmopt::io {
 namespace fs = std::filesystem;
 
 namespace {
-void add_safetensors(Checkpoint& ckpt, const SafetensorsFile& st, std::unordered_set<std::string>& seen) {
+void add_safetensors(Checkpoint& ckpt, const SafetensorsFile& st,
+                     std::unordered_set<std::string>& seen) {
   ckpt.storage.push_back(std::static_pointer_cast<const void>(st.mapping()));
   for (const auto& t : st.tensors()) {
-    LLMOPT_CHECK_INPUT(t.dtype.has_value(), "[safetensors] {}: tensor '{}' has dtype {}, which llmopt cannot use",
+    LLMOPT_CHECK_INPUT(t.dtype.has_value(),
+                       "[safetensors] {}: tensor '{}' has dtype {}, which llmopt cannot use",
                        st.path(), t.name, t.dtype_name);
-    LLMOPT_CHECK_INPUT(seen.insert(t.name).second, "[safetensors] {}: tensor '{}' appears in more than one shard",
-                       st.path(), t.name);
+    LLMOPT_CHECK_INPUT(seen.insert(t.name).second,
+                       "[safetensors] {}: tensor '{}' appears in more than one shard", st.path(),
+                       t.name);
     TensorView v;
     v.name = t.name;
     v.dtype = *t.dtype;
@@ -52,7 +55,8 @@ Checkpoint load_hf_dir(const std::string& dir) {
       add_safetensors(ckpt, st, seen);
     }
     for (const auto& [name, shard] : idx.weight_map) {
-      LLMOPT_CHECK_INPUT(seen.count(name), "[safetensors] {}: weight_map names '{}' but {} does not hold it",
+      LLMOPT_CHECK_INPUT(seen.count(name),
+                         "[safetensors] {}: weight_map names '{}' but {} does not hold it",
                          index.string(), name, shard);
     }
     ckpt.metadata["files"] = idx.shard_files;
@@ -66,7 +70,8 @@ Checkpoint load_hf_dir(const std::string& dir) {
   if (fs::exists(root / "tokenizer.json")) {
     ckpt.tokenizer = {TokenizerSource::Kind::HfJson, (root / "tokenizer.json").string()};
   } else if (fs::exists(root / "tokenizer.model")) {
-    ckpt.tokenizer = {TokenizerSource::Kind::SentencePieceModel, (root / "tokenizer.model").string()};
+    ckpt.tokenizer = {TokenizerSource::Kind::SentencePieceModel,
+                      (root / "tokenizer.model").string()};
   }
   ckpt.metadata["architecture"] = ckpt.config.architecture;
   return ckpt;
@@ -85,7 +90,8 @@ void write_hf(const Checkpoint& ckpt, const std::string& dir, DType out_type) {
   for (const auto& t : ckpt.tensors) {
     if (ckpt.config.tie_word_embeddings && t.name == "lm_head.weight") continue;
     buffers.push_back(convert_tensor_bytes(t, out_type));
-    out.push_back({t.name, out_type, t.shape, buffers.back().data(), static_cast<int64_t>(buffers.back().size())});
+    out.push_back({t.name, out_type, t.shape, buffers.back().data(),
+                   static_cast<int64_t>(buffers.back().size())});
   }
   write_safetensors((fs::path(dir) / "model.safetensors").string(), out, {{"format", "pt"}});
   write_hf_config((fs::path(dir) / "config.json").string(), ckpt.config, out_type);

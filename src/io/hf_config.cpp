@@ -11,8 +11,9 @@ struct Arch {
   const char* architecture;
   const char* model_type;
 };
-constexpr Arch kArchs[] = {
-    {"LlamaForCausalLM", "llama"}, {"MistralForCausalLM", "mistral"}, {"Qwen2ForCausalLM", "qwen2"}};
+constexpr Arch kArchs[] = {{"LlamaForCausalLM", "llama"},
+                           {"MistralForCausalLM", "mistral"},
+                           {"Qwen2ForCausalLM", "qwen2"}};
 
 class Fields {
  public:
@@ -29,14 +30,15 @@ class Fields {
   }
   double optional_double(const char* key, double fallback) const {
     if (!present(key)) return fallback;
-    LLMOPT_CHECK_INPUT(j_[key].is_number(), "[config] {}: field '{}' must be a number, found {}", source_,
-                       key, j_[key].dump());
+    LLMOPT_CHECK_INPUT(j_[key].is_number(), "[config] {}: field '{}' must be a number, found {}",
+                       source_, key, j_[key].dump());
     return j_[key].get<double>();
   }
   bool optional_bool(const char* key, bool fallback) const {
     if (!present(key)) return fallback;
-    LLMOPT_CHECK_INPUT(j_[key].is_boolean(), "[config] {}: field '{}' must be true or false, found {}",
-                       source_, key, j_[key].dump());
+    LLMOPT_CHECK_INPUT(j_[key].is_boolean(),
+                       "[config] {}: field '{}' must be true or false, found {}", source_, key,
+                       j_[key].dump());
     return j_[key].get<bool>();
   }
   // A token id that may be given as a list (generation configs list several EOS ids): the first.
@@ -44,9 +46,10 @@ class Fields {
     if (!present(key)) return fallback;
     const auto& v = j_[key];
     if (v.is_array()) {
-      LLMOPT_CHECK_INPUT(!v.empty() && v[0].is_number_integer(),
-                         "[config] {}: field '{}' must be an integer or a list of integers, found {}",
-                         source_, key, v.dump());
+      LLMOPT_CHECK_INPUT(
+          !v.empty() && v[0].is_number_integer(),
+          "[config] {}: field '{}' must be an integer or a list of integers, found {}", source_,
+          key, v.dump());
       return v[0].get<int64_t>();
     }
     return as_int(key);
@@ -55,8 +58,9 @@ class Fields {
  private:
   int64_t as_int(const char* key) const {
     const auto& v = j_[key];
-    LLMOPT_CHECK_INPUT(v.is_number_integer(), "[config] {}: field '{}' must be an integer, found {}", source_,
-                       key, v.dump());
+    LLMOPT_CHECK_INPUT(v.is_number_integer(),
+                       "[config] {}: field '{}' must be an integer, found {}", source_, key,
+                       v.dump());
     return v.get<int64_t>();
   }
   const nlohmann::json& j_;
@@ -68,28 +72,31 @@ class Fields {
 std::string hf_model_type(const std::string& architecture) {
   for (const auto& a : kArchs)
     if (architecture == a.architecture) return a.model_type;
-  throw_input("[config] unsupported architecture '{}' (supported: LlamaForCausalLM, MistralForCausalLM, "
-              "Qwen2ForCausalLM)",
-              architecture);
+  throw_input(
+      "[config] unsupported architecture '{}' (supported: LlamaForCausalLM, MistralForCausalLM, "
+      "Qwen2ForCausalLM)",
+      architecture);
 }
 
 ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) {
-  LLMOPT_CHECK_INPUT(j.is_object(), "[config] {}: expected a JSON object, found {}", source, j.type_name());
+  LLMOPT_CHECK_INPUT(j.is_object(), "[config] {}: expected a JSON object, found {}", source,
+                     j.type_name());
   Fields f(j, source);
   ModelConfig c;
   std::string arch;
   if (f.present("architectures")) {
     const auto& a = j["architectures"];
     LLMOPT_CHECK_INPUT(a.is_array() && !a.empty() && a[0].is_string(),
-                       "[config] {}: 'architectures' must be a non-empty list of strings, found {}", source,
-                       a.dump());
+                       "[config] {}: 'architectures' must be a non-empty list of strings, found {}",
+                       source, a.dump());
     arch = a[0].get<std::string>();
   } else if (f.present("model_type") && j["model_type"].is_string()) {
     const auto mt = j["model_type"].get<std::string>();
     for (const auto& a : kArchs)
       if (mt == a.model_type) arch = a.architecture;
-    LLMOPT_CHECK_INPUT(!arch.empty(), "[config] {}: unsupported model_type '{}' (supported: llama, mistral, qwen2)",
-                       source, mt);
+    LLMOPT_CHECK_INPUT(
+        !arch.empty(),
+        "[config] {}: unsupported model_type '{}' (supported: llama, mistral, qwen2)", source, mt);
   } else {
     throw_input("[config] {}: missing required field 'architectures'", source);
   }
@@ -105,8 +112,9 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
   c.num_hidden_layers = f.required_int("num_hidden_layers");
   c.num_attention_heads = f.required_int("num_attention_heads");
   c.vocab_size = f.required_int("vocab_size");
-  LLMOPT_CHECK_INPUT(c.num_attention_heads > 0, "[config] {}: num_attention_heads must be positive, found {}",
-                     source, c.num_attention_heads);
+  LLMOPT_CHECK_INPUT(c.num_attention_heads > 0,
+                     "[config] {}: num_attention_heads must be positive, found {}", source,
+                     c.num_attention_heads);
   c.num_key_value_heads = f.optional_int("num_key_value_heads", c.num_attention_heads);
   c.head_dim = f.optional_int("head_dim", c.hidden_size / c.num_attention_heads);
   c.max_position_embeddings = f.optional_int("max_position_embeddings", 2048);
@@ -123,7 +131,8 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
   c.eos_token_id = f.token_id("eos_token_id", c.eos_token_id);
   if (f.present("rope_scaling")) {
     const auto& rs = j["rope_scaling"];
-    LLMOPT_CHECK_INPUT(rs.is_object(), "[config] {}: rope_scaling must be an object or null, found {}", source,
+    LLMOPT_CHECK_INPUT(rs.is_object(),
+                       "[config] {}: rope_scaling must be an object or null, found {}", source,
                        rs.dump());
     std::string type;
     if (rs.contains("rope_type") && rs["rope_type"].is_string()) {
@@ -140,8 +149,9 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
       c.rope_scaling.original_max_position_embeddings =
           r.optional_int("original_max_position_embeddings", 8192);
     } else if (type != "default") {
-      throw_input("[config] {}: rope_scaling type '{}' is not supported (expected llama3 or default)", source,
-                  type);
+      throw_input(
+          "[config] {}: rope_scaling type '{}' is not supported (expected llama3 or default)",
+          source, type);
     }
   }
   c.validate(source);
@@ -164,7 +174,9 @@ ModelConfig read_hf_config(const std::string& path) {
 
 nlohmann::ordered_json hf_config_json(const ModelConfig& c, DType torch_dtype) {
   const std::string model_type = hf_model_type(c.architecture);
-  const char* dtype = torch_dtype == DType::BF16 ? "bfloat16" : torch_dtype == DType::F16 ? "float16" : "float32";
+  const char* dtype = torch_dtype == DType::BF16  ? "bfloat16"
+                      : torch_dtype == DType::F16 ? "float16"
+                                                  : "float32";
   nlohmann::ordered_json j;
   j["architectures"] = {c.architecture};
   j["model_type"] = model_type;
@@ -179,11 +191,12 @@ nlohmann::ordered_json hf_config_json(const ModelConfig& c, DType torch_dtype) {
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["rope_theta"] = c.rope_theta;
   if (c.rope_scaling.type == "llama3") {
-    j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", c.rope_scaling.factor},
-                         {"low_freq_factor", c.rope_scaling.low_freq_factor},
-                         {"high_freq_factor", c.rope_scaling.high_freq_factor},
-                         {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings}};
+    j["rope_scaling"] = {
+        {"rope_type", "llama3"},
+        {"factor", c.rope_scaling.factor},
+        {"low_freq_factor", c.rope_scaling.low_freq_factor},
+        {"high_freq_factor", c.rope_scaling.high_freq_factor},
+        {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings}};
   } else {
     j["rope_scaling"] = nullptr;
   }
@@ -193,7 +206,8 @@ nlohmann::ordered_json hf_config_json(const ModelConfig& c, DType torch_dtype) {
     j["attention_bias"] = c.attention_bias;
     j["mlp_bias"] = false;
   }
-  if (model_type == "mistral") j["sliding_window"] = c.sliding_window > 0 ? nlohmann::ordered_json(c.sliding_window) : nullptr;
+  if (model_type == "mistral")
+    j["sliding_window"] = c.sliding_window > 0 ? nlohmann::ordered_json(c.sliding_window) : nullptr;
   if (model_type == "qwen2") {
     j["use_sliding_window"] = c.sliding_window > 0;
     if (c.sliding_window > 0) j["sliding_window"] = c.sliding_window;

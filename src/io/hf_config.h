@@ -3,7 +3,6 @@
 // num_attention_heads, head_dim = hidden_size / num_attention_heads, rms_norm_eps = 1e-6 ...).
 #pragma once
 #include <nlohmann/json.hpp>
-
 #include <string>
 
 #include "core/dtype.h"

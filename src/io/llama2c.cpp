@@ -15,14 +15,29 @@ constexpr uint64_t kV1HeaderBytes = 256;
 constexpr int64_t kMaxDim = int64_t{1} << 24;  // sanity bound for every header field
 
 // Tensor kinds in the order the files stack them; each is one tensor per layer except the globals.
-enum class Kind { Embed, AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, W1, W2, W3, FinalNorm, FreqCis, Classifier };
+enum class Kind {
+  Embed,
+  AttnNorm,
+  Wq,
+  Wk,
+  Wv,
+  Wo,
+  FfnNorm,
+  W1,
+  W2,
+  W3,
+  FinalNorm,
+  FreqCis,
+  Classifier
+};
 
 struct Geometry {
   int64_t dim, hidden, layers, heads, kv_heads, vocab, seq, head_size, kv_dim;
 };
 
 Geometry geometry(const Llama2cHeader& h) {
-  Geometry g{h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads, h.vocab_size, h.seq_len, 0, 0};
+  Geometry g{h.dim,        h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,
+             h.vocab_size, h.seq_len,    0,          0};
   g.head_size = g.dim / g.heads;
   g.kv_dim = g.kv_heads * g.head_size;
   return g;
@@ -31,12 +46,25 @@ Geometry geometry(const Llama2cHeader& h) {
 // Elements of one tensor of `kind` (per layer for stacked kinds).
 int64_t per_tensor_elems(Kind k, const Geometry& g) {
   switch (k) {
-    case Kind::Embed: case Kind::Classifier: return g.vocab * g.dim;
-    case Kind::AttnNorm: case Kind::FfnNorm: case Kind::FinalNorm: return g.dim;
-    case Kind::Wq: case Kind::Wo: return g.dim * g.dim;
-    case Kind::Wk: case Kind::Wv: return g.kv_dim * g.dim;
-    case Kind::W1: case Kind::W2: case Kind::W3: return g.hidden * g.dim;
-    case Kind::FreqCis: return g.seq * g.head_size;  // cos and sin, seq x head_size/2 each
+    case Kind::Embed:
+    case Kind::Classifier:
+      return g.vocab * g.dim;
+    case Kind::AttnNorm:
+    case Kind::FfnNorm:
+    case Kind::FinalNorm:
+      return g.dim;
+    case Kind::Wq:
+    case Kind::Wo:
+      return g.dim * g.dim;
+    case Kind::Wk:
+    case Kind::Wv:
+      return g.kv_dim * g.dim;
+    case Kind::W1:
+    case Kind::W2:
+    case Kind::W3:
+      return g.hidden * g.dim;
+    case Kind::FreqCis:
+      return g.seq * g.head_size;  // cos and sin, seq x head_size/2 each
   }
   return 0;
 }
@@ -48,11 +76,11 @@ bool stacked(Kind k) {
 std::vector<Kind> fp32_order(int version, bool shared) {
   std::vector<Kind> order;
   if (version == 0) {
-    order = {Kind::Embed, Kind::AttnNorm, Kind::Wq, Kind::Wk, Kind::Wv, Kind::Wo, Kind::FfnNorm,
-             Kind::W1, Kind::W2, Kind::W3, Kind::FinalNorm, Kind::FreqCis};
+    order = {Kind::Embed,   Kind::AttnNorm, Kind::Wq, Kind::Wk, Kind::Wv,        Kind::Wo,
+             Kind::FfnNorm, Kind::W1,       Kind::W2, Kind::W3, Kind::FinalNorm, Kind::FreqCis};
   } else {
-    order = {Kind::AttnNorm, Kind::FfnNorm, Kind::FinalNorm, Kind::Embed, Kind::Wq, Kind::Wk, Kind::Wv,
-             Kind::Wo, Kind::W1, Kind::W2, Kind::W3};
+    order = {Kind::AttnNorm, Kind::FfnNorm, Kind::FinalNorm, Kind::Embed, Kind::Wq, Kind::Wk,
+             Kind::Wv,       Kind::Wo,      Kind::W1,        Kind::W2,    Kind::W3};
   }
   if (!shared) order.push_back(Kind::Classifier);
   return order;
@@ -60,7 +88,8 @@ std::vector<Kind> fp32_order(int version, bool shared) {
 
 // v2: the norms in fp32, then these quantized.
 std::vector<Kind> quantized_order(bool shared) {
-  std::vector<Kind> order = {Kind::Embed, Kind::Wq, Kind::Wk, Kind::Wv, Kind::Wo, Kind::W1, Kind::W2, Kind::W3};
+  std::vector<Kind> order = {Kind::Embed, Kind::Wq, Kind::Wk, Kind::Wv,
+                             Kind::Wo,    Kind::W1, Kind::W2, Kind::W3};
   if (!shared) order.push_back(Kind::Classifier);
   return order;
 }
@@ -68,19 +97,32 @@ std::vector<Kind> quantized_order(bool shared) {
 // Canonical name and shape of tensor `kind` of layer `l`.
 std::pair<std::string, std::vector<int64_t>> canonical(Kind k, int64_t l, const Geometry& g) {
   switch (k) {
-    case Kind::Embed: return {"model.embed_tokens.weight", {g.vocab, g.dim}};
-    case Kind::Classifier: return {"lm_head.weight", {g.vocab, g.dim}};
-    case Kind::AttnNorm: return {layer_tensor_name(l, "input_layernorm.weight"), {g.dim}};
-    case Kind::FfnNorm: return {layer_tensor_name(l, "post_attention_layernorm.weight"), {g.dim}};
-    case Kind::FinalNorm: return {"model.norm.weight", {g.dim}};
-    case Kind::Wq: return {layer_tensor_name(l, "self_attn.q_proj.weight"), {g.dim, g.dim}};
-    case Kind::Wk: return {layer_tensor_name(l, "self_attn.k_proj.weight"), {g.kv_dim, g.dim}};
-    case Kind::Wv: return {layer_tensor_name(l, "self_attn.v_proj.weight"), {g.kv_dim, g.dim}};
-    case Kind::Wo: return {layer_tensor_name(l, "self_attn.o_proj.weight"), {g.dim, g.dim}};
-    case Kind::W1: return {layer_tensor_name(l, "mlp.gate_proj.weight"), {g.hidden, g.dim}};
-    case Kind::W2: return {layer_tensor_name(l, "mlp.down_proj.weight"), {g.dim, g.hidden}};
-    case Kind::W3: return {layer_tensor_name(l, "mlp.up_proj.weight"), {g.hidden, g.dim}};
-    case Kind::FreqCis: break;
+    case Kind::Embed:
+      return {"model.embed_tokens.weight", {g.vocab, g.dim}};
+    case Kind::Classifier:
+      return {"lm_head.weight", {g.vocab, g.dim}};
+    case Kind::AttnNorm:
+      return {layer_tensor_name(l, "input_layernorm.weight"), {g.dim}};
+    case Kind::FfnNorm:
+      return {layer_tensor_name(l, "post_attention_layernorm.weight"), {g.dim}};
+    case Kind::FinalNorm:
+      return {"model.norm.weight", {g.dim}};
+    case Kind::Wq:
+      return {layer_tensor_name(l, "self_attn.q_proj.weight"), {g.dim, g.dim}};
+    case Kind::Wk:
+      return {layer_tensor_name(l, "self_attn.k_proj.weight"), {g.kv_dim, g.dim}};
+    case Kind::Wv:
+      return {layer_tensor_name(l, "self_attn.v_proj.weight"), {g.kv_dim, g.dim}};
+    case Kind::Wo:
+      return {layer_tensor_name(l, "self_attn.o_proj.weight"), {g.dim, g.dim}};
+    case Kind::W1:
+      return {layer_tensor_name(l, "mlp.gate_proj.weight"), {g.hidden, g.dim}};
+    case Kind::W2:
+      return {layer_tensor_name(l, "mlp.down_proj.weight"), {g.dim, g.hidden}};
+    case Kind::W3:
+      return {layer_tensor_name(l, "mlp.up_proj.weight"), {g.hidden, g.dim}};
+    case Kind::FreqCis:
+      break;
   }
   return {};
 }
@@ -116,7 +158,8 @@ Llama2cHeader parse_header(const MappedFile& f) {
     r.skip(4, "magic");
     h.version = r.read<int32_t>("version");
     LLMOPT_CHECK_INPUT(h.version == 1 || h.version == 2,
-                       "[llama2c] {}: unsupported version {} (expected 1 or 2)", f.path(), h.version);
+                       "[llama2c] {}: unsupported version {} (expected 1 or 2)", f.path(),
+                       h.version);
     r.need(kV1HeaderBytes - 8, "256-byte header");
   }
   h.dim = r.read<int32_t>("dim");
@@ -133,14 +176,16 @@ Llama2cHeader parse_header(const MappedFile& f) {
     h.weights_offset = 28;
   } else {
     const auto flag = r.read<uint8_t>("shared_classifier");
-    LLMOPT_CHECK_INPUT(flag <= 1, "[llama2c] {}: shared_classifier flag must be 0 or 1, found {}", f.path(), flag);
+    LLMOPT_CHECK_INPUT(flag <= 1, "[llama2c] {}: shared_classifier flag must be 0 or 1, found {}",
+                       f.path(), flag);
     h.shared_classifier = flag == 1;
     if (h.version == 2) h.group_size = r.read<int32_t>("group_size");
     h.weights_offset = kV1HeaderBytes;
   }
   auto check = [&](int64_t v, const char* name) {
-    LLMOPT_CHECK_INPUT(v > 0 && v <= kMaxDim, "[llama2c] {}: header field {} = {} out of range (1..{})", f.path(),
-                       name, v, kMaxDim);
+    LLMOPT_CHECK_INPUT(v > 0 && v <= kMaxDim,
+                       "[llama2c] {}: header field {} = {} out of range (1..{})", f.path(), name, v,
+                       kMaxDim);
   };
   check(h.dim, "dim");
   check(h.hidden_dim, "hidden_dim");
@@ -150,17 +195,19 @@ Llama2cHeader parse_header(const MappedFile& f) {
   check(h.vocab_size, "vocab_size");
   check(h.seq_len, "seq_len");
   LLMOPT_CHECK_INPUT(h.dim % h.n_heads == 0 && (h.dim / h.n_heads) % 2 == 0,
-                     "[llama2c] {}: dim {} is not a multiple of 2 x n_heads {}", f.path(), h.dim, h.n_heads);
-  LLMOPT_CHECK_INPUT(h.n_heads % h.n_kv_heads == 0, "[llama2c] {}: n_heads {} is not a multiple of n_kv_heads {}",
-                     f.path(), h.n_heads, h.n_kv_heads);
+                     "[llama2c] {}: dim {} is not a multiple of 2 x n_heads {}", f.path(), h.dim,
+                     h.n_heads);
+  LLMOPT_CHECK_INPUT(h.n_heads % h.n_kv_heads == 0,
+                     "[llama2c] {}: n_heads {} is not a multiple of n_kv_heads {}", f.path(),
+                     h.n_heads, h.n_kv_heads);
   if (h.version == 2) {
-    LLMOPT_CHECK_INPUT(h.group_size > 0 && h.group_size <= kMaxDim, "[llama2c] {}: group_size {} out of range",
-                       f.path(), h.group_size);
+    LLMOPT_CHECK_INPUT(h.group_size > 0 && h.group_size <= kMaxDim,
+                       "[llama2c] {}: group_size {} out of range", f.path(), h.group_size);
     const Geometry g = geometry(h);
     for (Kind k : quantized_order(h.shared_classifier))
       LLMOPT_CHECK_INPUT(per_tensor_elems(k, g) % h.group_size == 0,
-                         "[llama2c] {}: tensor of {} elements is not a multiple of group_size {}", f.path(),
-                         per_tensor_elems(k, g), h.group_size);
+                         "[llama2c] {}: tensor of {} elements is not a multiple of group_size {}",
+                         f.path(), per_tensor_elems(k, g), h.group_size);
   }
   return h;
 }
@@ -177,11 +224,12 @@ uint64_t llama2c_file_size(const Llama2cHeader& h) {
 Llama2cHeader read_llama2c_header(const MappedFile& f) {
   Llama2cHeader h = parse_header(f);
   const uint64_t expected = llama2c_file_size(h);
-  LLMOPT_CHECK_INPUT(f.size() == expected && expected != UINT64_MAX,
-                     "[llama2c] {}: file is {} bytes but a version {} header (dim {}, hidden {}, layers {}, "
-                     "heads {}/{}, vocab {}, seq {}) implies {} bytes",
-                     f.path(), f.size(), h.version, h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,
-                     h.vocab_size, h.seq_len, expected);
+  LLMOPT_CHECK_INPUT(
+      f.size() == expected && expected != UINT64_MAX,
+      "[llama2c] {}: file is {} bytes but a version {} header (dim {}, hidden {}, layers {}, "
+      "heads {}/{}, vocab {}, seq {}) implies {} bytes",
+      f.path(), f.size(), h.version, h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,
+      h.vocab_size, h.seq_len, expected);
   return h;
 }
 
@@ -199,7 +247,9 @@ bool looks_like_llama2c(const MappedFile& f) {
   }
 }
 
-Checkpoint load_llama2c(const std::string& path) { return llama2c_to_checkpoint(MappedFile::open(path)); }
+Checkpoint load_llama2c(const std::string& path) {
+  return llama2c_to_checkpoint(MappedFile::open(path));
+}
 
 Checkpoint llama2c_to_checkpoint(std::shared_ptr<const MappedFile> file) {
   const Llama2cHeader h = read_llama2c_header(*file);
@@ -267,8 +317,8 @@ Checkpoint llama2c_to_checkpoint(std::shared_ptr<const MappedFile> file) {
       for (int64_t l = 0; l < (stacked(k) ? g.layers : 1); ++l, p += 4 * n) add_view(k, l, p);
     }
   }
-  LLMOPT_ASSERT(p == file->data() + file->size(), "llama2c layout walk ended at {} of {}", p - file->data(),
-                file->size());
+  LLMOPT_ASSERT(p == file->data() + file->size(), "llama2c layout walk ended at {} of {}",
+                p - file->data(), file->size());
   for (auto& v : ckpt.tensors) {
     if (v.name.ends_with("q_proj.weight")) permute_view_in_checkpoint(ckpt, v, g.heads, true);
     if (v.name.ends_with("k_proj.weight")) permute_view_in_checkpoint(ckpt, v, g.kv_heads, true);
@@ -286,13 +336,15 @@ namespace {
 std::vector<float> llama2c_tensor(const Checkpoint& ckpt, Kind k, int64_t l, const Geometry& g) {
   const auto [name, shape] = canonical(k, l, g);
   const TensorView& t = ckpt.get(name);
-  LLMOPT_CHECK_INPUT(t.shape == shape, "[llama2c] {}: tensor '{}' does not have the shape the config implies",
+  LLMOPT_CHECK_INPUT(t.shape == shape,
+                     "[llama2c] {}: tensor '{}' does not have the shape the config implies",
                      ckpt.path, name);
   std::vector<float> f = tensor_to_f32(t);
   if (k == Kind::Wq || k == Kind::Wk) {
     std::vector<float> permuted(f.size());
-    permute_rope_rows(reinterpret_cast<const uint8_t*>(f.data()), reinterpret_cast<uint8_t*>(permuted.data()),
-                      shape[0], 4 * shape[1], k == Kind::Wq ? g.heads : g.kv_heads, false);
+    permute_rope_rows(reinterpret_cast<const uint8_t*>(f.data()),
+                      reinterpret_cast<uint8_t*>(permuted.data()), shape[0], 4 * shape[1],
+                      k == Kind::Wq ? g.heads : g.kv_heads, false);
     return permuted;
   }
   return f;
@@ -300,28 +352,40 @@ std::vector<float> llama2c_tensor(const Checkpoint& ckpt, Kind k, int64_t l, con
 
 Geometry writer_geometry(const Checkpoint& ckpt, const std::string& path) {
   const ModelConfig& c = ckpt.config;
-  LLMOPT_CHECK_INPUT(c.head_dim * c.num_attention_heads == c.hidden_size,
-                     "[llama2c] {}: head_dim {} x heads {} != hidden_size {}; llama2.c cannot express it", path,
-                     c.head_dim, c.num_attention_heads, c.hidden_size);
+  LLMOPT_CHECK_INPUT(
+      c.head_dim * c.num_attention_heads == c.hidden_size,
+      "[llama2c] {}: head_dim {} x heads {} != hidden_size {}; llama2.c cannot express it", path,
+      c.head_dim, c.num_attention_heads, c.hidden_size);
   LLMOPT_CHECK_INPUT(!c.attention_bias, "[llama2c] {}: llama2.c has no attention biases", path);
-  LLMOPT_CHECK_INPUT(c.rope_scaling.type == "none" && c.rope_theta == 10000.0,
-                     "[llama2c] {}: llama2.c fixes rope_theta = 10000 without scaling (model has {}, {})", path,
-                     c.rope_theta, c.rope_scaling.type);
+  LLMOPT_CHECK_INPUT(
+      c.rope_scaling.type == "none" && c.rope_theta == 10000.0,
+      "[llama2c] {}: llama2.c fixes rope_theta = 10000 without scaling (model has {}, {})", path,
+      c.rope_theta, c.rope_scaling.type);
   for (int64_t v : {c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
                     c.num_key_value_heads, c.vocab_size, c.max_position_embeddings})
-    LLMOPT_CHECK_INPUT(v > 0 && v <= kMaxDim, "[llama2c] {}: config value {} does not fit the int32 header", path, v);
-  return Geometry{c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
-                  c.num_key_value_heads, c.vocab_size, c.max_position_embeddings, c.head_dim,
+    LLMOPT_CHECK_INPUT(v > 0 && v <= kMaxDim,
+                       "[llama2c] {}: config value {} does not fit the int32 header", path, v);
+  return Geometry{c.hidden_size,
+                  c.intermediate_size,
+                  c.num_hidden_layers,
+                  c.num_attention_heads,
+                  c.num_key_value_heads,
+                  c.vocab_size,
+                  c.max_position_embeddings,
+                  c.head_dim,
                   c.num_key_value_heads * c.head_dim};
 }
 
 void write_config_ints(AtomicFile& f, const Geometry& g, int32_t vocab_field) {
-  for (int64_t v : {g.dim, g.hidden, g.layers, g.heads, g.kv_heads}) f.write_pod(static_cast<int32_t>(v));
+  for (int64_t v : {g.dim, g.hidden, g.layers, g.heads, g.kv_heads})
+    f.write_pod(static_cast<int32_t>(v));
   f.write_pod(vocab_field);
   f.write_pod(static_cast<int32_t>(g.seq));
 }
 
-void write_floats(AtomicFile& f, const std::vector<float>& v) { f.write(v.data(), v.size() * sizeof(float)); }
+void write_floats(AtomicFile& f, const std::vector<float>& v) {
+  f.write(v.data(), v.size() * sizeof(float));
+}
 
 void write_fp32(const std::string& path, const Checkpoint& ckpt, int version) {
   const Geometry g = writer_geometry(ckpt, path);
@@ -343,7 +407,8 @@ void write_fp32(const std::string& path, const Checkpoint& ckpt, int version) {
       std::vector<float> cos_t, sin_t;
       for (int64_t t = 0; t < g.seq; ++t) {
         for (int64_t i = 0; i < half; ++i) {
-          const float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(g.head_size));
+          const float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) /
+                                                           static_cast<float>(g.head_size));
           const float angle = static_cast<float>(t) * freq;
           cos_t.push_back(std::cos(angle));
           sin_t.push_back(std::sin(angle));
@@ -363,18 +428,23 @@ void write_fp32(const std::string& path, const Checkpoint& ckpt, int version) {
 
 }  // namespace
 
-void write_llama2c_legacy(const std::string& path, const Checkpoint& ckpt) { write_fp32(path, ckpt, 0); }
-void write_llama2c_v1(const std::string& path, const Checkpoint& ckpt) { write_fp32(path, ckpt, 1); }
+void write_llama2c_legacy(const std::string& path, const Checkpoint& ckpt) {
+  write_fp32(path, ckpt, 0);
+}
+void write_llama2c_v1(const std::string& path, const Checkpoint& ckpt) {
+  write_fp32(path, ckpt, 1);
+}
 
 void write_llama2c_v2(const std::string& path, const Checkpoint& ckpt, int32_t group_size) {
   const Geometry g = writer_geometry(ckpt, path);
   const bool shared = ckpt.config.tie_word_embeddings;
-  LLMOPT_CHECK_INPUT(group_size > 0, "[llama2c] {}: group size must be positive, found {}", path, group_size);
+  LLMOPT_CHECK_INPUT(group_size > 0, "[llama2c] {}: group size must be positive, found {}", path,
+                     group_size);
   while (g.dim % group_size != 0) group_size /= 2;  // export.py's back-off
   for (Kind k : quantized_order(shared))
     LLMOPT_CHECK_INPUT(per_tensor_elems(k, g) % group_size == 0,
-                       "[llama2c] {}: a tensor of {} elements is not a multiple of group size {}", path,
-                       per_tensor_elems(k, g), group_size);
+                       "[llama2c] {}: a tensor of {} elements is not a multiple of group size {}",
+                       path, per_tensor_elems(k, g), group_size);
   AtomicFile f(path);
   f.write_pod(kLlama2cMagic);
   f.write_pod<int32_t>(2);
@@ -383,7 +453,8 @@ void write_llama2c_v2(const std::string& path, const Checkpoint& ckpt, int32_t g
   f.write_pod<int32_t>(group_size);  // unaligned at offset 37, as struct.pack('i') appends it
   f.write_zeros(kV1HeaderBytes - f.bytes_written());
   for (Kind k : {Kind::AttnNorm, Kind::FfnNorm, Kind::FinalNorm})
-    for (int64_t l = 0; l < (stacked(k) ? g.layers : 1); ++l) write_floats(f, llama2c_tensor(ckpt, k, l, g));
+    for (int64_t l = 0; l < (stacked(k) ? g.layers : 1); ++l)
+      write_floats(f, llama2c_tensor(ckpt, k, l, g));
   for (Kind k : quantized_order(shared)) {
     for (int64_t l = 0; l < (stacked(k) ? g.layers : 1); ++l) {
       const std::vector<float> w = llama2c_tensor(ckpt, k, l, g);

@@ -20,7 +20,8 @@ inline constexpr uint32_t kLlama2cMagic = 0x616b3432;  // "ak42" as export.py pa
 
 struct Llama2cHeader {
   int version = 0;  // 0 = legacy
-  int32_t dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0, seq_len = 0;
+  int32_t dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0,
+          seq_len = 0;
   bool shared_classifier = true;
   int32_t group_size = 0;       // v2 only
   uint64_t weights_offset = 0;  // 28 (legacy) or 256
@@ -45,7 +46,8 @@ Checkpoint llama2c_to_checkpoint(std::shared_ptr<const MappedFile> file);
 void write_llama2c_legacy(const std::string& path, const Checkpoint& ckpt);
 void write_llama2c_v1(const std::string& path, const Checkpoint& ckpt);
 // export.py version2_export: group size halved until it divides dim; every quantized tensor's
-// element count must be a multiple of it. scale = f32(max|w| / 127), q = round-half-even(w / scale).
+// element count must be a multiple of it. scale = f32(max|w| / 127), q = round-half-even(w /
+// scale).
 void write_llama2c_v2(const std::string& path, const Checkpoint& ckpt, int32_t group_size = 64);
 
 }  // namespace llmopt::io

@@ -30,8 +30,8 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
-  bool mapped_ = false;          // data_ came from mmap and must be unmapped
-  std::vector<uint8_t> owned_;   // backing store of from_bytes()
+  bool mapped_ = false;         // data_ came from mmap and must be unmapped
+  std::vector<uint8_t> owned_;  // backing store of from_bytes()
 };
 
 // Reads a whole (small) file into a string: config.json, index files. InputError if unreadable.

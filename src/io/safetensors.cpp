@@ -1,10 +1,9 @@
 #include "io/safetensors.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <array>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <unordered_set>
 
 #include "core/error.h"
@@ -20,11 +19,21 @@ struct StDtype {
 };
 // Every dtype of the reference implementation (safetensors/src/tensor.rs Dtype).
 constexpr std::array<StDtype, 15> kStDtypes = {{
-    {"BOOL", 1, DType::BOOL}, {"U8", 1, DType::U8},     {"I8", 1, DType::I8},
-    {"F8_E5M2", 1, std::nullopt}, {"F8_E4M3", 1, std::nullopt}, {"I16", 2, DType::I16},
-    {"U16", 2, std::nullopt}, {"F16", 2, DType::F16},   {"BF16", 2, DType::BF16},
-    {"I32", 4, DType::I32},   {"U32", 4, std::nullopt}, {"F32", 4, DType::F32},
-    {"F64", 8, DType::F64},   {"I64", 8, DType::I64},   {"U64", 8, std::nullopt},
+    {"BOOL", 1, DType::BOOL},
+    {"U8", 1, DType::U8},
+    {"I8", 1, DType::I8},
+    {"F8_E5M2", 1, std::nullopt},
+    {"F8_E4M3", 1, std::nullopt},
+    {"I16", 2, DType::I16},
+    {"U16", 2, std::nullopt},
+    {"F16", 2, DType::F16},
+    {"BF16", 2, DType::BF16},
+    {"I32", 4, DType::I32},
+    {"U32", 4, std::nullopt},
+    {"F32", 4, DType::F32},
+    {"F64", 8, DType::F64},
+    {"I64", 8, DType::I64},
+    {"U64", 8, std::nullopt},
 }};
 
 const StDtype* find_st_dtype(std::string_view name) {
@@ -44,7 +53,9 @@ std::string_view safetensors_dtype_name(DType t) {
   throw_input("[safetensors] dtype {} cannot be stored in safetensors", dtype_name(t));
 }
 
-SafetensorsFile SafetensorsFile::open(const std::string& path) { return parse(MappedFile::open(path)); }
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  return parse(MappedFile::open(path));
+}
 
 SafetensorsFile SafetensorsFile::parse(std::shared_ptr<const MappedFile> file) {
   SafetensorsFile f;
@@ -56,7 +67,8 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<const MappedFile> file) {
 void SafetensorsFile::parse_all() {
   const std::string& path = file_->path();
   const uint64_t size = file_->size();
-  LLMOPT_CHECK_INPUT(size >= 8, "[safetensors] {}: file too small ({} bytes) for the 8-byte header length",
+  LLMOPT_CHECK_INPUT(size >= 8,
+                     "[safetensors] {}: file too small ({} bytes) for the 8-byte header length",
                      path, size);
   std::memcpy(&header_size_, file_->data(), 8);
   LLMOPT_CHECK_INPUT(header_size_ <= kMaxHeaderBytes,
@@ -72,46 +84,49 @@ void SafetensorsFile::parse_all() {
   } catch (const nlohmann::json::exception& e) {
     throw_input("[safetensors] {}: header is not valid JSON: {}", path, e.what());
   }
-  LLMOPT_CHECK_INPUT(j.is_object(), "[safetensors] {}: header must be a JSON object, found {}", path,
-                     j.type_name());
+  LLMOPT_CHECK_INPUT(j.is_object(), "[safetensors] {}: header must be a JSON object, found {}",
+                     path, j.type_name());
   const uint64_t data_start = 8 + header_size_;
   const uint64_t data_size = size - data_start;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& name = it.key();
     const auto& v = it.value();
     if (name == "__metadata__") {
-      LLMOPT_CHECK_INPUT(v.is_object(), "[safetensors] {}: __metadata__ must be an object, found {}",
-                         path, v.type_name());
+      LLMOPT_CHECK_INPUT(v.is_object(),
+                         "[safetensors] {}: __metadata__ must be an object, found {}", path,
+                         v.type_name());
       for (auto m = v.begin(); m != v.end(); ++m) {
         LLMOPT_CHECK_INPUT(m.value().is_string(),
-                           "[safetensors] {}: __metadata__ value '{}' must be a string, found {}", path,
-                           m.key(), m.value().type_name());
+                           "[safetensors] {}: __metadata__ value '{}' must be a string, found {}",
+                           path, m.key(), m.value().type_name());
         metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
-    LLMOPT_CHECK_INPUT(v.is_object(), "[safetensors] {}: tensor '{}' entry must be an object, found {}",
-                       path, name, v.type_name());
+    LLMOPT_CHECK_INPUT(v.is_object(),
+                       "[safetensors] {}: tensor '{}' entry must be an object, found {}", path,
+                       name, v.type_name());
     SafetensorsTensor t;
     t.name = name;
     const auto dt = v.find("dtype");
-    LLMOPT_CHECK_INPUT(dt != v.end() && dt->is_string(), "[safetensors] {}: tensor '{}' has no dtype string",
-                       path, name);
+    LLMOPT_CHECK_INPUT(dt != v.end() && dt->is_string(),
+                       "[safetensors] {}: tensor '{}' has no dtype string", path, name);
     t.dtype_name = dt->get<std::string>();
     const StDtype* info = find_st_dtype(t.dtype_name);
-    LLMOPT_CHECK_INPUT(info != nullptr, "[safetensors] {}: tensor '{}' has unknown dtype '{}'", path, name,
-                       t.dtype_name);
+    LLMOPT_CHECK_INPUT(info != nullptr, "[safetensors] {}: tensor '{}' has unknown dtype '{}'",
+                       path, name, t.dtype_name);
     t.dtype = info->dtype;
     const auto sh = v.find("shape");
-    LLMOPT_CHECK_INPUT(sh != v.end() && sh->is_array(), "[safetensors] {}: tensor '{}' has no shape array",
-                       path, name);
-    LLMOPT_CHECK_INPUT(sh->size() <= 8, "[safetensors] {}: tensor '{}' has {} dims (at most 8)", path, name,
-                       sh->size());
+    LLMOPT_CHECK_INPUT(sh != v.end() && sh->is_array(),
+                       "[safetensors] {}: tensor '{}' has no shape array", path, name);
+    LLMOPT_CHECK_INPUT(sh->size() <= 8, "[safetensors] {}: tensor '{}' has {} dims (at most 8)",
+                       path, name, sh->size());
     uint64_t numel = 1;
     for (const auto& d : *sh) {
-      LLMOPT_CHECK_INPUT(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0),
-                         "[safetensors] {}: tensor '{}' shape entries must be non-negative integers, found {}",
-                         path, name, d.dump());
+      LLMOPT_CHECK_INPUT(
+          d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0),
+          "[safetensors] {}: tensor '{}' shape entries must be non-negative integers, found {}",
+          path, name, d.dump());
       const uint64_t n = d.get<uint64_t>();
       LLMOPT_CHECK_INPUT(n == 0 || numel <= (uint64_t{1} << 52) / n,
                          "[safetensors] {}: tensor '{}' shape {} has too many elements", path, name,
@@ -120,23 +135,26 @@ void SafetensorsFile::parse_all() {
       t.shape.push_back(static_cast<int64_t>(n));
     }
     const auto off = v.find("data_offsets");
-    LLMOPT_CHECK_INPUT(off != v.end() && off->is_array() && off->size() == 2 && (*off)[0].is_number_unsigned() &&
-                           (*off)[1].is_number_unsigned(),
-                       "[safetensors] {}: tensor '{}' data_offsets must be two non-negative integers", path,
-                       name);
+    LLMOPT_CHECK_INPUT(
+        off != v.end() && off->is_array() && off->size() == 2 && (*off)[0].is_number_unsigned() &&
+            (*off)[1].is_number_unsigned(),
+        "[safetensors] {}: tensor '{}' data_offsets must be two non-negative integers", path, name);
     t.begin = (*off)[0].get<uint64_t>();
     t.end = (*off)[1].get<uint64_t>();
-    LLMOPT_CHECK_INPUT(t.begin <= t.end, "[safetensors] {}: tensor '{}' data_offsets [{}, {}] are reversed",
-                       path, name, t.begin, t.end);
-    LLMOPT_CHECK_INPUT(t.end <= data_size,
-                       "[safetensors] {}: tensor '{}' data_offsets end {} past end of file (data section is {} "
-                       "bytes)",
-                       path, name, t.end, data_size);
+    LLMOPT_CHECK_INPUT(t.begin <= t.end,
+                       "[safetensors] {}: tensor '{}' data_offsets [{}, {}] are reversed", path,
+                       name, t.begin, t.end);
+    LLMOPT_CHECK_INPUT(
+        t.end <= data_size,
+        "[safetensors] {}: tensor '{}' data_offsets end {} past end of file (data section is {} "
+        "bytes)",
+        path, name, t.end, data_size);
     const uint64_t expected = numel * static_cast<uint64_t>(info->bytes);
-    LLMOPT_CHECK_INPUT(t.end - t.begin == expected,
-                       "[safetensors] {}: tensor '{}' size mismatch: shape {} of {} needs {} bytes, "
-                       "data_offsets span {}",
-                       path, name, sh->dump(), t.dtype_name, expected, t.end - t.begin);
+    LLMOPT_CHECK_INPUT(
+        t.end - t.begin == expected,
+        "[safetensors] {}: tensor '{}' size mismatch: shape {} of {} needs {} bytes, "
+        "data_offsets span {}",
+        path, name, sh->dump(), t.dtype_name, expected, t.end - t.begin);
     t.nbytes = static_cast<int64_t>(expected);
     t.data = file_->data() + data_start + t.begin;
     tensors_.push_back(std::move(t));
@@ -173,12 +191,13 @@ SafetensorsIndex read_safetensors_index(const std::string& path) {
   SafetensorsIndex idx;
   std::unordered_set<std::string> seen;
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-    LLMOPT_CHECK_INPUT(it.value().is_string(), "[safetensors] {}: weight_map['{}'] must be a file name",
-                       path, it.key());
+    LLMOPT_CHECK_INPUT(it.value().is_string(),
+                       "[safetensors] {}: weight_map['{}'] must be a file name", path, it.key());
     const auto shard = it.value().get<std::string>();
-    LLMOPT_CHECK_INPUT(!shard.empty() && shard.find('/') == std::string::npos && shard != "." && shard != "..",
-                       "[safetensors] {}: weight_map['{}'] = '{}' is not a plain file name", path,
-                       it.key(), shard);
+    LLMOPT_CHECK_INPUT(
+        !shard.empty() && shard.find('/') == std::string::npos && shard != "." && shard != "..",
+        "[safetensors] {}: weight_map['{}'] = '{}' is not a plain file name", path, it.key(),
+        shard);
     idx.weight_map[it.key()] = shard;
     if (seen.insert(shard).second) idx.shard_files.push_back(shard);
   }
@@ -190,10 +209,10 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsOut
   std::vector<const SafetensorsOutTensor*> order;
   std::unordered_set<std::string> names;
   for (const auto& t : tensors) {
-    LLMOPT_CHECK_INPUT(names.insert(t.name).second, "[safetensors] {}: duplicate tensor name '{}'", path,
-                       t.name);
-    LLMOPT_CHECK_INPUT(t.name != "__metadata__", "[safetensors] {}: '__metadata__' is not a tensor name",
-                       path);
+    LLMOPT_CHECK_INPUT(names.insert(t.name).second, "[safetensors] {}: duplicate tensor name '{}'",
+                       path, t.name);
+    LLMOPT_CHECK_INPUT(t.name != "__metadata__",
+                       "[safetensors] {}: '__metadata__' is not a tensor name", path);
     int64_t numel = 1;
     for (int64_t d : t.shape) numel *= d;
     safetensors_dtype_name(t.dtype);  // rejects block formats

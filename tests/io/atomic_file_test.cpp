@@ -1,3 +1,5 @@
+#include "io/atomic_file.h"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -7,14 +9,14 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "io/atomic_file.h"
 
 namespace llmopt::io {
 namespace {
 namespace fs = std::filesystem;
 
 fs::path fresh_dir(const std::string& name) {
-  const auto dir = fs::temp_directory_path() / ("llmopt_atomic_" + name + "_" + std::to_string(::getpid()));
+  const auto dir =
+      fs::temp_directory_path() / ("llmopt_atomic_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

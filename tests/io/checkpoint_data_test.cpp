@@ -29,7 +29,8 @@ LoadOptions with_tokenizer() {
 }
 
 fs::path temp_dir(const std::string& name) {
-  const auto d = fs::temp_directory_path() / ("llmopt_io_data_" + name + "_" + std::to_string(::getpid()));
+  const auto d =
+      fs::temp_directory_path() / ("llmopt_io_data_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -107,7 +108,8 @@ TEST(CheckpointDataTest, V2DequantizesWithinHalfAStep) {
     float wmax = 0;
     for (float x : a) wmax = std::max(wmax, std::fabs(x));
     const float tolerance = wmax / 254.0f * 1.0001f;
-    for (size_t k = 0; k < a.size(); ++k) ASSERT_LE(std::fabs(a[k] - b[k]), tolerance) << t.name << " " << k;
+    for (size_t k = 0; k < a.size(); ++k)
+      ASSERT_LE(std::fabs(a[k] - b[k]), tolerance) << t.name << " " << k;
   }
 }
 
@@ -186,7 +188,8 @@ TEST(CheckpointDataTest, GgufRoundTripOfStories) {
     ASSERT_EQ(a->nbytes, b->nbytes);
     EXPECT_EQ(std::memcmp(a->data, b->data, a->nbytes), 0) << name;
   }
-  EXPECT_EQ(ours.get_string_array("tokenizer.ggml.tokens"), src.get_string_array("tokenizer.ggml.tokens"));
+  EXPECT_EQ(ours.get_string_array("tokenizer.ggml.tokens"),
+            src.get_string_array("tokenizer.ggml.tokens"));
   // Every model key llama.cpp's own converter wrote is in ours too, with the same value.
   for (const auto& [key, value] : src.kvs()) {
     if (key.rfind("llama.", 0) != 0 && key != "general.architecture") continue;
@@ -207,7 +210,8 @@ TEST(CheckpointDataTest, LegacyAndV1WritersRoundTrip) {
   expect_identical(legacy, load_checkpoint((dir / "legacy.bin").string(), with_tokenizer()));
   expect_identical(legacy, load_checkpoint((dir / "v1.bin").string(), with_tokenizer()));
   // v1 has no freq_cis tables, so our v1 file equals clebert's byte for byte.
-  EXPECT_EQ(sha256_file_hex((dir / "v1.bin").string()), sha256_file_hex(kStories + "stories260K_v1_ak42_clebert.bin"));
+  EXPECT_EQ(sha256_file_hex((dir / "v1.bin").string()),
+            sha256_file_hex(kStories + "stories260K_v1_ak42_clebert.bin"));
   fs::remove_all(dir);
 }
 

@@ -26,7 +26,8 @@ void expect_same_values(const Checkpoint& a, const Checkpoint& b, float toleranc
     ASSERT_NE(tb, nullptr) << ta.name;
     ASSERT_EQ(ta.shape, tb->shape) << ta.name;
     const auto x = tensor_to_f32(ta), y = tensor_to_f32(*tb);
-    for (size_t k = 0; k < x.size(); ++k) ASSERT_NEAR(x[k], y[k], tolerance) << ta.name << "[" << k << "]";
+    for (size_t k = 0; k < x.size(); ++k)
+      ASSERT_NEAR(x[k], y[k], tolerance) << ta.name << "[" << k << "]";
   }
 }
 
@@ -84,7 +85,8 @@ TEST(CheckpointRoundTripTest, GgufF32IsExactAndKeepsConfig) {
   cfg.tie_word_embeddings = false;
   cfg.rope_theta = 500000.0;
   auto ck = random_checkpoint(cfg);
-  write_gguf(dir.file("m.gguf"), ck, DType::F32, {{"tokenizer.ggml.model", GgufValue::make_string("llama")}});
+  write_gguf(dir.file("m.gguf"), ck, DType::F32,
+             {{"tokenizer.ggml.model", GgufValue::make_string("llama")}});
   const auto back = load_checkpoint(dir.file("m.gguf"));
   expect_same_values(ck, back, 0.0f);
   EXPECT_EQ(back.config.rope_theta, 500000.0);
@@ -98,7 +100,8 @@ TEST(CheckpointRoundTripTest, GgufF32IsExactAndKeepsConfig) {
   const auto* q = g.find_tensor("blk.0.attn_q.weight");
   const TensorView& hf_q = ck.get("model.layers.0.self_attn.q_proj.weight");
   const int64_t row_bytes = 4 * 64;
-  EXPECT_EQ(std::memcmp(q->data + 1 * row_bytes, hf_q.data + 8 * row_bytes, row_bytes), 0);  // head_dim 16
+  EXPECT_EQ(std::memcmp(q->data + 1 * row_bytes, hf_q.data + 8 * row_bytes, row_bytes),
+            0);  // head_dim 16
 }
 
 TEST(CheckpointRoundTripTest, GgufF16KeepsNormsF32) {
@@ -214,7 +217,8 @@ TEST(HfConfigTest, DefaultsAndRopeScaling) {
 }
 
 TEST(HfConfigTest, Qwen2HasAttentionBiasAndMistralSlidingWindow) {
-  auto base = nlohmann::json::parse(R"({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+  auto base =
+      nlohmann::json::parse(R"({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 10, "sliding_window": 4096,
     "rope_type": null, "rope_scaling": {"type": "default"}})");
   base["architectures"] = {"Qwen2ForCausalLM"};

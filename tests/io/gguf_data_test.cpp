@@ -48,8 +48,9 @@ TEST(GgufDataTest, ReadsLlamaCppQ4KMStories260K) {
 }
 
 TEST(GgufDataTest, ReadsEveryVocabOnlyFile) {
-  for (const char* name : {"ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf", "ggml-vocab-phi-3.gguf",
-                           "ggml-vocab-deepseek-llm.gguf", "ggml-vocab-falcon.gguf"}) {
+  for (const char* name :
+       {"ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf", "ggml-vocab-phi-3.gguf",
+        "ggml-vocab-deepseek-llm.gguf", "ggml-vocab-falcon.gguf"}) {
     const auto g = GgufFile::open(kShared + "/tokenizers/llamacpp-vocab/" + name);
     EXPECT_GT(g.get_array_size("tokenizer.ggml.tokens"), 1000u) << name;
     EXPECT_FALSE(g.get_string("tokenizer.ggml.model").empty()) << name;

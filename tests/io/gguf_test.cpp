@@ -1,11 +1,12 @@
 // GGUF reader/writer round trips on synthetic files: every value type, nested arrays, tensor
 // geometry, alignment, typed getter errors.
+#include "io/gguf.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 
 #include "core/error.h"
-#include "io/gguf.h"
 #include "io/gguf_writer.h"
 #include "io_test_util.h"
 
@@ -78,15 +79,18 @@ TEST(GgufTest, RoundTripsEveryValueTypeAndNestedArrays) {
 
 TEST(GgufTest, TypedGettersNameFileKeyAndTypes) {
   TempDir dir("gguf_getters");
-  write_gguf_file(dir.file("g.gguf"), {{"s", GgufValue::make_string("x")}, {"neg", GgufValue::make_i32(-1)}}, {});
+  write_gguf_file(dir.file("g.gguf"),
+                  {{"s", GgufValue::make_string("x")}, {"neg", GgufValue::make_i32(-1)}}, {});
   const auto g = GgufFile::open(dir.file("g.gguf"));
   const std::string e1 = error_of([&] { g.get_u32("s"); });
   EXPECT_NE(e1.find("g.gguf"), std::string::npos) << e1;
   EXPECT_NE(e1.find("'s'"), std::string::npos) << e1;
   EXPECT_NE(e1.find("expected u32, found string"), std::string::npos) << e1;
   EXPECT_NE(error_of([&] { g.get_u32("neg"); }).find("does not fit"), std::string::npos);
-  EXPECT_NE(error_of([&] { g.get_string("absent"); }).find("missing metadata key 'absent'"), std::string::npos);
-  EXPECT_NE(error_of([&] { g.get_string_array("s"); }).find("expected array of string"), std::string::npos);
+  EXPECT_NE(error_of([&] { g.get_string("absent"); }).find("missing metadata key 'absent'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { g.get_string_array("s"); }).find("expected array of string"),
+            std::string::npos);
 }
 
 TEST(GgufTest, TensorsRoundTripWithAlignmentAndReversedDims) {
@@ -96,7 +100,10 @@ TEST(GgufTest, TensorsRoundTripWithAlignmentAndReversedDims) {
   std::vector<uint16_t> b(7, 0x3c00);
   std::vector<uint8_t> q(2 * 34, 0x11);  // two Q8_0 blocks: one row of 64
   write_gguf_file(dir.file("t.gguf"), {{"general.alignment", GgufValue::make_u32(64)}},
-                  {{"a", 0, {3, 5}, a.data(), 60}, {"b", 1, {7}, b.data(), 14}, {"q", 8, {1, 64}, q.data(), 68}}, 64);
+                  {{"a", 0, {3, 5}, a.data(), 60},
+                   {"b", 1, {7}, b.data(), 14},
+                   {"q", 8, {1, 64}, q.data(), 68}},
+                  64);
   const auto g = GgufFile::open(dir.file("t.gguf"));
   EXPECT_EQ(g.alignment(), 64u);
   EXPECT_EQ(g.data_offset() % 64, 0u);

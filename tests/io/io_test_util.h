@@ -55,12 +55,15 @@ class Bytes {
     data_.insert(data_.end(), n, 0);
     return *this;
   }
-  Bytes& pad_to(size_t alignment) { return zeros((alignment - data_.size() % alignment) % alignment); }
+  Bytes& pad_to(size_t alignment) {
+    return zeros((alignment - data_.size() % alignment) % alignment);
+  }
   size_t size() const { return data_.size(); }
   std::vector<uint8_t>& data() { return data_; }
   void write(const std::string& path) const {
     std::ofstream out(path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(data_.data()), static_cast<std::streamsize>(data_.size()));
+    out.write(reinterpret_cast<const char*>(data_.data()),
+              static_cast<std::streamsize>(data_.size()));
   }
 
  private:

@@ -1,9 +1,10 @@
+#include "io/safetensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 
 #include "core/error.h"
-#include "io/safetensors.h"
 #include "io_test_util.h"
 
 namespace llmopt::io {
@@ -37,7 +38,8 @@ TEST(SafetensorsTest, WriterRoundTripAndReferenceLayout) {
   EXPECT_EQ(std::memcmp(ta->data, a.data(), 24), 0);
   EXPECT_EQ(tz->dtype, DType::BF16);
   EXPECT_EQ(std::memcmp(tc->data, c.data(), 3), 0);
-  EXPECT_EQ(reinterpret_cast<uintptr_t>(ta->data) % 8, reinterpret_cast<uintptr_t>(f.mapping()->data()) % 8);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(ta->data) % 8,
+            reinterpret_cast<uintptr_t>(f.mapping()->data()) % 8);
 }
 
 TEST(SafetensorsTest, ExactHeaderBytesForOneTensor) {
@@ -53,7 +55,8 @@ TEST(SafetensorsTest, ExactHeaderBytesForOneTensor) {
 TEST(SafetensorsTest, OtherDtypesAreParsedAndReported) {
   TempDir dir("st_f8");
   testing::Bytes b;
-  const std::string h = R"({"e":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]},"u":{"dtype":"U32","shape":[],"data_offsets":[2,6]}})";
+  const std::string h =
+      R"({"e":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]},"u":{"dtype":"U32","shape":[],"data_offsets":[2,6]}})";
   b.u64(h.size()).raw(h).zeros(6);
   b.write(dir.file("f8.safetensors"));
   const auto f = SafetensorsFile::open(dir.file("f8.safetensors"));
@@ -68,14 +71,16 @@ TEST(SafetensorsTest, WriterRejectsBadTensors) {
   float x[2] = {};
   EXPECT_THROW(write_safetensors(dir.file("a"), {{"x", DType::F32, {3}, x, 8}}), InputError);
   EXPECT_THROW(write_safetensors(dir.file("b"), {{"x", DType::Q8_0, {32}, x, 34}}), InputError);
-  EXPECT_THROW(write_safetensors(dir.file("c"), {{"x", DType::F32, {2}, x, 8}, {"x", DType::F32, {2}, x, 8}}),
+  EXPECT_THROW(write_safetensors(dir.file("c"),
+                                 {{"x", DType::F32, {2}, x, 8}, {"x", DType::F32, {2}, x, 8}}),
                InputError);
 }
 
 TEST(SafetensorsTest, IndexFile) {
   TempDir dir("st_index");
-  testing::write_text(dir.file("i.json"),
-                      R"({"metadata":{"total_size":8},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","c":"s1.safetensors"}})");
+  testing::write_text(
+      dir.file("i.json"),
+      R"({"metadata":{"total_size":8},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","c":"s1.safetensors"}})");
   const auto idx = read_safetensors_index(dir.file("i.json"));
   EXPECT_EQ(idx.shard_files, (std::vector<std::string>{"s1.safetensors", "s2.safetensors"}));
   testing::write_text(dir.file("bad.json"), R"({"weight_map":{"a":"../etc/passwd"}})");

@@ -1,10 +1,10 @@
 // SHA-256 against the FIPS 180-2 appendix B test vectors and the empty message.
+#include "io/sha256.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include "io/sha256.h"
 
 namespace llmopt::io {
 namespace {
