@@ -72,9 +72,10 @@ Vocab vocab_from_gguf_kvs(const std::vector<io::GgufKeyValue>& kvs, const std::s
   } else if (model == "gpt2") {
     v.kind = VocabKind::ByteLevelBpe;
   } else {
-    throw_input("[tokenizer] {}: tokenizer.ggml.model '{}' is not supported (expected 'llama' "
-                "(SentencePiece BPE) or 'gpt2' (byte-level BPE))",
-                source, model);
+    throw_input(
+        "[tokenizer] {}: tokenizer.ggml.model '{}' is not supported (expected 'llama' "
+        "(SentencePiece BPE) or 'gpt2' (byte-level BPE))",
+        source, model);
   }
 
   const io::GgufValue* tokens = kv.array("tokenizer.ggml.tokens", true);
@@ -93,8 +94,8 @@ Vocab vocab_from_gguf_kvs(const std::vector<io::GgufKeyValue>& kvs, const std::s
     for (size_t i = 0; i < n; ++i) {
       const auto& s = scores->items[i];
       LLMOPT_CHECK_INPUT(s.type == io::GgufType::F32 || s.type == io::GgufType::F64,
-                         "[tokenizer] {}: tokenizer.ggml.scores[{}] is {}, expected f32", source,
-                         i, io::gguf_type_name(s.type));
+                         "[tokenizer] {}: tokenizer.ggml.scores[{}] is {}, expected f32", source, i,
+                         io::gguf_type_name(s.type));
       v.scores[i] = static_cast<float>(s.f);
     }
   }
@@ -117,10 +118,9 @@ Vocab vocab_from_gguf_kvs(const std::vector<io::GgufKeyValue>& kvs, const std::s
     for (size_t i = 0; i < merges->items.size(); ++i) {
       const std::string& m = merges->items[i].str;
       const size_t space = m.size() > 1 ? m.find(' ', 1) : std::string::npos;
-      LLMOPT_CHECK_INPUT(merges->items[i].type == io::GgufType::String &&
-                             space != std::string::npos,
-                         "[tokenizer] {}: tokenizer.ggml.merges[{}] = '{}', expected 'left right'",
-                         source, i, m);
+      LLMOPT_CHECK_INPUT(
+          merges->items[i].type == io::GgufType::String && space != std::string::npos,
+          "[tokenizer] {}: tokenizer.ggml.merges[{}] = '{}', expected 'left right'", source, i, m);
       v.merges.emplace_back(m.substr(0, space), m.substr(space + 1));
     }
     v.pre = kv.string_or("tokenizer.ggml.pre", "default");
@@ -148,7 +148,9 @@ Vocab vocab_from_gguf_kvs(const std::vector<io::GgufKeyValue>& kvs, const std::s
   return v;
 }
 
-Vocab vocab_from_gguf(const io::GgufFile& file) { return vocab_from_gguf_kvs(file.kvs(), file.path()); }
+Vocab vocab_from_gguf(const io::GgufFile& file) {
+  return vocab_from_gguf_kvs(file.kvs(), file.path());
+}
 
 Vocab load_gguf_vocab(const std::string& path) { return vocab_from_gguf(io::GgufFile::open(path)); }
 

@@ -5,10 +5,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <unordered_map>
 #include <unordered_set>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -77,8 +76,7 @@ void parse_pre_tokenizer(const json& node, const std::string& source, PreTokeniz
     } else if (pattern.contains("String") && pattern["String"].is_string()) {
       regex = regex_quote(pattern["String"].get<std::string>());
     } else {
-      throw_input("[tokenizer] {}: Split pre-tokenizer without a Regex or String pattern",
-                  source);
+      throw_input("[tokenizer] {}: Split pre-tokenizer without a Regex or String pattern", source);
     }
     const std::string behavior = node.value("behavior", std::string("Isolated"));
     LLMOPT_CHECK_INPUT(behavior == "Isolated" && !node.value("invert", false),
@@ -95,18 +93,19 @@ void parse_pre_tokenizer(const json& node, const std::string& source, PreTokeniz
     const std::string scheme = node.value("prepend_scheme", std::string("always"));
     spec.metaspace_prefix = node.value("add_prefix_space", scheme != "never");
   } else {
-    throw_input("[tokenizer] {}: pre_tokenizer type '{}' is not supported (supported: ByteLevel, "
-                "Split, Digits, Punctuation, Metaspace, Sequence)",
-                source, type);
+    throw_input(
+        "[tokenizer] {}: pre_tokenizer type '{}' is not supported (supported: ByteLevel, "
+        "Split, Digits, Punctuation, Metaspace, Sequence)",
+        source, type);
   }
 }
 
 // A GGUF tokenizer.ggml.pre name whose llama.cpp regex family equals `regexes`, or "".
 std::string pre_name_for(const std::vector<std::string>& regexes) {
   if (regexes == std::vector<std::string>{kGpt2Regex}) return "gpt-2";
-  for (const char* name : {"gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder",
-                           "falcon", "starcoder", "poro-chat", "viking", "tekken", "chameleon",
-                           "gpt-4o", "default"}) {
+  for (const char* name :
+       {"gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder", "falcon", "starcoder",
+        "poro-chat", "viking", "tekken", "chameleon", "gpt-4o", "default"}) {
     if (pretokenizer_regexes(name) == regexes) return name;
   }
   return "";
@@ -133,8 +132,7 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
     throw_input("[tokenizer] {}: not valid JSON: {}", source, e.what());
   }
   try {
-    LLMOPT_CHECK_INPUT(root.is_object(), "[tokenizer] {}: top level is not a JSON object",
-                       source);
+    LLMOPT_CHECK_INPUT(root.is_object(), "[tokenizer] {}: top level is not a JSON object", source);
     LLMOPT_CHECK_INPUT(root.contains("model") && root["model"].is_object(),
                        "[tokenizer] {}: no \"model\" object (not a Hugging Face tokenizer.json?)",
                        source);
@@ -150,8 +148,8 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
     std::map<int64_t, std::string> by_id;
     for (const auto& [piece, id_json] : model["vocab"].items()) {
       LLMOPT_CHECK_INPUT(id_json.is_number_integer(),
-                         "[tokenizer] {}: vocab entry '{}' has id {}, expected an integer",
-                         source, piece, id_json.dump());
+                         "[tokenizer] {}: vocab entry '{}' has id {}, expected an integer", source,
+                         piece, id_json.dump());
       const auto id = id_json.get<int64_t>();
       LLMOPT_CHECK_INPUT(id >= 0 && id < (int64_t{1} << 24),
                          "[tokenizer] {}: vocab entry '{}' has id {} out of range [0, 2^24)",
@@ -175,8 +173,7 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
                          source, content, id);
       const auto [it, inserted] = by_id.emplace(id, content);
       if (!inserted) it->second = content;  // the added token's raw content wins
-      added_types[id] =
-          added.value("special", false) ? TokenType::Control : TokenType::UserDefined;
+      added_types[id] = added.value("special", false) ? TokenType::Control : TokenType::UserDefined;
     }
     LLMOPT_CHECK_INPUT(!by_id.empty(), "[tokenizer] {}: vocabulary is empty", source);
     const int64_t n = by_id.rbegin()->first + 1;
@@ -201,8 +198,10 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
     v.tokens.reserve(static_cast<size_t>(n));
     for (auto& [id, piece] : by_id) {
       TokenType type = TokenType::Normal;
-      if (const auto it = added_types.find(id); it != added_types.end()) type = it->second;
-      else if (spm && parse_byte_piece(piece) >= 0) type = TokenType::Byte;
+      if (const auto it = added_types.find(id); it != added_types.end())
+        type = it->second;
+      else if (spm && parse_byte_piece(piece) >= 0)
+        type = TokenType::Byte;
       v.tokens.push_back(std::move(piece));
       v.types.push_back(type);
     }
@@ -253,8 +252,7 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
     v.ignore_merges = model.value("ignore_merges", false);
     if (spm) {
       const std::string norm = normalizer.dump();
-      v.add_space_prefix = pre.metaspace ? pre.metaspace_prefix
-                                         : mentions(normalizer, "Prepend");
+      v.add_space_prefix = pre.metaspace ? pre.metaspace_prefix : mentions(normalizer, "Prepend");
       v.add_bos = true;
     } else {
       v.pre_regexes = pre.regexes;
@@ -262,9 +260,10 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
       const std::string name = pre_name_for(pre.regexes);
       v.pre = name.empty() ? "default" : name;
       if (name.empty()) {
-        log::warn("[tokenizer] {}: pre-tokenizer matches no llama.cpp family; GGUF exports will "
-                  "name it 'default'",
-                  source);
+        log::warn(
+            "[tokenizer] {}: pre-tokenizer matches no llama.cpp family; GGUF exports will "
+            "name it 'default'",
+            source);
       }
     }
 
@@ -363,8 +362,11 @@ std::string export_hf_tokenizer_json(const Vocab& v) {
   json vocab = json::object();
   for (int32_t id = 0; id < v.size(); ++id) vocab[v.tokens[static_cast<size_t>(id)]] = id;
   json merges = json::array();
-  json model = {{"type", "BPE"}, {"dropout", nullptr}, {"continuing_subword_prefix", nullptr},
-                {"end_of_word_suffix", nullptr}, {"ignore_merges", v.ignore_merges}};
+  json model = {{"type", "BPE"},
+                {"dropout", nullptr},
+                {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr},
+                {"ignore_merges", v.ignore_merges}};
   if (v.kind == VocabKind::Spm) {
     std::vector<std::pair<std::string, std::string>> spm_merges = v.merges;
     if (spm_merges.empty()) {
@@ -409,22 +411,20 @@ std::string export_hf_tokenizer_json(const Vocab& v) {
     model["fuse_unk"] = true;
     model["byte_fallback"] = v.byte_fallback;
     model["unk_token"] = v.unk_id >= 0 ? json(v.tokens[static_cast<size_t>(v.unk_id)]) : json();
-    const json replace_space = {{"type", "Replace"},
-                                {"pattern", {{"String", " "}}},
-                                {"content", std::string(kSpmSpace)}};
+    const json replace_space = {
+        {"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", std::string(kSpmSpace)}};
     if (v.add_space_prefix) {
-      root["normalizer"] = {{"type", "Sequence"},
-                            {"normalizers",
-                             {{{"type", "Prepend"}, {"prepend", std::string(kSpmSpace)}},
-                              replace_space}}};
+      root["normalizer"] = {
+          {"type", "Sequence"},
+          {"normalizers",
+           {{{"type", "Prepend"}, {"prepend", std::string(kSpmSpace)}}, replace_space}}};
     } else {
       root["normalizer"] = replace_space;
     }
     root["pre_tokenizer"] = nullptr;
     json decoders = json::array();
-    decoders.push_back({{"type", "Replace"},
-                        {"pattern", {{"String", std::string(kSpmSpace)}}},
-                        {"content", " "}});
+    decoders.push_back(
+        {{"type", "Replace"}, {"pattern", {{"String", std::string(kSpmSpace)}}}, {"content", " "}});
     decoders.push_back({{"type", "ByteFallback"}});
     decoders.push_back({{"type", "Fuse"}});
     if (v.add_space_prefix) {
@@ -467,11 +467,13 @@ std::string export_hf_tokenizer_json(const Vocab& v) {
     const std::string bos = v.tokens[static_cast<size_t>(v.bos_id)];
     root["post_processor"] = {
         {"type", "TemplateProcessing"},
-        {"single", {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
-                    {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"pair", {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
-                  {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
-                  {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"single",
+         {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair",
+         {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
         {"special_tokens", {{bos, {{"id", bos}, {"ids", {v.bos_id}}, {"tokens", {bos}}}}}}};
   } else {
     root["post_processor"] = nullptr;
@@ -486,15 +488,15 @@ std::string export_hf_tokenizer_config_json(const Vocab& v) {
   const auto piece_or_null = [&](int32_t id) {
     return id >= 0 ? json(v.tokens[static_cast<size_t>(id)]) : json();
   };
-  json config = {{"add_bos_token", v.add_bos},
-                 {"add_eos_token", v.add_eos},
-                 {"bos_token", piece_or_null(v.bos_id)},
-                 {"eos_token", piece_or_null(v.eos_id)},
-                 {"unk_token", piece_or_null(v.unk_id)},
-                 {"pad_token", piece_or_null(v.pad_id)},
-                 {"clean_up_tokenization_spaces", false},
-                 {"tokenizer_class", v.kind == VocabKind::Spm ? "LlamaTokenizer"
-                                                              : "PreTrainedTokenizerFast"}};
+  json config = {
+      {"add_bos_token", v.add_bos},
+      {"add_eos_token", v.add_eos},
+      {"bos_token", piece_or_null(v.bos_id)},
+      {"eos_token", piece_or_null(v.eos_id)},
+      {"unk_token", piece_or_null(v.unk_id)},
+      {"pad_token", piece_or_null(v.pad_id)},
+      {"clean_up_tokenization_spaces", false},
+      {"tokenizer_class", v.kind == VocabKind::Spm ? "LlamaTokenizer" : "PreTrainedTokenizerFast"}};
   if (v.kind == VocabKind::Spm) config["legacy"] = false;
   return config.dump(2);
 }

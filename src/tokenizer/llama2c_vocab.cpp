@@ -114,9 +114,12 @@ std::string export_llama2c_tokenizer(const Vocab& v) {
   int32_t max_len = 0;
   for (int32_t id = 0; id < v.size(); ++id) {
     std::string piece;
-    if (id == v.bos_id) piece = kBinBos;
-    else if (id == v.eos_id) piece = kBinEos;
-    else piece = replace_all(v.tokens[static_cast<size_t>(id)], kSpmSpace, " ");
+    if (id == v.bos_id)
+      piece = kBinBos;
+    else if (id == v.eos_id)
+      piece = kBinEos;
+    else
+      piece = replace_all(v.tokens[static_cast<size_t>(id)], kSpmSpace, " ");
     max_len = std::max(max_len, static_cast<int32_t>(piece.size()));
     pieces.push_back(std::move(piece));
   }

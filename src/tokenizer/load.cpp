@@ -23,9 +23,10 @@ FileKind detect_kind(const std::string& path, std::string_view head) {
   // SentencePiece ModelProto starts with field 1 (0x0A), a length, then the piece tag 0x0A.
   if (head.size() >= 4 && head[2] == 0 && head[3] == 0) return FileKind::Llama2c;
   if (head.size() >= 3 && head[0] == 0x0A) return FileKind::SentencePiece;
-  throw_input("[tokenizer] {}: unrecognized tokenizer file (expected GGUF, tokenizer.json, "
-              "SentencePiece tokenizer.model or llama2.c tokenizer.bin)",
-              path);
+  throw_input(
+      "[tokenizer] {}: unrecognized tokenizer file (expected GGUF, tokenizer.json, "
+      "SentencePiece tokenizer.model or llama2.c tokenizer.bin)",
+      path);
 }
 
 }  // namespace
@@ -34,11 +35,14 @@ std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path) {
   const auto file = io::MappedFile::open(path);
   const std::string_view bytes(reinterpret_cast<const char*>(file->data()), file->size());
   switch (detect_kind(path, bytes.substr(0, 64))) {
-    case FileKind::Gguf: return make_tokenizer(load_gguf_vocab(path), path);
-    case FileKind::HfJson: return make_tokenizer(load_hf_tokenizer_json(path), path);
+    case FileKind::Gguf:
+      return make_tokenizer(load_gguf_vocab(path), path);
+    case FileKind::HfJson:
+      return make_tokenizer(load_hf_tokenizer_json(path), path);
     case FileKind::SentencePiece:
       return make_tokenizer(parse_sentencepiece_model(bytes, path), path);
-    case FileKind::Llama2c: return make_tokenizer(parse_llama2c_tokenizer(bytes, path), path);
+    case FileKind::Llama2c:
+      return make_tokenizer(parse_llama2c_tokenizer(bytes, path), path);
   }
   throw_input("[tokenizer] {}: unrecognized tokenizer file", path);
 }
@@ -47,13 +51,16 @@ std::unique_ptr<Tokenizer> load_tokenizer(const io::TokenizerSource& src,
                                           int32_t llama2c_vocab_size) {
   using Kind = io::TokenizerSource::Kind;
   switch (src.kind) {
-    case Kind::HfJson: return make_tokenizer(load_hf_tokenizer_json(src.path), src.path);
+    case Kind::HfJson:
+      return make_tokenizer(load_hf_tokenizer_json(src.path), src.path);
     case Kind::SentencePieceModel:
       return make_tokenizer(load_sentencepiece_model(src.path), src.path);
     case Kind::Llama2cBin:
       return make_tokenizer(load_llama2c_tokenizer(src.path, llama2c_vocab_size), src.path);
-    case Kind::Gguf: return make_tokenizer(load_gguf_vocab(src.path), src.path);
-    case Kind::None: break;
+    case Kind::Gguf:
+      return make_tokenizer(load_gguf_vocab(src.path), src.path);
+    case Kind::None:
+      break;
   }
   throw_input("[tokenizer] no tokenizer found for this model{}{} (give one with --tokenizer)",
               src.path.empty() ? "" : ": ", src.path);

@@ -25,7 +25,8 @@ const char* const kLlama3 =
 const char* const kQwen2 =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-const char* const kPoro = " ?[^(\\s|.,!?\\x{2026}\\x{3002}\\x{ff0c}\\x{3001}\\x{964}\\x{6d4}\\x{60c})]+";
+const char* const kPoro =
+    " ?[^(\\s|.,!?\\x{2026}\\x{3002}\\x{ff0c}\\x{3001}\\x{964}\\x{6d4}\\x{60c})]+";
 const char* const kTekken =
     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
@@ -38,33 +39,72 @@ const char* const kGpt4o =
 const char* const kCjk = "[\\x{4e00}-\\x{9fa5}\\x{800}-\\x{4e00}\\x{ac00}-\\x{d7ff}]+";
 
 enum class Family {
-  Default, Gpt2, Llama3, DeepseekLlm, DeepseekCoder, Falcon, Starcoder, Qwen2, Poro, Viking,
-  Tekken, Chameleon, Gpt4o,
+  Default,
+  Gpt2,
+  Llama3,
+  DeepseekLlm,
+  DeepseekCoder,
+  Falcon,
+  Starcoder,
+  Qwen2,
+  Poro,
+  Viking,
+  Tekken,
+  Chameleon,
+  Gpt4o,
 };
 
 const std::unordered_map<std::string_view, Family>& family_table() {
   // GGUF tokenizer.ggml.pre names as llama.cpp's llama_vocab::load maps them.
   static const std::unordered_map<std::string_view, Family> table = {
       {"default", Family::Default},
-      {"llama3", Family::Llama3}, {"llama-v3", Family::Llama3}, {"llama-bpe", Family::Llama3},
-      {"falcon3", Family::Llama3}, {"falcon-h1", Family::Llama3}, {"pixtral", Family::Tekken},
-      {"llama4", Family::Llama3}, {"dbrx", Family::Llama3}, {"smaug-bpe", Family::Llama3},
-      {"deepseek-llm", Family::DeepseekLlm}, {"deepseek-coder", Family::DeepseekCoder},
+      {"llama3", Family::Llama3},
+      {"llama-v3", Family::Llama3},
+      {"llama-bpe", Family::Llama3},
+      {"falcon3", Family::Llama3},
+      {"falcon-h1", Family::Llama3},
+      {"pixtral", Family::Tekken},
+      {"llama4", Family::Llama3},
+      {"dbrx", Family::Llama3},
+      {"smaug-bpe", Family::Llama3},
+      {"deepseek-llm", Family::DeepseekLlm},
+      {"deepseek-coder", Family::DeepseekCoder},
       {"falcon", Family::Falcon},
-      {"mpt", Family::Gpt2}, {"gpt-2", Family::Gpt2}, {"gpt2", Family::Gpt2},
-      {"phi-2", Family::Gpt2}, {"jina-es", Family::Gpt2}, {"jina-de", Family::Gpt2},
-      {"jina-v1-en", Family::Gpt2}, {"jina-v2-es", Family::Gpt2}, {"jina-v2-de", Family::Gpt2},
-      {"jina-v2-code", Family::Gpt2}, {"roberta-bpe", Family::Gpt2}, {"olmo", Family::Gpt2},
-      {"jais", Family::Gpt2}, {"trillion", Family::Gpt2}, {"gigachat", Family::Gpt2},
-      {"starcoder", Family::Starcoder}, {"refact", Family::Starcoder},
-      {"command-r", Family::Starcoder}, {"smollm", Family::Starcoder},
-      {"codeshell", Family::Starcoder}, {"exaone", Family::Starcoder},
+      {"mpt", Family::Gpt2},
+      {"gpt-2", Family::Gpt2},
+      {"gpt2", Family::Gpt2},
+      {"phi-2", Family::Gpt2},
+      {"jina-es", Family::Gpt2},
+      {"jina-de", Family::Gpt2},
+      {"jina-v1-en", Family::Gpt2},
+      {"jina-v2-es", Family::Gpt2},
+      {"jina-v2-de", Family::Gpt2},
+      {"jina-v2-code", Family::Gpt2},
+      {"roberta-bpe", Family::Gpt2},
+      {"olmo", Family::Gpt2},
+      {"jais", Family::Gpt2},
+      {"trillion", Family::Gpt2},
+      {"gigachat", Family::Gpt2},
+      {"starcoder", Family::Starcoder},
+      {"refact", Family::Starcoder},
+      {"command-r", Family::Starcoder},
+      {"smollm", Family::Starcoder},
+      {"codeshell", Family::Starcoder},
+      {"exaone", Family::Starcoder},
       {"minerva-7b", Family::Starcoder},
-      {"qwen2", Family::Qwen2}, {"deepseek-r1-qwen", Family::Qwen2}, {"stablelm2", Family::Qwen2},
-      {"megrez", Family::Qwen2}, {"hunyuan", Family::Qwen2},
-      {"poro-chat", Family::Poro}, {"bloom", Family::Poro}, {"gpt3-finnish", Family::Poro},
-      {"chatglm-bpe", Family::Llama3}, {"viking", Family::Viking}, {"tekken", Family::Tekken},
-      {"chameleon", Family::Chameleon}, {"gpt-4o", Family::Gpt4o},
+      {"qwen2", Family::Qwen2},
+      {"deepseek-r1-qwen", Family::Qwen2},
+      {"stablelm2", Family::Qwen2},
+      {"megrez", Family::Qwen2},
+      {"hunyuan", Family::Qwen2},
+      {"poro-chat", Family::Poro},
+      {"bloom", Family::Poro},
+      {"gpt3-finnish", Family::Poro},
+      {"chatglm-bpe", Family::Llama3},
+      {"viking", Family::Viking},
+      {"tekken", Family::Tekken},
+      {"chameleon", Family::Chameleon},
+      {"gpt-4o", Family::Gpt4o},
   };
   return table;
 }
@@ -77,9 +117,12 @@ std::vector<std::string> pretokenizer_regexes(std::string_view pre_name, bool* k
   if (known) *known = it != table.end();
   const Family family = it == table.end() ? Family::Default : it->second;
   switch (family) {
-    case Family::Gpt2: return {kGpt2Family};
-    case Family::Llama3: return {kLlama3};
-    case Family::Qwen2: return {kQwen2};
+    case Family::Gpt2:
+      return {kGpt2Family};
+    case Family::Llama3:
+      return {kLlama3};
+    case Family::Qwen2:
+      return {kQwen2};
     case Family::DeepseekLlm:
       return {
           "[\\r\\n]",
@@ -100,7 +143,8 @@ std::vector<std::string> pretokenizer_regexes(std::string_view pre_name, bool* k
           "\\x{fb13}-\\x{fb17}\\x{ff21}-\\x{ff3a}\\x{ff41}-\\x{ff5a}\\x{10400}-\\x{1044f}"
           "\\x{104b0}-\\x{104d3}\\x{104d8}-\\x{104fb}\\x{10c80}-\\x{10cb2}\\x{10cc0}-\\x{10cf2}"
           "\\x{118a0}-\\x{118df}\\x{1e900}-\\x{1e943}]+",
-          "\\s?[!-/:-~\\x{ff01}-\\x{ff0f}\\x{ff1a}-\\x{ff5e}\\x{2018}-\\x{201f}\\x{3000}-\\x{3002}]+",
+          "\\s?[!-/"
+          ":-~\\x{ff01}-\\x{ff0f}\\x{ff1a}-\\x{ff5e}\\x{2018}-\\x{201f}\\x{3000}-\\x{3002}]+",
           "\\s+$",
           kCjk,
           "\\p{N}+",
@@ -109,14 +153,20 @@ std::vector<std::string> pretokenizer_regexes(std::string_view pre_name, bool* k
       return {"[\\r\\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", kCjk, "\\p{N}"};
     case Family::Falcon:
       return {"[\\p{P}\\$\\+<=>\\^~\\|`]+", kGpt2Family, "[0-9][0-9][0-9]"};
-    case Family::Starcoder: return {"\\p{N}", kGpt2Family};
-    case Family::Poro: return {kPoro};
-    case Family::Viking: return {kPoro, "\\p{N}"};
-    case Family::Tekken: return {kTekken};
-    case Family::Gpt4o: return {kGpt4o};
+    case Family::Starcoder:
+      return {"\\p{N}", kGpt2Family};
+    case Family::Poro:
+      return {kPoro};
+    case Family::Viking:
+      return {kPoro, "\\p{N}"};
+    case Family::Tekken:
+      return {kTekken};
+    case Family::Gpt4o:
+      return {kGpt4o};
     case Family::Chameleon:
-      return {"<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z", "([\\t\\n]|    |  )",
-              "\\p{N}", "[\\p{P}!-/:-@\\[-`{-~]", kGpt2Family};
+      return {"<sentinel:[0-9]+>",      "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+              "([\\t\\n]|    |  )",     "\\p{N}",
+              "[\\p{P}!-/:-@\\[-`{-~]", kGpt2Family};
     case Family::Default:
       break;
   }

@@ -31,15 +31,25 @@ Vocab parse_sentencepiece_model(std::string_view bytes, const std::string& sourc
     v.scores.push_back(p.score());
     TokenType type = TokenType::Normal;
     switch (p.type()) {
-      case spm::ModelProto::SentencePiece::NORMAL: type = TokenType::Normal; break;
-      case spm::ModelProto::SentencePiece::UNKNOWN: type = TokenType::Unknown; break;
-      case spm::ModelProto::SentencePiece::CONTROL: type = TokenType::Control; break;
-      case spm::ModelProto::SentencePiece::USER_DEFINED: type = TokenType::UserDefined; break;
+      case spm::ModelProto::SentencePiece::NORMAL:
+        type = TokenType::Normal;
+        break;
+      case spm::ModelProto::SentencePiece::UNKNOWN:
+        type = TokenType::Unknown;
+        break;
+      case spm::ModelProto::SentencePiece::CONTROL:
+        type = TokenType::Control;
+        break;
+      case spm::ModelProto::SentencePiece::USER_DEFINED:
+        type = TokenType::UserDefined;
+        break;
       case spm::ModelProto::SentencePiece::BYTE:
         type = TokenType::Byte;
         has_byte_pieces = true;
         break;
-      case spm::ModelProto::SentencePiece::UNUSED: type = TokenType::Unused; break;
+      case spm::ModelProto::SentencePiece::UNUSED:
+        type = TokenType::Unused;
+        break;
     }
     v.types.push_back(type);
   }
@@ -53,10 +63,11 @@ Vocab parse_sentencepiece_model(std::string_view bytes, const std::string& sourc
   v.add_space_prefix = normalizer.add_dummy_prefix();
   v.add_bos = true;
   if (!normalizer.precompiled_charsmap().empty() || normalizer.remove_extra_whitespaces()) {
-    log::warn("[tokenizer] {}: normalizer '{}' (charsmap {} bytes, remove_extra_whitespaces={}) "
-              "is applied as identity; text with characters it would change encodes differently",
-              source, normalizer.name(), normalizer.precompiled_charsmap().size(),
-              normalizer.remove_extra_whitespaces());
+    log::warn(
+        "[tokenizer] {}: normalizer '{}' (charsmap {} bytes, remove_extra_whitespaces={}) "
+        "is applied as identity; text with characters it would change encodes differently",
+        source, normalizer.name(), normalizer.precompiled_charsmap().size(),
+        normalizer.remove_extra_whitespaces());
   }
   v.validate(source);
   return v;

@@ -1,9 +1,9 @@
 #include "tokenizer/utf8.h"
 
+#include <fmt/format.h>
+
 #include <array>
 #include <unordered_map>
-
-#include <fmt/format.h>
 
 namespace llmopt::tok {
 
@@ -37,9 +37,12 @@ size_t utf8_sequence_length(std::string_view text, size_t pos) {
 uint32_t decode_utf8(const char* p, size_t len) {
   const auto* u = reinterpret_cast<const uint8_t*>(p);
   switch (len) {
-    case 1: return u[0];
-    case 2: return ((u[0] & 0x1Fu) << 6) | (u[1] & 0x3Fu);
-    case 3: return ((u[0] & 0x0Fu) << 12) | ((u[1] & 0x3Fu) << 6) | (u[2] & 0x3Fu);
+    case 1:
+      return u[0];
+    case 2:
+      return ((u[0] & 0x1Fu) << 6) | (u[1] & 0x3Fu);
+    case 3:
+      return ((u[0] & 0x0Fu) << 12) | ((u[1] & 0x3Fu) << 6) | (u[2] & 0x3Fu);
     default:
       return ((u[0] & 0x07u) << 18) | ((u[1] & 0x3Fu) << 12) | ((u[2] & 0x3Fu) << 6) |
              (u[3] & 0x3Fu);
@@ -115,10 +118,14 @@ int parse_byte_piece(std::string_view piece) {
   for (size_t i = 3; i < 5; ++i) {
     const char c = piece[i];
     int digit;
-    if (c >= '0' && c <= '9') digit = c - '0';
-    else if (c >= 'A' && c <= 'F') digit = c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f') digit = c - 'a' + 10;
-    else return -1;
+    if (c >= '0' && c <= '9')
+      digit = c - '0';
+    else if (c >= 'A' && c <= 'F')
+      digit = c - 'A' + 10;
+    else if (c >= 'a' && c <= 'f')
+      digit = c - 'a' + 10;
+    else
+      return -1;
     value = value * 16 + digit;
   }
   return value;

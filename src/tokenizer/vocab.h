@@ -37,8 +37,8 @@ struct Vocab {
   // byte-level pieces use GPT-2's byte-to-code-point mapping. Control and user-defined pieces are
   // raw text (they are matched against the input before any normalization).
   std::vector<std::string> tokens;
-  std::vector<float> scores;      // same length as tokens (0 where the source has none)
-  std::vector<TokenType> types;   // same length as tokens
+  std::vector<float> scores;     // same length as tokens (0 where the source has none)
+  std::vector<TokenType> types;  // same length as tokens
   // Merges in rank order (rank 0 merges first). Required for byte-level BPE; optional for SPM,
   // where they replace score order when present (Hugging Face tokenizer.json).
   std::vector<std::pair<std::string, std::string>> merges;
@@ -49,9 +49,9 @@ struct Vocab {
   int32_t pad_id = -1;
   bool add_bos = false;  // the model's tokenizer config asks for BOS at the start
   bool add_eos = false;
-  bool add_space_prefix = true;   // SPM: prepend a space to text at the start / after a special
-  bool byte_fallback = true;      // SPM: unknown characters become <0xXX> byte pieces
-  bool ignore_merges = false;     // BPE: a pre-token that is a whole vocab entry is taken as is
+  bool add_space_prefix = true;  // SPM: prepend a space to text at the start / after a special
+  bool byte_fallback = true;     // SPM: unknown characters become <0xXX> byte pieces
+  bool ignore_merges = false;    // BPE: a pre-token that is a whole vocab entry is taken as is
   // Byte-level BPE pre-tokenizer: the GGUF tokenizer.ggml.pre name (selects llama.cpp's regex
   // family) and/or explicit regexes applied in sequence (from tokenizer.json); explicit regexes
   // win when present.

@@ -148,8 +148,10 @@ class VocabTokenizer final : public Tokenizer {
         buffer.clear();
         if (vocab_.add_space_prefix && previous_was_special) buffer += kSpmSpace;
         for (char c : raw) {
-          if (c == ' ') buffer += kSpmSpace;
-          else buffer += c;
+          if (c == ' ')
+            buffer += kSpmSpace;
+          else
+            buffer += c;
         }
         if (spm_word_split_) {
           // Cut before every U+2581 run that follows another character; see spm_word_split_.
@@ -186,8 +188,10 @@ class VocabTokenizer final : public Tokenizer {
           std::vector<int32_t>& ids = cache[std::string(piece)];
           buffer = bytes_to_unicode(piece);
           const auto whole = vocab_.ignore_merges ? token_to_id_.find(buffer) : token_to_id_.end();
-          if (whole != token_to_id_.end()) ids.push_back(whole->second);
-          else merge_word(buffer, ids);
+          if (whole != token_to_id_.end())
+            ids.push_back(whole->second);
+          else
+            merge_word(buffer, ids);
           out.insert(out.end(), ids.begin(), ids.end());
         }
       }
@@ -377,8 +381,10 @@ class VocabTokenizer final : public Tokenizer {
       if (vocab_.byte_fallback) {
         for (char c : text) {
           const int32_t id = byte_ids_[static_cast<uint8_t>(c)];
-          if (id >= 0) out.push_back(id);
-          else if (vocab_.unk_id >= 0) out.push_back(vocab_.unk_id);
+          if (id >= 0)
+            out.push_back(id);
+          else if (vocab_.unk_id >= 0)
+            out.push_back(vocab_.unk_id);
         }
       } else if (vocab_.unk_id >= 0) {
         out.push_back(vocab_.unk_id);
@@ -390,8 +396,10 @@ class VocabTokenizer final : public Tokenizer {
     if (unicode_to_bytes(text, bytes)) {
       for (char c : bytes) {
         const int32_t id = byte_ids_[static_cast<uint8_t>(c)];
-        if (id >= 0) out.push_back(id);
-        else if (vocab_.unk_id >= 0) out.push_back(vocab_.unk_id);
+        if (id >= 0)
+          out.push_back(id);
+        else if (vocab_.unk_id >= 0)
+          out.push_back(vocab_.unk_id);
       }
     } else if (vocab_.unk_id >= 0) {
       out.push_back(vocab_.unk_id);

@@ -1,6 +1,8 @@
 // Tokenizer unit tests on hand-made vocabularies (no ../shared data): merge order, byte
 // fallback, special tokens, decoding, pre-tokenizer regexes, malformed inputs and export round
 // trips.
+#include "tokenizer/tokenizer.h"
+
 #include <gtest/gtest.h>
 
 #include <string>
@@ -8,7 +10,6 @@
 
 #include "core/error.h"
 #include "tokenizer/pretokenizer.h"
-#include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
 namespace llmopt::tok {
@@ -51,7 +52,8 @@ TEST(Spm, MergesHighestScoreFirst) {
   // "abc": ab (score 5) beats bc (score 1), and no "abc" piece exists.
   auto t = make_tokenizer(tiny_spm({{kSp, 0}, {"a", 0}, {"b", 0}, {"c", 0}, {"ab", 5}, {"bc", 1}}),
                           "tiny");
-  EXPECT_EQ(t->encode("abc", {.add_bos = false}), (Ids{id_of(*t, kSp), id_of(*t, "ab"), id_of(*t, "c")}));
+  EXPECT_EQ(t->encode("abc", {.add_bos = false}),
+            (Ids{id_of(*t, kSp), id_of(*t, "ab"), id_of(*t, "c")}));
   auto u = make_tokenizer(tiny_spm({{kSp, 0}, {"a", 0}, {"b", 0}, {"c", 0}, {"ab", 1}, {"bc", 5}}),
                           "tiny");
   EXPECT_EQ(u->encode("abc", kPlain), (Ids{id_of(*u, kSp), id_of(*u, "a"), id_of(*u, "bc")}));
@@ -59,8 +61,7 @@ TEST(Spm, MergesHighestScoreFirst) {
 
 TEST(Spm, EqualScoresMergeLeftmostFirst) {
   auto t = make_tokenizer(tiny_spm({{kSp, 0}, {"a", 0}, {"aa", 1}}), "tiny");
-  EXPECT_EQ(t->encode("aaa", kPlain),
-            (Ids{id_of(*t, kSp), id_of(*t, "aa"), id_of(*t, "a")}));
+  EXPECT_EQ(t->encode("aaa", kPlain), (Ids{id_of(*t, kSp), id_of(*t, "aa"), id_of(*t, "a")}));
 }
 
 TEST(Spm, MergesChainThroughIntermediatePieces) {
@@ -73,7 +74,8 @@ TEST(Spm, MergesChainThroughIntermediatePieces) {
 TEST(Spm, ByteFallbackForUnknownCharacters) {
   auto t = make_tokenizer(tiny_spm({{kSp, 0}, {"a", 0}}), "tiny");
   // "é" is U+00E9 = C3 A9 in UTF-8; byte piece <0xXX> has id 3 + XX.
-  EXPECT_EQ(t->encode("a\xC3\xA9", kPlain), (Ids{id_of(*t, kSp), id_of(*t, "a"), 3 + 0xC3, 3 + 0xA9}));
+  EXPECT_EQ(t->encode("a\xC3\xA9", kPlain),
+            (Ids{id_of(*t, kSp), id_of(*t, "a"), 3 + 0xC3, 3 + 0xA9}));
   EXPECT_EQ(t->decode(t->encode("a\xC3\xA9", kPlain)), "a\xC3\xA9");
   Vocab no_fallback = tiny_spm({{kSp, 0}, {"a", 0}});
   no_fallback.byte_fallback = false;
@@ -188,8 +190,8 @@ TEST(Load, MissingSourceIsInputError) {
 TEST(PreTokenizer, Gpt2RegexSplits) {
   PreTokenizer pre({kGpt2Regex}, "test");
   const auto pieces = pre.split("I'm  here, 1234 ok\n");
-  const std::vector<std::string_view> expected = {"I", "'m", " ", " here", ",", " 1234", " ok",
-                                                  "\n"};
+  const std::vector<std::string_view> expected = {"I", "'m",    " ",   " here",
+                                                  ",", " 1234", " ok", "\n"};
   EXPECT_EQ(pieces, expected);
 }
 
@@ -198,7 +200,9 @@ TEST(PreTokenizer, SequentialRegexesAndInvalidUtf8) {
   PreTokenizer pre(pretokenizer_regexes("starcoder"), "test");
   EXPECT_EQ(pre.split("ab12"), (std::vector<std::string_view>{"ab", "1", "2"}));
   // An invalid byte is a piece of its own and never reaches PCRE2.
-  EXPECT_EQ(pre.split("a\xFF" "b"), (std::vector<std::string_view>{"a", "\xFF", "b"}));
+  EXPECT_EQ(pre.split("a\xFF"
+                      "b"),
+            (std::vector<std::string_view>{"a", "\xFF", "b"}));
   bool known = true;
   pretokenizer_regexes("no-such-family", &known);
   EXPECT_FALSE(known);
@@ -259,10 +263,12 @@ TEST(HfJson, BothMergeFormatsAndAddedTokens) {
   }
   const std::string head = R"({"added_tokens": [{"id": 258, "content": "<eot>", "special": true}],
       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
-      "decoder": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": {)" + vocab +
-                           R"("ab": 256, "abc": 257, "<eot>": 258}, "merges": )";
-  const auto strings = make_tokenizer(parse_hf_tokenizer_json(head + R"(["a b", "ab c"]}})", "s"), "s");
-  const auto pairs = make_tokenizer(parse_hf_tokenizer_json(head + R"([["a","b"],["ab","c"]]}})", "p"), "p");
+      "decoder": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": {)" +
+                           vocab + R"("ab": 256, "abc": 257, "<eot>": 258}, "merges": )";
+  const auto strings =
+      make_tokenizer(parse_hf_tokenizer_json(head + R"(["a b", "ab c"]}})", "s"), "s");
+  const auto pairs =
+      make_tokenizer(parse_hf_tokenizer_json(head + R"([["a","b"],["ab","c"]]}})", "p"), "p");
   for (const Tokenizer* t : {strings.get(), pairs.get()}) {
     EXPECT_EQ(t->encode("abc<eot>", {.add_bos = false, .parse_special = true}), (Ids{257, 258}));
     EXPECT_EQ(t->vocab().types[258], TokenType::Control);
@@ -283,8 +289,7 @@ TEST(Llama2c, TruncatedAndCorruptFiles) {
   std::string negative = good;
   negative[8] = '\xFF';  // length of token 0 becomes negative
   negative[9] = negative[10] = negative[11] = '\xFF';
-  expect_input_error([&] { parse_llama2c_tokenizer(negative, "tok.bin"); }, "tok.bin",
-                     "length -1");
+  expect_input_error([&] { parse_llama2c_tokenizer(negative, "tok.bin"); }, "tok.bin", "length -1");
 }
 
 TEST(Gguf, BadKeyValuesAreInputErrors) {
@@ -310,24 +315,34 @@ TEST(Gguf, BadKeyValuesAreInputErrors) {
 
 TEST(Export, RoundTripsEncodeIdentically) {
   const std::vector<std::string> texts = {"abc aab", " hi  there\n", "\xC3\xA9t\xC3\xA9 <s>"};
-  const Vocab spm = tiny_spm({{kSp, 0}, {"a", -1}, {"b", -2}, {"ab", -0.5f}, {kSp + "a", -0.1f},
-                              {"h", -3}, {"i", -3}, {"hi", -1}, {kSp + "hi", -0.2f}});
+  const Vocab spm = tiny_spm({{kSp, 0},
+                              {"a", -1},
+                              {"b", -2},
+                              {"ab", -0.5f},
+                              {kSp + "a", -0.1f},
+                              {"h", -3},
+                              {"i", -3},
+                              {"hi", -1},
+                              {kSp + "hi", -0.2f}});
   const std::string g = byte_to_unicode(' ');
   const Vocab bpe = tiny_byte_level({{"a", "b"}, {g, "ab"}, {"h", "i"}, {g, "hi"}});
   for (const Vocab& v : {spm, bpe}) {
     const auto original = make_tokenizer(v, "v");
-    const auto json = make_tokenizer(parse_hf_tokenizer_json(export_hf_tokenizer_json(v), "j"), "j");
+    const auto json =
+        make_tokenizer(parse_hf_tokenizer_json(export_hf_tokenizer_json(v), "j"), "j");
     const auto gguf = make_tokenizer(vocab_from_gguf_kvs(export_gguf_kvs(v), "g"), "g");
     for (const std::string& text : texts) {
       for (bool special : {false, true}) {
         const EncodeOptions o{.add_bos = true, .parse_special = special};
         EXPECT_EQ(json->encode(text, o), original->encode(text, o)) << text;
         EXPECT_EQ(gguf->encode(text, o), original->encode(text, o)) << text;
-        EXPECT_EQ(json->decode(original->encode(text, o)), original->decode(original->encode(text, o)));
+        EXPECT_EQ(json->decode(original->encode(text, o)),
+                  original->decode(original->encode(text, o)));
       }
     }
     if (v.kind == VocabKind::Spm) {
-      const auto bin = make_tokenizer(parse_llama2c_tokenizer(export_llama2c_tokenizer(v), "b"), "b");
+      const auto bin =
+          make_tokenizer(parse_llama2c_tokenizer(export_llama2c_tokenizer(v), "b"), "b");
       for (const std::string& text : texts) EXPECT_EQ(bin->encode(text), original->encode(text));
     } else {
       EXPECT_THROW(export_llama2c_tokenizer(v), InputError);

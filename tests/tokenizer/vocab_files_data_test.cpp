@@ -82,7 +82,8 @@ TEST(VocabFiles, Tok512BinLoadsAndReexportsByteIdentical) {
 // llama2.c's tokenizer.bin is an export of the same SentencePiece model: both loaders must
 // give the same encodings on every shared text (first 20 kB).
 TEST(VocabFiles, Llama2BinAndModelEncodeIdentically) {
-  const auto bin = load_tokenizer_file(shared_path("tokenizers/llama2-32000/tokenizer_llama32000.bin"));
+  const auto bin =
+      load_tokenizer_file(shared_path("tokenizers/llama2-32000/tokenizer_llama32000.bin"));
   const auto model =
       load_tokenizer_file(shared_path("tokenizers/llama2-32000/tokenizer_llama32000.model"));
   const auto gguf =
@@ -158,7 +159,8 @@ TEST(VocabFiles, ExportedKvsMatchLlamaCppKeys) {
 // special ids), and our GGUF export of it must carry the same values.
 TEST(VocabFiles, Tok512MatchesLlamaCppConversion) {
   const Vocab ours = load_llama2c_tokenizer(shared_path("models/stories260K/tok512.bin"), 512);
-  const auto file = io::GgufFile::open(shared_path("models/stories260K/stories260K.llamacpp-f32.gguf"));
+  const auto file =
+      io::GgufFile::open(shared_path("models/stories260K/stories260K.llamacpp-f32.gguf"));
   const Vocab theirs = vocab_from_gguf(file);
   EXPECT_EQ(ours.tokens, theirs.tokens);
   EXPECT_EQ(ours.scores, theirs.scores);
@@ -212,8 +214,8 @@ TEST(VocabFiles, EncodingSpeedFigure) {
     const auto tok = load_tokenizer_file(shared_path(file));
     const auto start = std::chrono::steady_clock::now();
     const auto ids = tok->encode(text);
-    const double ms = std::chrono::duration<double, std::milli>(
-                          std::chrono::steady_clock::now() - start).count();
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     std::printf("encode wikitext2.test.raw (%zu bytes) with %s: %zu tokens in %.1f ms\n",
                 text.size(), file, ids.size(), ms);
     EXPECT_EQ(tok->decode(ids), text);

@@ -23,8 +23,8 @@ using testing::utf8_head;
 // Encodes every text with SentencePiece through the helper; one id list per text.
 std::vector<std::vector<int32_t>> reference_encode(const std::string& model,
                                                    const std::vector<std::string>& texts) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("llmopt-spm-ref-" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("llmopt-spm-ref-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::string command = std::string(LLMOPT_SPM_REFERENCE_ENCODE) + " '" + model + "'";
   for (size_t i = 0; i < texts.size(); ++i) {
@@ -63,9 +63,9 @@ void expect_same_as_sentencepiece(const std::vector<std::string>& texts,
            got[first_diff] == expected[i][first_diff]) {
       ++first_diff;
     }
-    EXPECT_TRUE(got == expected[i]) << names[i] << ": " << got.size() << " vs "
-                                    << expected[i].size() << " tokens, first difference at "
-                                    << first_diff;
+    EXPECT_TRUE(got == expected[i])
+        << names[i] << ": " << got.size() << " vs " << expected[i].size()
+        << " tokens, first difference at " << first_diff;
     EXPECT_EQ(ours->decode(got), texts[i]) << names[i];
   }
 }
@@ -84,9 +84,13 @@ TEST(SpmReference, WholeTinyStoriesMatchesSentencePiece) {
 }
 
 TEST(SpmReference, EdgeCasesMatchSentencePiece) {
-  const std::vector<std::string> texts = {
-      "Hello world", " Hello  world ", "a\n\nb\tc", "🦙 emoji, 中文 and \x7f control",
-      "unseen: \xe1\xb8\x80\xf0\x9f\x98\x81", "<s> and </s> are plain text here", "x"};
+  const std::vector<std::string> texts = {"Hello world",
+                                          " Hello  world ",
+                                          "a\n\nb\tc",
+                                          "🦙 emoji, 中文 and \x7f control",
+                                          "unseen: \xe1\xb8\x80\xf0\x9f\x98\x81",
+                                          "<s> and </s> are plain text here",
+                                          "x"};
   expect_same_as_sentencepiece(texts, texts);
 }
 
