@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -11,6 +12,7 @@
 #include "io/hf_checkpoint.h"
 #include "io/hf_config.h"
 #include "io/llama2c.h"
+#include "io/safetensors.h"
 #include "io_test_util.h"
 
 namespace llmopt::io {
@@ -196,6 +198,30 @@ TEST(CheckpointRoundTripTest, Llama2cUnsharedClassifierUsesNegativeVocab) {
   const auto back = llama2c_to_checkpoint(f);
   EXPECT_FALSE(back.config.tie_word_embeddings);
   expect_same_values(ck, back, 0.0f);
+}
+
+// A sharded HF checkpoint: two safetensors files and model.safetensors.index.json, as
+// transformers' save_pretrained writes them for large models.
+TEST(CheckpointRoundTripTest, HfShardedIndex) {
+  TempDir dir("rt_sharded");
+  auto ck = random_checkpoint(tiny_config());
+  write_hf(ck, dir.path().string(), DType::F32);
+  std::filesystem::remove(dir.path() / "model.safetensors");
+  std::vector<SafetensorsOutTensor> shard[2];
+  nlohmann::json index = {{"metadata", {{"total_size", ck.total_bytes()}}},
+                          {"weight_map", nlohmann::json::object()}};
+  for (size_t k = 0; k < ck.tensors.size(); ++k) {
+    const auto& t = ck.tensors[k];
+    shard[k % 2].push_back({t.name, t.dtype, t.shape, t.data, t.nbytes});
+    index["weight_map"][t.name] =
+        k % 2 ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
+  }
+  write_safetensors(dir.file("model-00001-of-00002.safetensors"), shard[0]);
+  write_safetensors(dir.file("model-00002-of-00002.safetensors"), shard[1]);
+  testing::write_text(dir.file("model.safetensors.index.json"), index.dump());
+  const auto back = load_checkpoint(dir.path().string());
+  expect_same_values(ck, back, 0.0f);
+  EXPECT_EQ(back.metadata["files"].size(), 2u);
 }
 
 TEST(HfConfigTest, DefaultsAndRopeScaling) {
