@@ -62,6 +62,10 @@ ModelFormat detect_model_format(const std::string& path) {
     return ModelFormat::HfDir;
   }
   const auto file = MappedFile::open(path);
+  // A single .safetensors file of a Hugging Face directory stands for its directory.
+  if (file->size() >= 9 && file->data()[8] == '{' &&
+      fs::exists(fs::path(path).parent_path() / "config.json"))
+    return ModelFormat::HfDir;
   if (file->size() >= 4) {
     uint32_t magic;
     std::memcpy(&magic, file->data(), 4);
@@ -105,7 +109,7 @@ Checkpoint load_checkpoint(const std::string& path, const LoadOptions& opts) {
   Checkpoint ckpt;
   switch (detect_model_format(path)) {
     case ModelFormat::HfDir:
-      ckpt = load_hf_dir(path);
+      ckpt = load_hf_dir(fs::is_directory(path) ? path : fs::path(path).parent_path().string());
       break;
     case ModelFormat::Gguf:
       ckpt = load_gguf_checkpoint(path);

@@ -63,10 +63,12 @@ Checkpoint load_hf_dir(const std::string& dir) {
   } else {
     throw_input("[hf] {}: no model.safetensors or model.safetensors.index.json", dir);
   }
-  // Checkpoints saved with tied embeddings sometimes still carry lm_head; it is redundant.
-  if (ckpt.config.tie_word_embeddings) {
-    std::erase_if(ckpt.tensors, [](const TensorView& t) { return t.name == "lm_head.weight"; });
-  }
+  // Checkpoints saved with tied embeddings sometimes still carry lm_head, and older ones carry
+  // the RoPE buffer rotary_emb.inv_freq; both are derived, not weights.
+  std::erase_if(ckpt.tensors, [&](const TensorView& t) {
+    return (ckpt.config.tie_word_embeddings && t.name == "lm_head.weight") ||
+           t.name.ends_with(".rotary_emb.inv_freq");
+  });
   if (fs::exists(root / "tokenizer.json")) {
     ckpt.tokenizer = {TokenizerSource::Kind::HfJson, (root / "tokenizer.json").string()};
   } else if (fs::exists(root / "tokenizer.model")) {

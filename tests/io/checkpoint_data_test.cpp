@@ -160,6 +160,13 @@ TEST(CheckpointDataTest, TinyLlamaHfDirectory) {
   EXPECT_NEAR(static_cast<double>(ck.total_params()), 17.3e6, 0.05e6);
 }
 
+TEST(CheckpointDataTest, SafetensorsFileStandsForItsDirectory) {
+  const auto ck = load_checkpoint(kTinyLlama + "/model.safetensors");
+  EXPECT_EQ(ck.format, ModelFormat::HfDir);
+  EXPECT_EQ(ck.config.vocab_size, 50257);
+  EXPECT_EQ(ck.tokenizer.kind, TokenizerSource::Kind::HfJson);
+}
+
 TEST(CheckpointDataTest, HfRoundTripThroughWriter) {
   const auto ck = load_checkpoint(kTinyLlama);
   const auto dir = temp_dir("hf");
