@@ -60,6 +60,10 @@ nlohmann::json value_to_json(const GgufValue& v) {
   }
 }
 
+// The double whose shortest decimal form is the float's (f32 1e-5 -> 1e-5, not 9.99999974e-06),
+// so configs read from GGUF print and compare like the HF values they came from.
+double f32_as_decimal(float f) { return std::stod(fmt::format("{}", f)); }
+
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
 }  // namespace
@@ -168,9 +172,9 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
         g.path(), p, rot, c.head_dim);
   }
   c.rms_norm_eps = g.has(p + "attention.layer_norm_rms_epsilon")
-                       ? g.get_f32(p + "attention.layer_norm_rms_epsilon")
+                       ? f32_as_decimal(g.get_f32(p + "attention.layer_norm_rms_epsilon"))
                        : 1e-5;
-  c.rope_theta = g.has(p + "rope.freq_base") ? g.get_f32(p + "rope.freq_base") : 10000.0;
+  c.rope_theta = g.has(p + "rope.freq_base") ? f32_as_decimal(g.get_f32(p + "rope.freq_base")) : 10000.0;
   if (g.has(p + "vocab_size")) {
     c.vocab_size = g.get_i64(p + "vocab_size");
   } else if (g.has("tokenizer.ggml.tokens")) {

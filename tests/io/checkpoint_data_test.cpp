@@ -124,6 +124,7 @@ TEST(CheckpointDataTest, LlamaCppGgufMatchesLlama2cBinAfterUnpermuting) {
   EXPECT_EQ(gguf.config.hidden_size, 64);
   EXPECT_EQ(gguf.config.num_key_value_heads, 4);
   EXPECT_EQ(gguf.config.vocab_size, 512);
+  EXPECT_EQ(gguf.config.rms_norm_eps, 1e-5);  // f32 in the file, read back as its decimal
   for (const auto& t : legacy.tensors) {
     const TensorView* g = gguf.find(t.name);
     ASSERT_NE(g, nullptr) << t.name;
