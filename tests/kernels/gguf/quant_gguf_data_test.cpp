@@ -3,19 +3,23 @@
 // and 172 fit no k-quant super-block). Checks, tensor by tensor (same names in both files):
 //  1. our decoder reproduces the f32 values within the format's step (kStepBound below);
 //  2. our reference quantizers re-create llama.cpp's bytes exactly from the f32 values, which is
-//     what "our files equal llama.cpp's" means.
+//     what "our files equal llama.cpp's" means;
+//  3. gemv run directly on the quantized tensors tracks the F32 gemv on the original weights.
 // The GGUF files are read with the io layer's reader (this binary links llmopt_io).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "core/half.h"
 #include "io/gguf.h"
+#include "kernels/gemv.h"
 #include "kernels/quant_formats.h"
 
 namespace llmopt::kernels {
@@ -110,6 +114,45 @@ TEST(QuantGgufData, ReferenceQuantizersReproduceLlamaCppBytes) {
                                    << t.nbytes / block_bytes << " blocks differ";
   }
   EXPECT_GT(compared, 0);
+}
+
+// GEMV straight on llama.cpp's quantized tensors (Q8_0 fused, Q5_0 and F16 through the decoding
+// paths) against the F32 GEMV on the original weights, for one input vector x. Bound: per row,
+// Σ_i |x_i|·e_i with e_i the per-element bound of the first test (d16·(1 + 2^-5) for the block
+// types, 2^-11·|w_i| + 2^-25 for F16), plus the two summations' rounding, 2·(k+8)·u·Σ|w_i·x_i|
+// with u = 2^-24 (Higham §3.1) — slack taken on the larger of |w| and |decoded w|.
+TEST(QuantGgufData, GemvOnQuantizedTensorsTracksF32Gemv) {
+  Pair files;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  int checked = 0;
+  for (const auto& t : files.quantized.tensors()) {
+    if (t.ne.size() != 2 || *t.dtype == DType::F32) continue;
+    SCOPED_TRACE(t.name);
+    const int64_t k = t.ne[0], n = t.ne[1];
+    const auto w32 = f32_values(*files.reference.find_tensor(t.name));
+    std::vector<float> decoded(n * k), x(k), got(n), want(n);
+    dequantize_row(*t.dtype, t.data, decoded.data(), n * k);
+    for (auto& v : x) v = dist(rng);
+    gemv(*t.dtype, t.data, x.data(), nullptr, got.data(), n, k, 2);
+    gemv(DType::F32, w32.data(), x.data(), nullptr, want.data(), n, k, 2);
+    const int64_t block_bytes = dtype_block_bytes(*t.dtype);
+    for (int64_t r = 0; r < n; ++r) {
+      double quant_err = 0, abs_sum = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t idx = r * k + i;
+        const double e = *t.dtype == DType::F16
+                             ? std::ldexp(std::fabs(w32[idx]), -11) + std::ldexp(1.0, -25)
+                             : block_step(t, idx / 32, block_bytes) * (1.0 + 1.0 / 32);
+        quant_err += std::fabs(x[i]) * e;
+        abs_sum += std::fabs(x[i]) * std::max(std::fabs(w32[idx]), std::fabs(decoded[idx]));
+      }
+      const double bound = quant_err + 2.0 * (k + 8) * std::ldexp(1.0, -24) * abs_sum;
+      ASSERT_LE(std::fabs(static_cast<double>(got[r]) - want[r]), bound) << "row " << r;
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 30);
 }
 
 }  // namespace
