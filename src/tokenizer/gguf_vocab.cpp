@@ -2,6 +2,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "io/gguf.h"
 #include "tokenizer/tokenizer.h"
 
@@ -155,6 +156,10 @@ Vocab vocab_from_gguf(const io::GgufFile& file) {
 Vocab load_gguf_vocab(const std::string& path) { return vocab_from_gguf(io::GgufFile::open(path)); }
 
 std::vector<io::GgufKeyValue> export_gguf_kvs(const Vocab& v) {
+  if (v.remove_extra_whitespaces) {
+    log::warn("[tokenizer] GGUF cannot express SentencePiece's remove_extra_whitespaces: llama.cpp "
+              "will keep repeated, leading and trailing spaces that this tokenizer drops");
+  }
   std::vector<io::GgufKeyValue> kvs;
   const bool spm = v.kind == VocabKind::Spm;
   kvs.emplace_back("tokenizer.ggml.model", io::GgufValue::make_string(spm ? "llama" : "gpt2"));

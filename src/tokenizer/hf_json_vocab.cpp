@@ -253,6 +253,7 @@ Vocab parse_hf_tokenizer_json(std::string_view json_text, const std::string& sou
     if (spm) {
       const std::string norm = normalizer.dump();
       v.add_space_prefix = pre.metaspace ? pre.metaspace_prefix : mentions(normalizer, "Prepend");
+      v.remove_extra_whitespaces = normalizer.dump().find("\" {2,}\"") != std::string::npos;
       v.add_bos = true;
     } else {
       v.pre_regexes = pre.regexes;
@@ -413,14 +414,18 @@ std::string export_hf_tokenizer_json(const Vocab& v) {
     model["unk_token"] = v.unk_id >= 0 ? json(v.tokens[static_cast<size_t>(v.unk_id)]) : json();
     const json replace_space = {
         {"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", std::string(kSpmSpace)}};
-    if (v.add_space_prefix) {
-      root["normalizer"] = {
-          {"type", "Sequence"},
-          {"normalizers",
-           {{{"type", "Prepend"}, {"prepend", std::string(kSpmSpace)}}, replace_space}}};
-    } else {
-      root["normalizer"] = replace_space;
+    json normalizers = json::array();
+    if (v.remove_extra_whitespaces) {
+      // Hugging Face's SentencePiece converter writes these two for remove_extra_whitespaces.
+      normalizers.push_back({{"type", "Strip"}, {"strip_left", true}, {"strip_right", true}});
+      normalizers.push_back(
+          {{"type", "Replace"}, {"pattern", {{"Regex", " {2,}"}}}, {"content", " "}});
     }
+    if (v.add_space_prefix) {
+      normalizers.push_back({{"type", "Prepend"}, {"prepend", std::string(kSpmSpace)}});
+    }
+    normalizers.push_back(replace_space);
+    root["normalizer"] = {{"type", "Sequence"}, {"normalizers", normalizers}};
     root["pre_tokenizer"] = nullptr;
     json decoders = json::array();
     decoders.push_back(

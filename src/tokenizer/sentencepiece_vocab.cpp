@@ -61,13 +61,13 @@ Vocab parse_sentencepiece_model(std::string_view bytes, const std::string& sourc
   v.byte_fallback = trainer.byte_fallback() || has_byte_pieces;
   const auto& normalizer = model.normalizer_spec();
   v.add_space_prefix = normalizer.add_dummy_prefix();
+  v.remove_extra_whitespaces = normalizer.remove_extra_whitespaces();
   v.add_bos = true;
-  if (!normalizer.precompiled_charsmap().empty() || normalizer.remove_extra_whitespaces()) {
+  if (!normalizer.precompiled_charsmap().empty()) {
     log::warn(
-        "[tokenizer] {}: normalizer '{}' (charsmap {} bytes, remove_extra_whitespaces={}) "
-        "is applied as identity; text with characters it would change encodes differently",
-        source, normalizer.name(), normalizer.precompiled_charsmap().size(),
-        normalizer.remove_extra_whitespaces());
+        "[tokenizer] {}: normalizer '{}' (charsmap of {} bytes) is applied as identity; text "
+        "with characters it would change encodes differently",
+        source, normalizer.name(), normalizer.precompiled_charsmap().size());
   }
   v.validate(source);
   return v;

@@ -50,6 +50,9 @@ struct Vocab {
   bool add_bos = false;  // the model's tokenizer config asks for BOS at the start
   bool add_eos = false;
   bool add_space_prefix = true;  // SPM: prepend a space to text at the start / after a special
+  // SPM: SentencePiece's normalizer option: drop leading and trailing spaces and collapse runs of
+  // spaces to one before encoding (llama.cpp has no such option; Llama models leave it off).
+  bool remove_extra_whitespaces = false;
   bool byte_fallback = true;     // SPM: unknown characters become <0xXX> byte pieces
   bool ignore_merges = false;    // BPE: a pre-token that is a whole vocab entry is taken as is
   // Byte-level BPE pre-tokenizer: the GGUF tokenizer.ggml.pre name (selects llama.cpp's regex

@@ -143,7 +143,17 @@ class VocabTokenizer final : public Tokenizer {
         previous_was_special = true;
         continue;
       }
-      const std::string_view raw = text.substr(f.start, f.len);
+      std::string_view raw = text.substr(f.start, f.len);
+      std::string collapsed;
+      if (vocab_.kind == VocabKind::Spm && vocab_.remove_extra_whitespaces) {
+        for (char c : raw) {
+          if (c == ' ' && (collapsed.empty() || collapsed.back() == ' ')) continue;
+          collapsed += c;
+        }
+        if (!collapsed.empty() && collapsed.back() == ' ') collapsed.pop_back();
+        if (collapsed.empty()) continue;  // only spaces: SentencePiece encodes nothing
+        raw = collapsed;
+      }
       if (vocab_.kind == VocabKind::Spm) {
         buffer.clear();
         if (vocab_.add_space_prefix && previous_was_special) buffer += kSpmSpace;

@@ -108,6 +108,18 @@ TEST(Spm, SpecialTokensOnlyWithParseSpecial) {
   EXPECT_EQ(t->encode("<|u|>a", kPlain), (Ids{user, sp, a}));
 }
 
+TEST(Spm, RemoveExtraWhitespaces) {
+  Vocab v = tiny_spm({{kSp, 0}, {"a", 0}, {kSp + "a", 1}});
+  v.remove_extra_whitespaces = true;
+  auto t = make_tokenizer(v, "tiny");
+  EXPECT_EQ(t->encode("  a   a  ", kPlain), t->encode("a a", kPlain));
+  EXPECT_EQ(t->encode("   ", kPlain), Ids{});
+  // Survives the tokenizer.json export (Strip + Replace(" {2,}") normalizers).
+  const auto json = make_tokenizer(parse_hf_tokenizer_json(export_hf_tokenizer_json(v), "j"), "j");
+  EXPECT_TRUE(json->vocab().remove_extra_whitespaces);
+  EXPECT_EQ(json->encode("  a   a  ", kPlain), t->encode("a a", kPlain));
+}
+
 TEST(Spm, LongestSpecialTokenWins) {
   Vocab v = tiny_spm({{kSp, 0}, {"<|a|>", 0}, {"<|a|><|b|>", 0}});
   v.types[kFirstNormal + 1] = TokenType::Control;
