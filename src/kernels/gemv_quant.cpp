@@ -103,20 +103,60 @@ float DotQ4_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
   });
 }
 
-void GemvQuantRows(DType w_type, const void* w, const float* x, const float* bias, float* y,
-                   int64_t r0, int64_t r1, int64_t k) {
-  const bool q8 = w_type == DType::Q8_0;
-  const int64_t row_bytes = k / kQK * (q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
-  const auto* base = static_cast<const uint8_t*>(w);
-  for (int64_t r = r0; r < r1; ++r) {
-    const void* row = base + r * row_bytes;
-    const float sum = q8 ? DotQ8_0(row, x, k) : DotQ4_0(row, x, k);
-    y[r] = bias ? sum + bias[r] : sum;
+// Σ_j (q_j - 16)·x_j of one Q5_0 block: like Q4_0, plus the 5th bit of element j from bit j of
+// qh (little-endian u32), extracted for all lanes at once with a per-lane shift.
+HWY_INLINE hn::Vec<DF> BlockSumQ5_0(const BlockQ5_0& block, const float* HWY_RESTRICT x) {
+  const DF df;
+  const hn::RebindToSigned<DF> di32;
+  const hn::RebindToUnsigned<DF> du32;
+  const hn::Rebind<uint8_t, DF> du8;
+  const int L = static_cast<int>(hn::Lanes(df));
+  uint32_t qh_bits;
+  std::memcpy(&qh_bits, block.qh, 4);  // little-endian hosts only (x86, Arm)
+  const auto qh = hn::Set(du32, qh_bits);
+  const auto one = hn::Set(du32, 1u);
+  const auto low_mask = hn::Set(di32, 0x0f);
+  const auto sixteen = hn::Set(di32, 16);
+  auto sum = hn::Zero(df);
+  for (int j = 0; j < kQK / 2; j += L) {
+    const auto lane = hn::Iota(du32, static_cast<uint32_t>(j));
+    const auto high_lo = hn::BitCast(di32, hn::ShiftLeft<4>(hn::And(qh >> lane, one)));
+    const auto high_hi =
+        hn::BitCast(di32, hn::ShiftLeft<4>(hn::And(qh >> hn::Add(lane, hn::Set(du32, 16u)), one)));
+    const auto bytes = hn::PromoteTo(di32, hn::LoadU(du8, block.qs + j));
+    const auto lo = hn::ConvertTo(df, hn::Sub(hn::Or(hn::And(bytes, low_mask), high_lo), sixteen));
+    const auto hi = hn::ConvertTo(df, hn::Sub(hn::Or(hn::ShiftRight<4>(bytes), high_hi), sixteen));
+    sum = hn::MulAdd(lo, hn::LoadU(df, x + j), sum);
+    sum = hn::MulAdd(hi, hn::LoadU(df, x + j + kQK / 2), sum);
   }
+  return sum;
+}
+
+float DotQ5_0(const void* w_row, const float* HWY_RESTRICT x, int64_t k) {
+  return DotBlocks<BlockQ5_0>(w_row, x, k, [](const BlockQ5_0& blk, const float* xb) {
+    return BlockSumQ5_0(blk, xb);
+  });
 }
 
 float DotQuant(DType w_type, const void* w_row, const float* x, int64_t k) {
-  return w_type == DType::Q8_0 ? DotQ8_0(w_row, x, k) : DotQ4_0(w_row, x, k);
+  switch (w_type) {
+    case DType::Q8_0: return DotQ8_0(w_row, x, k);
+    case DType::Q5_0: return DotQ5_0(w_row, x, k);
+    default: return DotQ4_0(w_row, x, k);
+  }
+}
+
+void GemvQuantRows(DType w_type, const void* w, const float* x, const float* bias, float* y,
+                   int64_t r0, int64_t r1, int64_t k) {
+  const int64_t block_bytes = w_type == DType::Q8_0   ? sizeof(BlockQ8_0)
+                              : w_type == DType::Q5_0 ? sizeof(BlockQ5_0)
+                                                      : sizeof(BlockQ4_0);
+  const int64_t row_bytes = k / kQK * block_bytes;
+  const auto* base = static_cast<const uint8_t*>(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float sum = DotQuant(w_type, base + r * row_bytes, x, k);
+    y[r] = bias ? sum + bias[r] : sum;
+  }
 }
 
 }  // namespace HWY_NAMESPACE
@@ -129,7 +169,7 @@ HWY_EXPORT(GemvQuantRows);
 HWY_EXPORT(DotQuant);
 
 bool gemv_quant_supports(DType w_type) {
-  return w_type == DType::Q8_0 || w_type == DType::Q4_0;
+  return w_type == DType::Q8_0 || w_type == DType::Q4_0 || w_type == DType::Q5_0;
 }
 
 float dot_quant(DType w_type, const void* w_row, const float* x, int64_t k) {
@@ -150,6 +190,18 @@ float dot_quant_ref(DType w_type, const void* w_row, const float* x, int64_t k) 
       const auto& blk = static_cast<const BlockQ8_0*>(w_row)[b];
       d = f16_to_f32(blk.d);
       for (int j = 0; j < kQK; ++j) block_sum += static_cast<float>(blk.qs[j]) * x[j];
+    } else if (w_type == DType::Q5_0) {
+      const auto& blk = static_cast<const BlockQ5_0*>(w_row)[b];
+      d = f16_to_f32(blk.d);
+      const uint32_t qh = static_cast<uint32_t>(blk.qh[0]) | static_cast<uint32_t>(blk.qh[1]) << 8 |
+                          static_cast<uint32_t>(blk.qh[2]) << 16 |
+                          static_cast<uint32_t>(blk.qh[3]) << 24;
+      for (int j = 0; j < kQK / 2; ++j) {
+        const int lo = (blk.qs[j] & 0x0f) | static_cast<int>((qh >> j) & 1u) << 4;
+        const int hi = (blk.qs[j] >> 4) | static_cast<int>((qh >> (j + 16)) & 1u) << 4;
+        block_sum += static_cast<float>(lo - 16) * x[j];
+        block_sum += static_cast<float>(hi - 16) * x[j + kQK / 2];
+      }
     } else {
       const auto& blk = static_cast<const BlockQ4_0*>(w_row)[b];
       d = f16_to_f32(blk.d);

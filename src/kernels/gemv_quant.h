@@ -1,8 +1,9 @@
-// Dot products and GEMV rows on ggml block-quantized weights (Q8_0, Q4_0) with f32 activations:
-// the quantized linear layer's decode path. Weights stay quantized in memory (1.06 and 0.56
-// bytes per weight instead of 4), each block is expanded to f32 in registers, multiplied with x,
-// and its partial sum scaled by the block's step d:  Σ_b d_b · Σ_{j<32} q_bj · x_bj.
-// Callers normally go through gemv() (gemv.h), which accepts DType::Q8_0 and DType::Q4_0.
+// Dot products and GEMV rows on ggml block-quantized weights (Q8_0, Q5_0, Q4_0) with f32
+// activations: the quantized linear layer's decode path. Weights stay quantized in memory (1.06,
+// 0.69 and 0.56 bytes per weight instead of 4), each block is expanded to f32 in registers,
+// multiplied with x, and its partial sum scaled by the block's step d:
+// Σ_b d_b · Σ_{j<32} q_bj · x_bj.
+// Callers normally go through gemv() (gemv.h), which uses these for Q8_0, Q5_0 and Q4_0.
 #pragma once
 #include <cstdint>
 

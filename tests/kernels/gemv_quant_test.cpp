@@ -1,5 +1,5 @@
-// Quantized GEMV (Q8_0, Q4_0 weights, f32 activations) against (a) its blockwise scalar twin and
-// (b) the ordinary f32 matmul on the dequantized weights (gemv_ref), on every SIMD target.
+// Quantized GEMV (Q8_0, Q5_0, Q4_0 weights, f32 activations) against (a) its blockwise scalar
+// twin and (b) the ordinary f32 matmul on the dequantized weights (gemv_ref), on every SIMD target.
 //
 // Tolerance (kDotBound): decoded weights q·d are exact in f32 (≤ 8-bit code × 11-bit f16 step),
 // so every variant approximates the same exact S = bias + Σ w_i·x_i. Each rounds any term at most
@@ -54,7 +54,7 @@ double dot_bound(const float* w_row, const float* x, float bias, int64_t k) {
   return 2.0 * (static_cast<double>(k) + 8) * std::ldexp(1.0, -24) * abs_sum;
 }
 
-const DType kQuantTypes[] = {DType::Q8_0, DType::Q4_0};
+const DType kQuantTypes[] = {DType::Q8_0, DType::Q5_0, DType::Q4_0};
 
 TEST(GemvQuant, DotMatchesBlockwiseTwinWithinDotBound) {
   std::mt19937 rng(21);
@@ -84,9 +84,19 @@ TEST(GemvQuant, KnownSmallDot) {
     for (int j = 0; j < 32; ++j) q8[b].qs[j] = static_cast<int8_t>(j + 1);
     for (int j = 0; j < 16; ++j) q4[b].qs[j] = 0x9a;  // low 10 -> +2, high 9 -> +1
   }
+  // Q5_0 with d = 0.5: nibbles 3 (low) and 12 (high); qh sets the 5th bit of elements 0..7
+  // (bits 0-7) and 16..23 (bits 16-23): codes 19, 3, 28, 12 for 8 elements each, minus 16.
+  BlockQ5_0 q5[2]{};
+  for (int b = 0; b < 2; ++b) {
+    q5[b].d = 0x3800;
+    q5[b].qh[0] = 0xff;
+    q5[b].qh[2] = 0xff;
+    for (int j = 0; j < 16; ++j) q5[b].qs[j] = 0xc3;
+  }
   std::vector<float> x(64, 1.0f);
   EXPECT_EQ(dot_quant(DType::Q8_0, q8, x.data(), 64), 2 * 528.0f);  // 2·(1 + ... + 32)
   EXPECT_EQ(dot_quant(DType::Q4_0, q4, x.data(), 64), 2 * 2.0f * (16 * 2 + 16 * 1));
+  EXPECT_EQ(dot_quant(DType::Q5_0, q5, x.data(), 64), 2 * 0.5f * 8 * (3 - 13 + 12 - 4));
 }
 
 // Block scales across the f16 range (subnormal, negative, largest finite) decode exactly as
