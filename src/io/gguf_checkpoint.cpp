@@ -1,5 +1,6 @@
 #include "io/gguf_checkpoint.h"
 
+#include <charconv>
 #include <cmath>
 #include <map>
 
@@ -62,7 +63,14 @@ nlohmann::json value_to_json(const GgufValue& v) {
 
 // The double whose shortest decimal form is the float's (f32 1e-5 -> 1e-5, not 9.99999974e-06),
 // so configs read from GGUF print and compare like the HF values they came from.
-double f32_as_decimal(float f) { return std::stod(fmt::format("{}", f)); }
+// from_chars, unlike stod, never throws (hostile files hold subnormals, inf, nan).
+double f32_as_decimal(float f) {
+  if (!std::isfinite(f)) return f;
+  const std::string text = fmt::format("{}", f);
+  double d = f;
+  std::from_chars(text.data(), text.data() + text.size(), d);
+  return d;
+}
 
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
@@ -174,7 +182,8 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
   c.rms_norm_eps = g.has(p + "attention.layer_norm_rms_epsilon")
                        ? f32_as_decimal(g.get_f32(p + "attention.layer_norm_rms_epsilon"))
                        : 1e-5;
-  c.rope_theta = g.has(p + "rope.freq_base") ? f32_as_decimal(g.get_f32(p + "rope.freq_base")) : 10000.0;
+  c.rope_theta =
+      g.has(p + "rope.freq_base") ? f32_as_decimal(g.get_f32(p + "rope.freq_base")) : 10000.0;
   if (g.has(p + "vocab_size")) {
     c.vocab_size = g.get_i64(p + "vocab_size");
   } else if (g.has("tokenizer.ggml.tokens")) {

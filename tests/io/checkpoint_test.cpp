@@ -106,6 +106,17 @@ TEST(CheckpointRoundTripTest, GgufF32IsExactAndKeepsConfig) {
             0);  // head_dim 16
 }
 
+// f32 hyper-parameters are read back through their decimal form; a subnormal must not make that
+// conversion throw (std::stod would raise out_of_range).
+TEST(CheckpointRoundTripTest, GgufSubnormalEpsilonLoads) {
+  TempDir dir("rt_eps");
+  auto cfg = tiny_config();
+  cfg.rms_norm_eps = 1e-45;
+  write_gguf(dir.file("m.gguf"), random_checkpoint(cfg), DType::F32);
+  // f32(1e-45) is the subnormal 1.4e-45 whose shortest decimal form is "1e-45".
+  EXPECT_EQ(load_checkpoint(dir.file("m.gguf")).config.rms_norm_eps, 1e-45);
+}
+
 TEST(CheckpointRoundTripTest, GgufF16KeepsNormsF32) {
   TempDir dir("rt_gguf16");
   auto ck = random_checkpoint(tiny_config());
