@@ -47,7 +47,8 @@ class FastestIteration {
   double best_ = 1e30;
 };
 
-constexpr DType kTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
+constexpr DType kTypes[] = {DType::F32,  DType::F16,  DType::BF16,
+                            DType::Q8_0, DType::Q4_0, DType::Q5_0};
 
 // n*k weights of type t in `copies` contiguous copies, filled with small random values.
 std::vector<uint8_t> make_weights(DType t, int64_t n, int64_t k, int64_t copies) {
@@ -183,11 +184,15 @@ void GemvArgs(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2})
     for (const auto& [n, k] : shapes) b->Args({n, k, threads, 1, 0, 1});
   for (int threads : {1, 2}) b->Args({768, 768, threads, 0, 0, 1});  // hot: L2/L3 resident
+  // Hot, 1 thread, every storage type: compute cost per weight. On a shared machine read the CPU
+  // column (thread CPU time), which preemption does not inflate.
+  for (int type = 1; type < 6; ++type) b->Args({768, 768, 1, 0, type, 1});
   for (int threads : {1, 2}) {
     b->Args({2048, 768, threads, 1, 1, 1});  // F16 storage
     b->Args({2048, 768, threads, 1, 2, 1});  // BF16 storage
     b->Args({2048, 768, threads, 1, 3, 1});  // Q8_0 blocks
     b->Args({2048, 768, threads, 1, 4, 1});  // Q4_0 blocks
+    b->Args({2048, 768, threads, 1, 5, 1});  // Q5_0 blocks
     b->Args({2048, 768, threads, 1, 0, 4});  // batch of 4 rows
     b->Args({2048, 768, threads, 1, 0, 8});  // batch of 8 rows
   }
@@ -197,7 +202,7 @@ BENCHMARK(BM_ReadBandwidth)->ArgName("thr")->Arg(1)->Arg(2)->UseRealTime();
 BENCHMARK(BM_Gemv)->Apply(GemvArgs)->UseRealTime();
 BENCHMARK(BM_DecodeStepWeights)
     ->ArgNames({"thr", "type"})
-    ->ArgsProduct({{1, 2}, {0, 3, 4}})
+    ->ArgsProduct({{1, 2}, {0, 3, 4, 5}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
