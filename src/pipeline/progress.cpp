@@ -49,8 +49,9 @@ std::string Progress::render(const std::string& label, int64_t done, int64_t tot
 
 void Progress::begin_stage(const std::string& prefix, int index, int total, const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
-  label_ = fmt::format("{}stage {}/{} {}", prefix.empty() ? "" : "[" + prefix + "] ", index + 1,
-                       total, name);
+  const std::string tag = prefix.empty() ? "" : "[" + prefix + "] ";
+  // total <= 0: a step outside the pipeline's stages (building the quickstart model).
+  label_ = total > 0 ? fmt::format("{}stage {}/{} {}", tag, index + 1, total, name) : tag + name;
   note_.clear();
   done_ = total_ = 0;
   unit_.clear();

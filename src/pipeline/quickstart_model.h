@@ -29,10 +29,12 @@ struct QuickstartModel {
   std::shared_ptr<tok::Tokenizer> tokenizer;
   std::string model_dir;       // where its weights live (cache entry or run dir)
   std::string tokenizer_path;  // its tokenizer file
+  std::string eval_text_path;  // held-out grammar text (the default data.eval)
   std::string state_hash;
   bool cached = false;
 };
 
+// Throws stages::Interrupted when request.interrupt is set during training.
 QuickstartModel build_or_load_quickstart_model(const QuickstartRequest& request);
 
 }  // namespace llmopt::pipeline

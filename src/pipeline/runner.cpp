@@ -43,7 +43,15 @@ struct Env {
   std::atomic<bool>* interrupt = nullptr;
   std::unique_ptr<Progress> progress;
   int threads = 1;
+  std::string default_eval_path;  // the quickstart model's held-out text, when it is used
   explicit Env(const RunOptions& o) : options(o) {}
+
+  // The recipe's data section with defaults the run supplies filled in.
+  stages::DataOptions data_for(const Recipe& r) const {
+    stages::DataOptions d = r.options.data;
+    if (d.eval.path.empty()) d.eval.path = default_eval_path;
+    return d;
+  }
 };
 
 // One run directory being written (the run itself or a sweep point).
@@ -69,16 +77,16 @@ void apply_thread_count(int n) {
   torch::set_num_threads(n);
 }
 
-std::string stage_key(Env& env, const Recipe& r, const StageEntry& s, const std::string& input_hash,
-                      int threads) {
+std::string stage_key(Env& env, const Recipe& r, const stages::DataOptions& data,
+                      const StageEntry& s, const std::string& input_hash, int threads) {
   json k;
   k["v"] = 1;
   k["input"] = input_hash;
   k["type"] = s.type;
   k["options"] = s.stage->options_json();
-  k["data"] = stages::schema_of<stages::DataOptions>().json(r.options.data);
+  k["data"] = stages::schema_of<stages::DataOptions>().json(data);
   json files = json::array();
-  for (const auto& f : s.stage->input_files(r.options.data)) files.push_back(env.hashes.digest(f));
+  for (const auto& f : s.stage->input_files(data)) files.push_back(env.hashes.digest(f));
   k["files"] = files;
   k["seed"] = r.options.seed;
   k["threads"] = threads;
@@ -95,7 +103,8 @@ json stage_entry_base(size_t index, const StageEntry& s) {
 // Saves the model's weights as an HF safetensors F32 directory at `dir` (via a temporary
 // directory and a rename, so the directory is complete or absent).
 void save_state_model(model::LlamaModel& m, const std::string& dir) {
-  const fs::path tmp = dir + ".tmp-" + std::to_string(::getpid());
+  const fs::path tmp = fs::path(dir).parent_path() /
+                      ("." + fs::path(dir).filename().string() + ".tmp-" + std::to_string(::getpid()));
   std::error_code ec;
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp.parent_path());
@@ -116,6 +125,7 @@ StagesOutcome run_stages(Env& env, const Recipe& r, RunDir& rd, stages::ModelSta
   const size_t total = r.stages.size();
   std::string pending_model_dir;  // weights of a restored stage, loaded only if a later stage runs
   const bool use_cache = env.cache != nullptr && r.options.output.cache;
+  const stages::DataOptions data = env.data_for(r);
   for (size_t i = begin; i < end; ++i) {
     const StageEntry& s = r.stages[i];
     json entry = stage_entry_base(i, s);
@@ -124,7 +134,7 @@ StagesOutcome run_stages(Env& env, const Recipe& r, RunDir& rd, stages::ModelSta
       continue;
     }
     const std::string input_hash = state.state_hash;
-    const std::string key = stage_key(env, r, s, input_hash, threads);
+    const std::string key = stage_key(env, r, data, s, input_hash, threads);
     const fs::path stage_dir = fs::path(rd.dir) / "state" / fmt::format("stage-{}", i);
     const fs::path done_path = stage_dir / "done.json";
 
@@ -202,7 +212,7 @@ StagesOutcome run_stages(Env& env, const Recipe& r, RunDir& rd, stages::ModelSta
       ctx.stage_name = s.name;
       ctx.seed = static_cast<uint64_t>(r.options.seed);
       ctx.threads = threads;
-      ctx.data = &r.options.data;
+      ctx.data = &data;
       ctx.interrupt_flag = env.interrupt;
       Progress* progress = env.progress.get();
       ctx.progress = [progress](int64_t d, int64_t t, const std::string& u) { progress->update(d, t, u); };
@@ -293,6 +303,9 @@ stages::ModelState load_input_state(Env& env, const Recipe& r, RunDir& rd) {
     state.provenance.source_path = built.model_dir;
     state.provenance.tokenizer_path = built.tokenizer_path;
     state.state_hash = built.state_hash;
+    env.default_eval_path = built.eval_text_path;
+    env.hashes.add(built.eval_text_path);
+    env.hashes.add(built.tokenizer_path);
     rd.events->emit({{"event", "model_built"}, {"dir", built.model_dir}, {"cached", built.cached}});
   } else {
     model::ModelLoadOptions lo;
@@ -513,8 +526,11 @@ RunOutcome execute(const Recipe& r, const RunOptions& options, const std::string
 
   StagesOutcome outcome;
   json sweep;
+  double load_s = 0;  // loading (or building) the input model: work, not bookkeeping
   try {
+    Timer load_timer;
     stages::ModelState state = load_input_state(env, r, rd);
+    load_s = load_timer.seconds();
     // Fail before any work if a stage cannot run on this model.
     for (const auto& s : r.stages) s.stage->validate(state);
     const size_t prefix = r.sweep.empty() ? r.stages.size() : shared_prefix_length(r);
@@ -548,7 +564,16 @@ RunOutcome execute(const Recipe& r, const RunOptions& options, const std::string
       log::warn("[pipeline] could not write the reports of {}: {}", dir, e.what());
     }
   }
-  json end_event = {{"event", "run_end"}, {"status", outcome.status}, {"wall_s", wall.seconds()}};
+  // Bookkeeping = everything but loading the model and running stages: hashing inputs, manifest,
+  // metrics, events, checkpoints' done.json, cache stores and reports (bench/RESULTS.md).
+  double stage_s = 0;
+  for (const auto& e : outcome.entries) stage_s += e.value("wall_s", 0.0);
+  for (const auto& p : sweep.is_array() ? sweep : json::array())
+    for (const auto& e : p["stages"]) stage_s += e.value("wall_s", 0.0);
+  const double total_s = wall.seconds();
+  json end_event = {{"event", "run_end"},   {"status", outcome.status}, {"wall_s", total_s},
+                    {"load_s", load_s},     {"stages_s", stage_s},
+                    {"bookkeeping_s", std::max(0.0, total_s - load_s - stage_s)}};
   if (!outcome.error.empty()) end_event["error"] = outcome.error;
   if (fs::exists(fs::path(dir) / "report.html")) end_event["report"] = (fs::path(dir) / "report.html").string();
   rd.events->emit(end_event);
