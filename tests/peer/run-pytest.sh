@@ -11,5 +11,4 @@ if [[ ! -x "$py" ]]; then
 fi
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/llmopt-peer.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
-cd "$here"
 "$py" -m pytest -p no:cacheprovider -q -rA --basetemp "$tmp/pytest" "$@"
