@@ -67,6 +67,39 @@ TEST(Quickstart, ShortBuildWritesFilesAndLearns) {
   fs::remove_all(dir);
 }
 
+std::vector<uint8_t> weight_bytes(model::LlamaModel& m) {
+  std::vector<uint8_t> bytes;
+  for (const auto& p : m.named_parameters()) {
+    const torch::Tensor t = p.value().contiguous();
+    const auto* data = static_cast<const uint8_t*>(t.data_ptr());
+    bytes.insert(bytes.end(), data, data + t.numel() * t.element_size());
+  }
+  return bytes;
+}
+
+// Same seed and thread count -> byte-identical weights and tokenizer file.
+TEST(Quickstart, DeterministicForASeed) {
+  std::vector<uint8_t> weights[2];
+  std::string tokenizers[2];
+  for (int run = 0; run < 2; ++run) {
+    const fs::path dir = fs::temp_directory_path() / ("llmopt_quickstart_det_test" + std::to_string(run));
+    fs::remove_all(dir);
+    QuickstartOptions o;
+    o.output_dir = dir.string();
+    o.seed = 5;
+    o.steps = 3;
+    o.train_text_bytes = 20000;
+    o.eval_text_bytes = 1000;
+    const model::LoadedModel m = build_quickstart_model(o);
+    weights[run] = weight_bytes(*m.model);
+    tokenizers[run] = read_file(dir / kQuickstartTokenizerFile);
+    fs::remove_all(dir);
+  }
+  EXPECT_FALSE(weights[0].empty());
+  EXPECT_TRUE(weights[0] == weights[1]);
+  EXPECT_EQ(tokenizers[0], tokenizers[1]);
+}
+
 TEST(Quickstart, RejectsMissingOutputDir) {
   EXPECT_THROW(build_quickstart_model({}), InputError);
 }
