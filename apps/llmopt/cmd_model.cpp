@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
@@ -69,8 +70,9 @@ void register_info(CLI::App& app, GlobalOptions& g) {
       tensors.push_back({{"name", t.name}, {"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape},
                          {"params", t.numel()}, {"bytes", t.nbytes}});
       auto& e = by_dtype[std::string(dtype_name(t.dtype))];
-      e["tensors"] = e.value("tensors", 0) + 1;
-      e["bytes"] = e.value("bytes", int64_t{0}) + t.nbytes;
+      if (e.is_null()) e = {{"tensors", 0}, {"bytes", int64_t{0}}};
+      e["tensors"] = e["tensors"].get<int>() + 1;
+      e["bytes"] = e["bytes"].get<int64_t>() + t.nbytes;
     }
     json j = {{"path", model},
               {"format", std::string(io::model_format_name(ck.format))},
@@ -377,6 +379,69 @@ void register_convert(CLI::App& app, GlobalOptions& g) {
   });
 }
 
+
+// ---------------------------------------------------------------- logits
+// Dumps next-token logits for a prompt (peer checks against transformers / llama.cpp).
+void register_logits(CLI::App& app, GlobalOptions& g) {
+  auto* cmd = app.add_subcommand("logits", "Next-token logits of every prompt position as JSON");
+  static std::string model, tokenizer, text, ids_csv, json_out = "-";
+  static bool bos = false, no_bos = false, full = false;
+  static int64_t top = 10;
+  cmd->add_option("MODEL", model, "Model path")->required();
+  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
+  auto* t = cmd->add_option("--text", text, "Prompt text");
+  auto* i = cmd->add_option("--ids", ids_csv, "Comma-separated token ids instead of text");
+  t->excludes(i);
+  cmd->add_flag("--bos", bos, "Prepend BOS even if the tokenizer does not by default");
+  cmd->add_flag("--no-bos", no_bos, "Never prepend BOS");
+  cmd->add_flag("--full", full, "Write every logit (vocab floats per position), not only the top ones");
+  cmd->add_option("--top", top, "Top-k logits per position to write");
+  cmd->add_option("--json", json_out, "Output file ('-' = stdout, the default)");
+  cmd->callback([&g] {
+    apply_threads(g);
+    auto lm = load_for_inference(model, tokenizer, ids_csv.empty());
+    std::vector<int64_t> ids;
+    if (!ids_csv.empty()) {
+      std::stringstream ss(ids_csv);
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        try {
+          ids.push_back(std::stoll(item));
+        } catch (const std::exception&) {
+          throw_input("[logits] --ids: '{}' is not an integer", item);
+        }
+      }
+    } else {
+      LLMOPT_CHECK_INPUT(!text.empty(), "[logits] give --text or --ids");
+      tok::EncodeOptions eo;
+      eo.add_bos = bos ? true : (no_bos ? false : lm.tokenizer->add_bos_default());
+      auto v = lm.tokenizer->encode(text, eo);
+      ids.assign(v.begin(), v.end());
+    }
+    LLMOPT_CHECK_INPUT(!ids.empty(), "[logits] no tokens");
+    for (int64_t id : ids)
+      LLMOPT_CHECK_INPUT(id >= 0 && id < lm.model->config().vocab_size, "[logits] token id {} out of range (vocab {})",
+                         id, lm.model->config().vocab_size);
+    torch::NoGradGuard ng;
+    auto logits = lm.model->forward(torch::tensor(ids, torch::kLong).view({1, -1}))[0].to(torch::kCPU).contiguous();
+    json positions = json::array();
+    for (int64_t p = 0; p < logits.size(0); ++p) {
+      auto row = logits[p];
+      auto tk = row.topk(std::min<int64_t>(top, row.size(0)));
+      json e = {{"position", p},
+                {"top_ids", std::vector<int64_t>(std::get<1>(tk).data_ptr<int64_t>(),
+                                                 std::get<1>(tk).data_ptr<int64_t>() + std::get<1>(tk).numel())},
+                {"top_logits", std::vector<float>(std::get<0>(tk).data_ptr<float>(),
+                                                  std::get<0>(tk).data_ptr<float>() + std::get<0>(tk).numel())},
+                {"logsumexp", torch::logsumexp(row, 0).item<double>()}};
+      if (full) e["logits"] = std::vector<float>(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+      positions.push_back(std::move(e));
+    }
+    json j = {{"model", model}, {"ids", ids}, {"vocab_size", lm.model->config().vocab_size}, {"positions", positions}};
+    write_json_output(json_out, j);
+  });
+}
+
 }  // namespace
 
 void register_model_commands(CLI::App& app, GlobalOptions& g) {
@@ -387,6 +452,7 @@ void register_model_commands(CLI::App& app, GlobalOptions& g) {
   register_bench(app, g);
   register_synth(app, g);
   register_convert(app, g);
+  register_logits(app, g);
 }
 
 }  // namespace llmopt::cli

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   cli::GlobalOptions g;
   CLI::App app{"llmopt: make language models smaller, faster or better adapted, and measure the cost"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options (--threads, -q) may follow the subcommand
   app.set_version_flag("--version", std::string(LLMOPT_VERSION) + " (" LLMOPT_GIT_COMMIT ")");
   app.add_option("--threads", g.threads, "Threads (default: LLMOPT_THREADS or all cores)")
       ->check(CLI::PositiveNumber);

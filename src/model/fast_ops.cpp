@@ -15,7 +15,8 @@ torch::Tensor linear_f32(const torch::Tensor& x, const torch::Tensor& w, const t
   auto out_shape = x.sizes().vec();
   out_shape.back() = n;
   auto y = torch::empty(out_shape, torch::kFloat32);
-  const float* bias = b.defined() ? b.contiguous().data_ptr<float>() : nullptr;
+  torch::Tensor bc = b.defined() ? b.contiguous() : torch::Tensor();  // keeps the bias alive
+  const float* bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
   if (rows == 1) {
     kernels::gemv(DType::F32, w.data_ptr<float>(), xc.data_ptr<float>(), bias, y.data_ptr<float>(), n, k);
   } else {

@@ -6,10 +6,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#if __has_include("kernels/quant_formats.h")
 #include "kernels/quant_formats.h"
-#define LLMOPT_HAVE_QUANT 1
-#endif
 
 namespace llmopt::model {
 namespace {
@@ -35,9 +32,7 @@ torch::Tensor tensor_to_f32(const io::TensorView& t) {
     default:
       LLMOPT_CHECK_INPUT(dtype_is_block_quantized(t.dtype), "[model] tensor '{}' has unsupported dtype {}",
                          t.name, dtype_name(t.dtype));
-#ifdef LLMOPT_HAVE_QUANT
       kernels::dequantize_row(t.dtype, t.data, out.data_ptr<float>(), n);
-#endif
       return out;
   }
 }
@@ -97,7 +92,8 @@ LoadedModel load_model(const std::string& path, const ModelLoadOptions& opts) {
                        {"tensors", tensors},
                        {"metadata", ckpt.metadata}};
     if (ckpt.tokenizer.kind != io::TokenizerSource::Kind::None) {
-      out.tokenizer = tok::load_tokenizer(ckpt.tokenizer);
+      out.tokenizer = tok::load_tokenizer(
+          ckpt.tokenizer, static_cast<int32_t>(ckpt.config.vocab_size));
     }
   }  // the checkpoint (and its file mappings) is released here
   return out;

@@ -5,10 +5,9 @@
 
 #include "core/error.h"
 #include "io/checkpoint.h"
-#if __has_include("io/writers.h")
-#include "io/writers.h"
-#define LLMOPT_HAVE_WRITERS 1
-#endif
+#include "io/gguf_checkpoint.h"
+#include "io/hf_checkpoint.h"
+#include "io/llama2c.h"
 #include "model/loader.h"
 
 namespace llmopt::model {
@@ -31,7 +30,6 @@ DType parse_float_type(const std::string& name) {
 void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file, ExportFormat fmt,
                 DType type, const std::string& out) {
   io::Checkpoint ck = model_to_checkpoint(m);
-#ifdef LLMOPT_HAVE_WRITERS
   switch (fmt) {
     case ExportFormat::Hf: {
       fs::create_directories(out);
@@ -55,7 +53,7 @@ void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& toke
     }
     case ExportFormat::Llama2c: {
       LLMOPT_CHECK_INPUT(type == DType::F32, "[export] llama2c export is fp32 only (got {})", dtype_name(type));
-      io::write_llama2c(out, ck);
+      io::write_llama2c_legacy(out, ck);
       if (tk) {
         const std::string tok_path = (fs::path(out).parent_path() / "tokenizer.bin").string();
         tok::write_file_atomic(tok_path, tok::export_llama2c_tokenizer(tk->vocab()));
@@ -63,7 +61,6 @@ void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& toke
       break;
     }
   }
-#endif
 }
 
 }  // namespace llmopt::model

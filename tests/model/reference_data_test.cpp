@@ -131,9 +131,11 @@ TEST(Stories260KData, LegacyAndV1AndQ80Agree) {
   auto v1 = load_stories("stories260K_v1_ak42_clebert.bin");
   std::vector<int64_t> ids = {1, 403, 407, 261, 378, 466, 270};
   EXPECT_EQ((logits_for(*legacy.model, ids) - logits_for(*v1.model, ids)).abs().max().item<double>(), 0.0);
+  // REFERENCE.txt: greedy 100-token output of the dequantized q80 model equals the fp32 model's.
   auto q8 = load_stories("stories260K_q80_v2.bin");
-  // Int8 groups of 32: logits move by a few 1e-2 at most for this model (observed ~1e-2).
-  EXPECT_LT((logits_for(*legacy.model, ids) - logits_for(*q8.model, ids)).abs().max().item<double>(), 0.1);
+  model::SamplingOptions so;
+  so.max_new_tokens = 100;
+  EXPECT_EQ(model::generate(*legacy.model, {1}, so), model::generate(*q8.model, {1}, so));
 }
 
 double ppl_windows(model::LoadedModel& lm, const std::string& text, int64_t ctx) {
