@@ -35,9 +35,10 @@ struct QuickstartOptions {
   std::function<void(TrainerOptions&)> adjust_training;
 };
 
-// 250 steps x 16 x 128 tokens: 0.30-0.35 s of CPU time per step on the development machine's
-// AMD EPYC cores, so about 80 s on one thread and about a minute on two (see docs/training.md).
-// The held-out loss has flattened by then (perplexity ~1.5 on grammar text).
+// 250 steps x 16 x 128 tokens: 0.3-0.5 s of CPU time per step on the development machine's
+// AMD EPYC cores (measured single-threaded while other builds ran), so 75-125 s on one thread and
+// roughly a minute on two idle cores (see docs/training.md). The loss has flattened by then
+// (held-out perplexity ~1.5 on grammar text).
 inline constexpr int64_t kDefaultQuickstartSteps = 250;
 
 // The architecture: dim 128, 4 layers, 4 heads (head_dim 32), 2 KV heads, SwiGLU 384, tied
