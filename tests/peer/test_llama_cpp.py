@@ -12,10 +12,9 @@ The f32 GGUF written by `llmopt convert --to gguf` must load in llama.cpp and gi
   text, with both the f32 and the default f16 KV cache.
 The greedy loop is written here (argmax of llama.cpp's logits), so no sampler settings are involved.
 """
+import llama_cpp  # pinned in requirements.txt: a missing module must fail, not skip
 import numpy as np
 import pytest
-
-llama_cpp = pytest.importorskip("llama_cpp")  # must be installed: see requirements.txt
 
 LOGIT_TOL = 1e-3
 N_PREDICT = 64
