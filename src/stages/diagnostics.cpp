@@ -48,7 +48,9 @@ std::string closest_match(const std::string& word, const std::vector<std::string
   std::string best;
   size_t best_distance = limit + 1;
   for (const auto& c : candidates) {
-    const size_t d = edit_distance(word, c);
+    // A word that is the start of a candidate ('llama' for 'llamacpp') is a likely abbreviation.
+    const bool prefix = word.size() >= 3 && c.size() > word.size() && c.compare(0, word.size(), word) == 0;
+    const size_t d = prefix ? 1 : edit_distance(word, c);
     if (d < best_distance) {
       best_distance = d;
       best = c;

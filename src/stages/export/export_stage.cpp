@@ -14,6 +14,10 @@ namespace llmopt::stages {
 void ExportStage::validate(const ModelState& state) const {
   LLMOPT_CHECK_INPUT(state.has_model(), "[export] no model to export");
   for (const auto& f : o_.formats) {
+    // llama2.c checkpoints hold float32 weights only (its int8 v2 format comes with quantization).
+    if (f == "llama2c")
+      LLMOPT_CHECK_INPUT(o_.dtype == "f32", "[export] formats: llama2c is written as f32 only, but "
+                         "dtype is {}; export llama2c in a stage of its own with dtype: f32", o_.dtype);
     if (f == "gguf")
       LLMOPT_CHECK_INPUT(state.tokenizer != nullptr,
                          "[export] gguf needs a tokenizer; set model.tokenizer in the recipe");
