@@ -10,6 +10,7 @@ The f32 GGUF written by `llmopt convert --to gguf` must load in llama.cpp and gi
   (measured 0.0102), so that configuration is only checked for identical greedy output;
 - the same greedy continuation (64 tokens from "Once upon a time") as `llmopt generate`, ids and
   text, with both the f32 and the default f16 KV cache.
+The 17M model's GGUF export (GPT-2 byte-level BPE vocabulary) is also run: ids and logits.
 The greedy loop is written here (argmax of llama.cpp's logits), so no sampler settings are involved.
 """
 import llama_cpp  # pinned in requirements.txt: a missing module must fail, not skip
@@ -98,3 +99,33 @@ def test_greedy_generation_matches(llmopt, stories_gguf, kv_cache):
     assert ours["ids"][: len(generated)] == generated
     assert len(ours["ids"]) in (len(generated), len(generated) + 1)  # llmopt may list the EOS
     assert ours["text"] == text
+
+
+def test_17m_gguf_runs_in_llama_cpp(llmopt, hf17m, shared, tmp_path):
+    """The 17M model's GGUF export (GPT-2 BPE vocab, tokenizer.ggml.pre) in llama.cpp: the same ids
+    for the first 20 kB of tinystories_val.txt (no BOS: the GPT-2 vocab adds none) and the same
+    logits within 1e-3 (f32 KV cache, as above)."""
+    from conftest import utf8_prefix
+
+    gguf_path = tmp_path / "17m-f32.gguf"
+    llmopt.run("convert", hf17m, gguf_path, "--to", "gguf", "--type", "f32")
+    llm = load_llama(gguf_path, "f32")
+
+    text = utf8_prefix((shared / "text" / "tinystories_val.txt").read_bytes(), 20_000)
+    cut = tmp_path / "tinystories-20k.txt"
+    cut.write_bytes(text)
+    ours = llmopt.json("tokenize", gguf_path, "--file", cut, "--json", "--no-bos")["ids"]
+    theirs = llm.tokenize(text, add_bos=False, special=False)
+    print(f"17M GGUF tokenizer: llmopt {len(ours)} ids, llama.cpp {len(theirs)} ids")
+    assert ours == theirs
+
+    prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside"
+    result = llmopt.logits(gguf_path, tmp_path, "--text", prompt)
+    ids = result["ids"]
+    mine = np.array([p["logits"] for p in result["positions"]], dtype=np.float64)
+    llm.reset()
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)], dtype=np.float64)
+    diff = np.abs(mine - theirs).max()
+    print(f"17M GGUF in llama.cpp: {len(ids)} positions x {mine.shape[1]}, max |diff| = {diff:.3g}")
+    assert diff <= LOGIT_TOL
