@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End-to-end checks of the CLI contract (DESIGN.md): exit codes, error messages naming the file,
+# JSON keys, and a synth -> convert -> eval -> bench chain on a tiny model.
+set -uo pipefail
+BIN=${LLMOPT_BIN:?LLMOPT_BIN must point at the llmopt binary}
+SHARED=${LLMOPT_SHARED:-$(dirname "$0")/../../../shared}
+export LLMOPT_THREADS=1
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+pass=0
+fail=0
+check() {  # check NAME EXPECTED_RC PATTERN -- command...
+  local name=$1 want=$2 pattern=$3
+  shift 4
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [[ $rc -ne $want ]] || ! grep -qE -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: rc=$rc (want $want), output did not match /$pattern/:"
+    echo "$out" | head -20
+    fail=$((fail + 1))
+  else
+    echo "ok   $name"
+    pass=$((pass + 1))
+  fi
+}
+
+# Bad input -> exit 2 with the file named.
+check missing-model 2 "nope.gguf" -- "$BIN" info "$TMP/nope.gguf"
+printf 'GGUF\x03\x00\x00\x00' >"$TMP/trunc.gguf"
+check truncated-gguf 2 "trunc.gguf" -- "$BIN" info "$TMP/trunc.gguf"
+check unknown-option 2 "bogus" -- "$BIN" eval "$TMP/x" --data "$TMP/y" --bogus
+check unknown-command 2 "" -- "$BIN" frobnicate
+check bad-protocol 2 "valid: llamacpp" -- "$BIN" eval "$SHARED/models/stories260K/stories260K.llamacpp-f32.gguf" \
+  --data "$SHARED/text/tinystories_val.txt" --protocol nope
+check llama2c-needs-tokenizer 2 "tokenizer" -- "$BIN" generate "$SHARED/models/stories260K/stories260K.bin" --prompt hi
+check bad-threads 2 "LLMOPT_THREADS" -- env LLMOPT_THREADS=abc "$BIN" info "$TMP/nope.gguf"
+
+# A tiny chain: synth (with a real tokenizer) -> info -> convert -> eval -> generate -> bench.
+S="$SHARED/models/stories260K"
+check synth 0 "" -- "$BIN" synth "$TMP/tiny" --preset tiny --tokenizer "$S/tok512.bin" --seed 3
+check info-json 0 '"params"' -- "$BIN" info "$TMP/tiny" --json -
+check convert-gguf 0 "" -- "$BIN" convert "$TMP/tiny" "$TMP/tiny.gguf" --to gguf --type f16
+check info-gguf 0 "F16" -- "$BIN" info "$TMP/tiny.gguf"
+check tokenize-json 0 '"ids":\[1,' -- "$BIN" tokenize "$S/tok512.bin" --text "Once upon a time" --json
+check eval-json 0 '"perplexity"' -- "$BIN" eval "$S/stories260K.bin" --tokenizer "$S/tok512.bin" \
+  --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 4 --json -
+check eval-baseline 0 '"kld_p99"' -- "$BIN" eval "$S/stories260K.llamacpp-Q4_K_M.gguf" --baseline "$S/stories260K.llamacpp-f32.gguf" \
+  --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 4 --json -
+check generate 0 "^Once upon a time, there was a little girl named Lily" -- "$BIN" generate "$S/stories260K.bin" \
+  --tokenizer "$S/tok512.bin" --prompt "Once upon a time" -n 16
+check bench-json 0 '"tg_tok_s"' -- "$BIN" bench "$TMP/tiny" -p 16 -n 8 -r 2 --json -
+check no-half-written 2 "" -- "$BIN" convert "$TMP/tiny" "$TMP/out.gguf" --to gguf --type q9_9
+if [[ -e "$TMP/out.gguf" ]]; then echo "FAIL no-half-written: output exists after a failed convert"; fail=$((fail + 1)); fi
+
+echo "cli: $pass passed, $fail failed"
+[[ $fail -eq 0 ]]
