@@ -114,7 +114,7 @@ TEST_F(RunTest, CacheSkipsAnUnchangedPrefix) {
   ASSERT_EQ(a.exit_code, 0) << a.output;
   // Changing the last stage keeps the first two cached.
   const CommandResult b = run_llmopt("run " + shell_quote((dir_ / "r.yaml").string()) +
-                                     " pipeline.2.dtype=bf16 --out " + shell_quote((dir_ / "second").string()));
+                                     " pipeline.2.basename=renamed --out " + shell_quote((dir_ / "second").string()));
   ASSERT_EQ(b.exit_code, 0) << b.output;
   const json m = read_json(dir_ / "second" / "metrics.json");
   EXPECT_EQ(m["stages"][0]["status"], "cached");
