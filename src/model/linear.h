@@ -31,6 +31,8 @@ class LinearLayer : public torch::nn::Module {
 class DenseLinear : public LinearLayer {
  public:
   DenseLinear(torch::Tensor weight, torch::Tensor bias = {});
+  // Zero weights [out, in] (+ zero bias), to be filled by a loader.
+  DenseLinear(int64_t out_features, int64_t in_features, bool with_bias);
   torch::Tensor forward(const torch::Tensor& x) override;
   int64_t in_features() const override { return weight_.size(1); }
   int64_t out_features() const override { return weight_.size(0); }

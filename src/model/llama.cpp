@@ -74,7 +74,7 @@ struct Backbone : torch::nn::Module {
 };
 
 std::shared_ptr<LinearLayer> zeros_linear(int64_t out, int64_t in, bool bias) {
-  return std::make_shared<DenseLinear>(torch::zeros({out, in}), bias ? torch::zeros({out}) : torch::Tensor());
+  return std::make_shared<DenseLinear>(out, in, bias);
 }
 }  // namespace
 
