@@ -61,8 +61,7 @@ void register_info(CLI::App& app, GlobalOptions& g) {
     io::LoadOptions lo;
     lo.tokenizer_path = tokenizer;
     lo.check_finite = true;
-    if (io::detect_model_format(model) == io::ModelFormat::Llama2c && tokenizer.empty()) lo.tokenizer_path = "";
-    io::Checkpoint ck = load_checkpoint_for_info(model, lo);
+    io::Checkpoint ck = io::load_checkpoint(model, lo);
     const auto& c = ck.config;
     json tensors = json::array();
     json by_dtype = json::object();
@@ -146,7 +145,7 @@ void register_tokenize(CLI::App& app, GlobalOptions& g) {
     auto tk = load_tokenizer_for(model, tokenizer);
     const std::string input = file.empty() ? text : io::read_text_file(file, "tokenize");
     tok::EncodeOptions eo;
-    eo.add_bos = bos ? true : (no_bos ? false : tk->add_bos_default());
+    eo.add_bos = resolve_add_bos(bos, no_bos, *tk);
     eo.parse_special = parse_special;
     auto ids = tk->encode(input, eo);
     if (json_out) {
@@ -240,7 +239,7 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[eval] {}: no tokenizer found (give --tokenizer)", model);
     const std::string text = io::read_text_file(data, "eval");
     tok::EncodeOptions eo;
-    eo.add_bos = bos ? true : (no_bos ? false : lm.tokenizer->add_bos_default());
+    eo.add_bos = resolve_add_bos(bos, no_bos, *lm.tokenizer);
     auto ids32 = lm.tokenizer->encode(text, eo);
     std::vector<int64_t> ids(ids32.begin(), ids32.end());
     po.bos_id = lm.tokenizer->bos_id() >= 0 ? lm.tokenizer->bos_id() : ids.front();
@@ -414,7 +413,7 @@ void register_logits(CLI::App& app, GlobalOptions& g) {
     } else {
       LLMOPT_CHECK_INPUT(!text.empty(), "[logits] give --text or --ids");
       tok::EncodeOptions eo;
-      eo.add_bos = bos ? true : (no_bos ? false : lm.tokenizer->add_bos_default());
+      eo.add_bos = resolve_add_bos(bos, no_bos, *lm.tokenizer);
       auto v = lm.tokenizer->encode(text, eo);
       ids.assign(v.begin(), v.end());
     }

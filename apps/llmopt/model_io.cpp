@@ -18,8 +18,9 @@ double now_s() {
 }
 }  // namespace
 
-io::Checkpoint load_checkpoint_for_info(const std::string& path, const io::LoadOptions& lo) {
-  return io::load_checkpoint(path, lo);
+bool resolve_add_bos(bool force_bos, bool no_bos, const tok::Tokenizer& tk) {
+  LLMOPT_CHECK_INPUT(!(force_bos && no_bos), "[cli] --bos and --no-bos exclude each other");
+  return force_bos ? true : (no_bos ? false : tk.add_bos_default());
 }
 
 std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, const std::string& tokenizer) {
@@ -39,9 +40,6 @@ std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, con
 model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer, bool need_tokenizer) {
   model::ModelLoadOptions mo;
   mo.tokenizer_path = tokenizer;
-  if (!need_tokenizer && tokenizer.empty() && io::detect_model_format(path) == io::ModelFormat::Llama2c) {
-    // Timing and conversion of a llama2.c model work without its tokenizer.
-  }
   auto lm = model::load_model(path, mo);
   lm.model->eval();
   if (need_tokenizer && !lm.tokenizer)

@@ -12,8 +12,8 @@
 
 namespace llmopt::cli {
 
-// Checkpoint for `info` (no torch model is built).
-io::Checkpoint load_checkpoint_for_info(const std::string& path, const io::LoadOptions& lo);
+// --bos / --no-bos / the tokenizer's own default, in that order of precedence.
+bool resolve_add_bos(bool force_bos, bool no_bos, const tok::Tokenizer& tk);
 // A model file's tokenizer, or a tokenizer file given directly as MODEL, or --tokenizer.
 std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, const std::string& tokenizer);
 // Model + tokenizer, in inference mode.

@@ -1,41 +1,14 @@
 #include "model/loader.h"
 
-#include <cstring>
 #include <filesystem>
 #include <unordered_map>
 
 #include "core/error.h"
 #include "core/log.h"
-#include "kernels/quant_formats.h"
+#include "io/checkpoint_tensors.h"
 
 namespace llmopt::model {
 namespace {
-
-// Copies a stored tensor into a new float32 torch tensor of the same shape (dequantizing block
-// formats with the kernels of src/kernels).
-torch::Tensor tensor_to_f32(const io::TensorView& t) {
-  std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
-  auto out = torch::empty(shape, torch::kFloat32);
-  const int64_t n = t.numel();
-  switch (t.dtype) {
-    case DType::F32:
-      LLMOPT_ASSERT(t.nbytes == n * 4);
-      std::memcpy(out.data_ptr<float>(), t.data, static_cast<size_t>(t.nbytes));
-      return out;
-    case DType::F16:
-    case DType::BF16: {
-      auto raw = torch::empty(shape, t.dtype == DType::F16 ? torch::kHalf : torch::kBFloat16);
-      LLMOPT_ASSERT(t.nbytes == n * 2);
-      std::memcpy(raw.data_ptr(), t.data, static_cast<size_t>(t.nbytes));
-      return raw.to(torch::kFloat32);
-    }
-    default:
-      LLMOPT_CHECK_INPUT(dtype_is_block_quantized(t.dtype), "[model] tensor '{}' has unsupported dtype {}",
-                         t.name, dtype_name(t.dtype));
-      kernels::dequantize_row(t.dtype, t.data, out.data_ptr<float>(), n);
-      return out;
-  }
-}
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -60,7 +33,9 @@ std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt) {
     std::vector<int64_t> want = it->second.sizes().vec();
     LLMOPT_CHECK_INPUT(want == t.shape, "[model] {}: tensor '{}' has shape {}, config expects {}", ckpt.path, t.name,
                        shape_str(t.shape), shape_str(want));
-    it->second.copy_(tensor_to_f32(t));
+    // io::tensor_to_f32 converts F16/BF16 and dequantizes block formats (src/kernels).
+    std::vector<float> values = io::tensor_to_f32(t);
+    it->second.copy_(torch::from_blob(values.data(), it->second.sizes(), torch::kFloat32));
     ++assigned;
     params.erase(it);
   }

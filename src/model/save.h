@@ -15,8 +15,8 @@ DType parse_float_type(const std::string& name);           // "f32" | "f16" | "b
 
 // Writes `m` to `out`: a directory for Hf (config.json, model.safetensors, tokenizer.json — the
 // original file copied when tokenizer_file is a tokenizer.json, otherwise exported), a file for
-// Gguf (tokenizer embedded as tokenizer.ggml.*) and Llama2c (legacy fp32 .bin plus
-// `<out>.tokenizer.bin`... see docs). Every file is written atomically. `tk` may be null (no
+// Gguf (tokenizer embedded as tokenizer.ggml.*) and Llama2c (legacy fp32 .bin, plus
+// tokenizer.bin in the same directory). Every file is written atomically. `tk` may be null (no
 // tokenizer is written then; Gguf requires one).
 void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file, ExportFormat fmt,
                 DType type, const std::string& out);
