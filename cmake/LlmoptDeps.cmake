@@ -19,6 +19,17 @@ else()
 endif()
 # Torch's exported flags carry -D_GLIBCXX_USE_CXX11_ABI; keep them on every torch target.
 set(LLMOPT_TORCH_LIBS ${TORCH_LIBRARIES})
+# Torch's headers, behind the headers of our own fmt/spdlog/protobuf: PyPI's libtorch (the CUDA
+# one) ships its own fmt 12 and protobuf in its include folder, which would otherwise shadow the
+# Debian versions we link against (spdlog 1.10 does not compile with fmt 12).
+add_library(llmopt_torch_headers INTERFACE)
+foreach(dep fmt::fmt spdlog::spdlog)
+  get_target_property(_inc ${dep} INTERFACE_INCLUDE_DIRECTORIES)
+  if(_inc)
+    target_include_directories(llmopt_torch_headers SYSTEM INTERFACE ${_inc})
+  endif()
+endforeach()
+target_include_directories(llmopt_torch_headers SYSTEM INTERFACE ${Protobuf_INCLUDE_DIRS} ${TORCH_INCLUDE_DIRS})
 
 if(LLMOPT_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)

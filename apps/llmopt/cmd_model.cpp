@@ -167,7 +167,9 @@ void register_generate(CLI::App& app, GlobalOptions& g) {
   static std::string model, tokenizer, prompt;
   static model::SamplingOptions so;
   static bool no_bos = false, json_out = false;
+  static std::string device = "cpu";
   so.max_new_tokens = 128;
+  add_device_option(cmd, device);
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
   cmd->add_option("--prompt,-p", prompt, "Prompt text")->required();
@@ -180,7 +182,7 @@ void register_generate(CLI::App& app, GlobalOptions& g) {
   cmd->add_flag("--json", json_out, "Print a JSON object (ids, text) instead of streaming text");
   cmd->callback([&g] {
     apply_threads(g);
-    auto lm = load_for_inference(model, tokenizer);
+    auto lm = load_for_inference(model, tokenizer, true, device);
     LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[generate] {}: no tokenizer found (give --tokenizer)", model);
     tok::EncodeOptions eo;
     eo.add_bos = !no_bos;
@@ -217,6 +219,8 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
   static std::string model, tokenizer, data, protocol = "llamacpp", baseline, json_out;
   static int64_t ctx = 512, stride = 0, limit = 0;
   static bool bos = false, no_bos = false;
+  static std::string device = "cpu";
+  add_device_option(cmd, device);
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
   cmd->add_option("--data", data, "Text file")->required();
@@ -235,7 +239,7 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     po.ctx = ctx;
     po.stride = stride;
     po.max_chunks = limit;
-    auto lm = load_for_inference(model, tokenizer);
+    auto lm = load_for_inference(model, tokenizer, true, device);
     LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[eval] {}: no tokenizer found (give --tokenizer)", model);
     const std::string text = io::read_text_file(data, "eval");
     tok::EncodeOptions eo;
@@ -245,7 +249,7 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     po.bos_id = lm.tokenizer->bos_id() >= 0 ? lm.tokenizer->bos_id() : ids.front();
     if (po.protocol == eval::PerplexityProtocol::LlamaCpp && !eo.add_bos) po.bos_id = -1;
     model::LoadedModel base;
-    if (!baseline.empty()) base = load_for_inference(baseline, tokenizer);
+    if (!baseline.empty()) base = load_for_inference(baseline, tokenizer, true, device);
     Progress progress("eval", g.quiet);
     auto r = eval::evaluate_perplexity(*lm.model, ids, po, base.model.get(),
                                        [&](int64_t d, int64_t t) { progress.update(d, t, "chunks"); });
@@ -280,6 +284,8 @@ void register_bench(CLI::App& app, GlobalOptions& g) {
   auto* cmd = app.add_subcommand("bench", "Prefill and decode speed, memory");
   static std::string model, tokenizer, json_out;
   static eval::BenchOptions bo;
+  static std::string device = "cpu";
+  add_device_option(cmd, device);
   bo.prompt_tokens = 128;
   bo.gen_tokens = 64;
   bo.repetitions = 3;
@@ -292,7 +298,7 @@ void register_bench(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--json", json_out, "Write JSON results here ('-' = stdout)");
   cmd->callback([&g] {
     apply_threads(g);
-    auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false);
+    auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false, device);
     Progress progress("bench", g.quiet);
     auto r = eval::run_bench(*lm.model, bo, [&](const std::string& what, int64_t rep, int64_t total) {
       progress.update(rep, total, what);
@@ -386,6 +392,8 @@ void register_logits(CLI::App& app, GlobalOptions& g) {
   static std::string model, tokenizer, text, ids_csv, json_out = "-";
   static bool bos = false, no_bos = false, full = false;
   static int64_t top = 10;
+  static std::string device = "cpu";
+  add_device_option(cmd, device);
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
   auto* t = cmd->add_option("--text", text, "Prompt text");
@@ -398,7 +406,7 @@ void register_logits(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--json", json_out, "Output file ('-' = stdout, the default)");
   cmd->callback([&g] {
     apply_threads(g);
-    auto lm = load_for_inference(model, tokenizer, ids_csv.empty());
+    auto lm = load_for_inference(model, tokenizer, ids_csv.empty(), device);
     std::vector<int64_t> ids;
     if (!ids_csv.empty()) {
       std::stringstream ss(ids_csv);

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "model/device.h"
 
 namespace llmopt::cli {
 namespace fs = std::filesystem;
@@ -37,14 +38,21 @@ std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, con
   return tok::load_tokenizer_file(model);
 }
 
-model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer, bool need_tokenizer) {
+model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
+                                      const std::string& device) {
+  const torch::Device dev = model::parse_device(device);  // before loading: a bad --device fails fast
   model::ModelLoadOptions mo;
   mo.tokenizer_path = tokenizer;
   auto lm = model::load_model(path, mo);
   lm.model->eval();
+  if (!dev.is_cpu()) lm.model->to(dev);
   if (need_tokenizer && !lm.tokenizer)
     throw_input("[model] {}: no tokenizer found with the model (give --tokenizer FILE)", path);
   return lm;
+}
+
+void add_device_option(CLI::App* cmd, std::string& device) {
+  cmd->add_option("--device", device, "Where the model runs: cpu (default), cuda, cuda:N (CUDA builds)");
 }
 
 ModelConfig synth_config(const std::string& preset, const ModelConfig& e) {

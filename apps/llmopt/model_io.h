@@ -1,5 +1,7 @@
 // Helpers shared by the model subcommands: loading with good errors, presets, progress.
 #pragma once
+#include <CLI/CLI.hpp>
+
 #include <memory>
 #include <string>
 
@@ -16,9 +18,11 @@ namespace llmopt::cli {
 bool resolve_add_bos(bool force_bos, bool no_bos, const tok::Tokenizer& tk);
 // A model file's tokenizer, or a tokenizer file given directly as MODEL, or --tokenizer.
 std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, const std::string& tokenizer);
-// Model + tokenizer, in inference mode.
+// Model + tokenizer, in inference mode, moved to `device` ("cpu", "cuda", "cuda:N").
 model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer,
-                                      bool need_tokenizer = true);
+                                      bool need_tokenizer = true, const std::string& device = "cpu");
+// Adds --device to a subcommand that runs a model.
+void add_device_option(CLI::App* cmd, std::string& device);
 // Named shapes for `synth`; explicit options override the preset.
 ModelConfig synth_config(const std::string& preset, const ModelConfig& explicit_opts);
 

@@ -43,7 +43,9 @@ BenchResult run_bench(model::LlamaModel& m, const BenchOptions& o,
       auto prompt = torch::randint(0, V, {1, o.prompt_tokens}, gen, torch::kLong).to(dev);
       cache.length = 0;
       Timer t;
-      auto logits = m.forward(prompt, &cache);
+      // Like llama-bench (and any generator), prefill needs the logits of the last position only.
+      auto hidden = m.forward_hidden(prompt, &cache);
+      auto logits = m.logits_from_hidden(hidden.narrow(1, o.prompt_tokens - 1, 1));
       (void)logits.sum().item<float>();  // synchronize
       if (measured) pp.push_back(static_cast<double>(o.prompt_tokens) / t.seconds());
     }

@@ -37,7 +37,8 @@ std::vector<int64_t> generate(LlamaModel& m, const std::vector<int64_t>& prompt,
   auto dev = m.device();
   auto input = torch::tensor(prompt, torch::kLong).view({1, -1}).to(dev);
   std::vector<int64_t> out;
-  auto logits = m.forward(input, &cache);  // [1, T, V]
+  // Prefill: only the last position's logits are needed to pick the first new token.
+  auto logits = m.logits_from_hidden(m.forward_hidden(input, &cache).narrow(1, input.size(1) - 1, 1));  // [1, 1, V]
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
     const int64_t next = sample_token(logits[0][-1], o, rng);
     out.push_back(next);

@@ -170,7 +170,7 @@ torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* c
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
-  auto x = torch::embedding(embed_tokens_, tokens);  // [B, T, dim]
+  auto x = torch::embedding(embed_tokens_, tokens.to(dev));  // [B, T, dim]
   for (size_t li = 0; li < layers_.size(); ++li) {
     auto& L = *layers_[li];
     auto h = rms_norm(x, L.input_layernorm->weight, cfg_.rms_norm_eps);

@@ -9,5 +9,5 @@ foreach(peer_name transformers tokenizers gguf_package llama_cpp)
     LABELS peer
     SKIP_RETURN_CODE 77
     TIMEOUT 1500
-    ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_SHARED_DIR=${PROJECT_SOURCE_DIR}/../shared")
+    ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_SHARED_DIR=${LLMOPT_SHARED_DIR}")
 endforeach()

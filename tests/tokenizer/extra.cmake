@@ -13,7 +13,7 @@ if(SENTENCEPIECE_FOUND)
     GTest::gtest GTest::gtest_main)
   add_dependencies(test_tokenizer_spm_reference spm_reference_encode)
   target_compile_definitions(test_tokenizer_spm_reference PRIVATE
-    LLMOPT_SHARED_DIR="${PROJECT_SOURCE_DIR}/../shared"
+    LLMOPT_SHARED_DIR="${LLMOPT_SHARED_DIR}"
     LLMOPT_SPM_REFERENCE_ENCODE="$<TARGET_FILE:spm_reference_encode>")
   target_include_directories(test_tokenizer_spm_reference PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   gtest_discover_tests(test_tokenizer_spm_reference DISCOVERY_MODE PRE_TEST
