@@ -31,6 +31,15 @@ foreach(dep fmt::fmt spdlog::spdlog)
 endforeach()
 target_include_directories(llmopt_torch_headers SYSTEM INTERFACE ${Protobuf_INCLUDE_DIRS} ${TORCH_INCLUDE_DIRS})
 
+# libstdc++ first among every binary's shared libraries: PyPI's libtorch_cpu.so exports its own
+# statically linked copy of std::filesystem, which would otherwise interpose on the system's and
+# crash our path handling (seen on the GPU machine with torch 2.11: every test that touched
+# std::filesystem::path segfaulted). Harmless with Debian's libtorch. (Not under sanitizers:
+# their runtime must stay first.)
+if(NOT LLMOPT_SANITIZE)
+  add_link_options("LINKER:--push-state,--no-as-needed,-lstdc++,--pop-state")
+endif()
+
 if(LLMOPT_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   add_link_options(-fsanitize=address,undefined)

@@ -45,7 +45,10 @@ ctest -j8 --output-on-failure -LE "${1:-peer|browser|cli|data}" --timeout 300 > 
 rc=$?
 grep -E "tests passed|tests failed|\(Failed\)|\*\*\*|Not Run" "$OUT/ctest.log" | head -30
 for t in test_cuda test_cuda_data test_model_data; do
-  ./tests/$t > "$OUT/$t.log" 2>&1 || rc=1
+  if ! ./tests/$t > "$OUT/$t.log" 2>&1; then
+    rc=1
+    command -v cuda-gdb > /dev/null && cuda-gdb -batch -ex run -ex bt --args ./tests/$t > "$OUT/$t.bt" 2>&1
+  fi
   echo "-- $t"; grep -E "max |perplexity|PASSED|FAILED|^\[  FAILED" "$OUT/$t.log" | head -12
 done
 echo "== bench (134M shape, F32)"
