@@ -36,8 +36,19 @@ target_include_directories(llmopt_torch_headers SYSTEM INTERFACE ${Protobuf_INCL
 # crash our path handling (seen on the GPU machine with torch 2.11: every test that touched
 # std::filesystem::path segfaulted). Harmless with Debian's libtorch. (Not under sanitizers:
 # their runtime must stay first.)
+# The shared libstdc++ is named by its path: a toolchain whose -lstdc++ finds a static archive
+# first would otherwise leave the references to libtorch's copy.
 if(NOT LLMOPT_SANITIZE)
-  add_link_options("LINKER:--push-state,--no-as-needed,-lstdc++,--pop-state")
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libstdc++.so
+                  OUTPUT_VARIABLE LLMOPT_LIBSTDCXX OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT IS_ABSOLUTE "${LLMOPT_LIBSTDCXX}" OR NOT EXISTS "${LLMOPT_LIBSTDCXX}")
+    find_file(LLMOPT_LIBSTDCXX_SYS libstdc++.so.6 PATHS /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /usr/lib64 /lib64)
+    set(LLMOPT_LIBSTDCXX "${LLMOPT_LIBSTDCXX_SYS}")
+  endif()
+  if(LLMOPT_LIBSTDCXX)
+    add_link_options("LINKER:--push-state,--no-as-needed,${LLMOPT_LIBSTDCXX},--pop-state")
+  endif()
+  message(STATUS "libstdc++ linked first: ${LLMOPT_LIBSTDCXX}")
 endif()
 
 if(LLMOPT_SANITIZE)

@@ -38,10 +38,13 @@ echo "== build"
 start=$(date +%s)
 cmake --build build-cuda -j"$(nproc)" > "$OUT/build.log" 2>&1 || { grep -m20 -A5 "error" "$OUT/build.log"; tail -20 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
+echo "== libstdc++: $(g++ -print-file-name=libstdc++.so) $(g++ -print-file-name=libstdc++.a) LD_PRELOAD=${LD_PRELOAD:-}"
+readelf -d build-cuda/tests/test_model_data | grep NEEDED | head -3
+nm -D build-cuda/tests/test_model_data | grep remove_all
 echo "== tests"
 cd build-cuda
 # Unit tests (CPU paths of a CUDA build, plus label cuda), then the data tests whose files travel.
-ctest -j8 --output-on-failure -LE "${1:-peer|browser|cli|data}" --timeout 300 > "$OUT/ctest.log" 2>&1
+ctest -j14 --output-on-failure -LE "${1:-peer|browser|cli|data}" --timeout 300 > "$OUT/ctest.log" 2>&1
 rc=$?
 grep -E "tests passed|tests failed|\(Failed\)|\*\*\*|Not Run" "$OUT/ctest.log" | head -30
 for t in test_cuda test_cuda_data test_model_data; do
