@@ -262,6 +262,31 @@ void gemv(DType w_type, const void* w, const float* x, const float* bias, float*
   for_row_blocks(n, threads, [&](int64_t r0, int64_t r1) { kernel(w, x, bias, y, r0, r1, k); });
 }
 
+void gemv_rows(DType w_type, const void* w, const float* x, const float* bias, float* y,
+               int64_t r0, int64_t r1, int64_t k) {
+  if (r1 <= r0) return;
+  if (gemv_quant_supports(w_type)) {
+    gemv_quant_rows(w_type, w, x, bias, y, r0, r1, k);
+    return;
+  }
+  if (find_quant_traits(w_type) != nullptr) {
+    auto* f32_kernel = HWY_DYNAMIC_DISPATCH(GemvF32);
+    std::vector<float> decoded(kRowsPerBlock * k);
+    for (int64_t b0 = r0; b0 < r1; b0 += kRowsPerBlock) {
+      const int64_t b1 = std::min(r1, b0 + kRowsPerBlock);
+      for (int64_t r = b0; r < b1; ++r) decode_row(w_type, w, r, k, decoded.data() + (r - b0) * k);
+      f32_kernel(decoded.data(), x, bias ? bias + b0 : nullptr, y + b0, 0, b1 - b0, k);
+    }
+    return;
+  }
+  LLMOPT_CHECK_INPUT(w_type == DType::F32 || w_type == DType::F16 || w_type == DType::BF16,
+                     "[kernels.gemv_rows] weight type {} is not supported", dtype_name(w_type));
+  auto* kernel = w_type == DType::F32   ? HWY_DYNAMIC_DISPATCH(GemvF32)
+                 : w_type == DType::F16 ? HWY_DYNAMIC_DISPATCH(GemvF16)
+                                        : HWY_DYNAMIC_DISPATCH(GemvBf16);
+  kernel(w, x, bias, y, r0, r1, k);
+}
+
 void gemv_batch(DType w_type, const void* w, const float* x, const float* bias, float* y,
                 int64_t m, int64_t n, int64_t k, int num_threads) {
   check_args("gemv_batch", w_type, m, n, k);

@@ -29,6 +29,12 @@ bool gemv_supports(DType w_type);
 void gemv(DType w_type, const void* w, const float* x, const float* bias, float* y, int64_t n,
           int64_t k, int num_threads = 0);
 
+// Rows [r0, r1) of gemv, computed on the calling thread only: for callers that run their own
+// parallel region (the fused decode step of src/model). Each y[r] is bit-identical to gemv's.
+// Arguments are checked as in gemv; 0 <= r0 <= r1 <= n is the caller's responsibility.
+void gemv_rows(DType w_type, const void* w, const float* x, const float* bias, float* y,
+               int64_t r0, int64_t r1, int64_t k);
+
 // Y[m×n] = X[m×k]·W[n×k]ᵀ + bias[n] (bias added to every row), 1 <= m <= kMaxGemvBatch.
 // x and y are row-major with row strides k and n.
 void gemv_batch(DType w_type, const void* w, const float* x, const float* bias, float* y,

@@ -63,4 +63,12 @@ int64_t DenseLinear::storage_bytes() const {
   return weight_.numel() * 4 + (bias_.defined() ? bias_.numel() * 4 : 0);
 }
 
+const void* DenseLinear::gemv_weights(DType* type) const {
+  if (!weight_.device().is_cpu() || weight_.scalar_type() != torch::kFloat32 || !weight_.is_contiguous()) return nullptr;
+  if (bias_.defined() && (!bias_.device().is_cpu() || bias_.scalar_type() != torch::kFloat32 || !bias_.is_contiguous()))
+    return nullptr;
+  *type = DType::F32;
+  return weight_.data_ptr<float>();
+}
+
 }  // namespace llmopt::model

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "core/dtype.h"
+
 namespace llmopt::model {
 
 class LinearLayer : public torch::nn::Module {
@@ -23,6 +25,11 @@ class LinearLayer : public torch::nn::Module {
   virtual torch::Tensor bias() const { return {}; }
   // Bytes this layer's weights occupy in memory in their storage format.
   virtual int64_t storage_bytes() const = 0;
+  // The weight as one GEMV operand for the fused CPU decode step: row-major [out, in] in the
+  // storage type written to *type (any type kernels::gemv accepts), or nullptr when this layer
+  // is not a plain (optionally biased) matrix-vector product on the CPU; the model then takes
+  // the generic path through forward().
+  virtual const void* gemv_weights(DType* type) const { return nullptr; }
 };
 
 // Plain float32 weight [out, in] (+ optional bias [out]) as trainable parameters "weight"/"bias".
@@ -40,6 +47,7 @@ class DenseLinear : public LinearLayer {
   torch::Tensor dense_weight() const override { return weight_; }
   torch::Tensor bias() const override { return bias_; }
   int64_t storage_bytes() const override;
+  const void* gemv_weights(DType* type) const override;
   torch::Tensor& weight() { return weight_; }
 
  private:

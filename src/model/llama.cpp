@@ -4,16 +4,10 @@
 
 #include "core/error.h"
 #include "model/fast_ops.h"
+#include "model/llama_layers.h"
 
 namespace llmopt::model {
 namespace {
-
-// A module holding one named tensor parameter "weight" (embeddings, norms), so that parameter
-// names come out as HF's ("model.norm.weight").
-struct WeightModule : torch::nn::Module {
-  explicit WeightModule(torch::Tensor w) { weight = register_parameter("weight", std::move(w)); }
-  torch::Tensor weight;
-};
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   // x [..., dim]; statistics in f32 as HF's LlamaRMSNorm does.
@@ -53,18 +47,6 @@ torch::Tensor make_inv_freq(const ModelConfig& c) {
 
 }  // namespace
 
-struct Attention : torch::nn::Module {
-  std::shared_ptr<LinearLayer> q_proj, k_proj, v_proj, o_proj;
-};
-struct Mlp : torch::nn::Module {
-  std::shared_ptr<LinearLayer> gate_proj, up_proj, down_proj;
-};
-
-struct LlamaModel::Layer : torch::nn::Module {
-  std::shared_ptr<WeightModule> input_layernorm, post_attention_layernorm;
-  std::shared_ptr<Attention> self_attn;
-  std::shared_ptr<Mlp> mlp;
-};
 
 namespace {
 // Holder for the "model." prefix of HF names.
@@ -132,6 +114,11 @@ KVCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {
 torch::Device LlamaModel::device() const { return embed_tokens_.device(); }
 
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) {
+  // One token with a cache on the CPU, no autograd: the fused decode step (decode_cpu.cpp).
+  if (cache && tokens.dim() == 2 && tokens.size(0) == 1 && tokens.size(1) == 1 && !torch::GradMode::is_enabled() &&
+      embed_tokens_.device().is_cpu() && can_decode_fused(*cache)) {
+    return decode_fused(tokens.to(torch::kCPU).item<int64_t>(), *cache);
+  }
   return logits_from_hidden(forward_hidden(tokens, cache));
 }
 

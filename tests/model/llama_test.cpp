@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "model/fast_ops.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -98,6 +99,35 @@ TEST(Llama, ForwardMatchesFloat64Reference) {
     auto ref = reference_forward(*m, ids);
     const double scale = ref.abs().max().item<double>();
     EXPECT_LT((ours - ref).abs().max().item<double>(), kFp32VsF64Tol * std::max(1.0, scale)) << "bias=" << bias;
+  }
+}
+
+// The fused single-token CPU step (no autograd, one token, a cache: src/model/decode_cpu.cpp)
+// against the float64 reference at every position, for both bias/tied variants and GQA; and
+// bit-identical for 1, 2 and 3 threads (rows and heads are each computed by one thread).
+TEST(Llama, FusedDecodeMatchesFloat64ReferenceAndThreadCounts) {
+  for (bool bias : {false, true}) {
+    auto cfg = small_config(bias);
+    cfg.tie_word_embeddings = bias;
+    auto m = model::synth_model(cfg, 9);
+    torch::NoGradGuard ng;
+    for (auto& p : m->parameters()) p.mul_(10);
+    const std::vector<int64_t> ids = {3, 17, 42, 5, 96, 0, 11, 11, 64};
+    auto ref = reference_forward(*m, ids);
+    const double tol = kFp32VsF64Tol * std::max(1.0, ref.abs().max().item<double>());
+    std::vector<torch::Tensor> by_threads;
+    for (int threads : {1, 2, 3}) {
+      set_threads(threads);
+      auto cache = m->make_cache(1, 16);
+      std::vector<torch::Tensor> rows;
+      for (int64_t id : ids) rows.push_back(m->forward(torch::full({1, 1}, id, torch::kLong), &cache)[0][0]);
+      auto all = torch::stack(rows);
+      EXPECT_LT((all.to(torch::kFloat64) - ref).abs().max().item<double>(), tol) << "bias=" << bias;
+      by_threads.push_back(all);
+    }
+    set_threads(1);
+    EXPECT_TRUE(torch::equal(by_threads[0], by_threads[1])) << "1 vs 2 threads, bias=" << bias;
+    EXPECT_TRUE(torch::equal(by_threads[0], by_threads[2])) << "1 vs 3 threads, bias=" << bias;
   }
 }
 
