@@ -139,7 +139,7 @@ torch::Tensor LlamaModel::decode_fused(int64_t token, KVCache& cache) {
   }
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
 
-  std::vector<float> x(D), xb(D), tmp(D), q(H * hd), k(KV * hd), v(KV * hd), att(H * hd), hb(F), hb2(F);
+  std::vector<float> x(D), tmp(D), q(H * hd), k(KV * hd), v(KV * hd), att(H * hd), hb(F), hb2(F);
   std::vector<float> scores(H * S);
   auto logits = torch::empty({1, 1, V}, torch::kFloat32);
   float* out = logits.data_ptr<float>();
@@ -149,71 +149,70 @@ torch::Tensor LlamaModel::decode_fused(int64_t token, KVCache& cache) {
   const double eps = cfg_.rms_norm_eps;
   const float* final_norm = norm_.data_ptr<float>();
 
+  // Per layer, 5 barriers: after q/k/v, after attention, after o_proj (+ residual), after
+  // gate/up (+ SwiGLU), after down_proj (+ residual). Every thread computes the RMSNorm of the
+  // complete x into its own buffer instead of waiting for one thread to do it.
 #pragma omp parallel num_threads(threads())
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    std::vector<float> xn(D);  // this thread's copy of the normalized x
+    auto add_rows = [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
+    };
     for (int64_t li = 0; li < nl; ++li) {
       const LayerMats& lm = mats[li];
-#pragma omp single
-      rms_norm(x.data(), lm.ln1, xb.data(), D, eps);
-      gemv_slab(lm.m[0], xb.data(), q.data(), t, nt);
-      gemv_slab(lm.m[1], xb.data(), k.data(), t, nt);
-      gemv_slab(lm.m[2], xb.data(), v.data(), t, nt);
+      rms_norm(x.data(), lm.ln1, xn.data(), D, eps);
+      gemv_slab(lm.m[0], xn.data(), q.data(), t, nt);
+      gemv_slab(lm.m[1], xn.data(), k.data(), t, nt);
+      gemv_slab(lm.m[2], xn.data(), v.data(), t, nt);
 #pragma omp barrier
-#pragma omp single
-      {
-        for (int64_t h = 0; h < H; ++h) rope(q.data() + h * hd, cos.data(), sin.data(), hd);
-        for (int64_t h = 0; h < KV; ++h) {
-          rope(k.data() + h * hd, cos.data(), sin.data(), hd);
-          std::copy_n(k.data() + h * hd, hd, kc[li] + (h * cap + pos) * hd);
-          std::copy_n(v.data() + h * hd, hd, vc[li] + (h * cap + pos) * hd);
-        }
-      }
-      for (int64_t h = t; h < H; h += nt) {
-        const float* qh = q.data() + h * hd;
-        const float* K = kc[li] + (h / G) * cap * hd;
-        const float* Vh = vc[li] + (h / G) * cap * hd;
-        float* s = scores.data() + h * S;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < S; ++j) {
-          float dot = 0;
-          for (int64_t d = 0; d < hd; ++d) dot += qh[d] * K[j * hd + d];
-          s[j] = dot * scale;
-          mx = std::max(mx, s[j]);
-        }
-        float sum = 0;
-        for (int64_t j = 0; j < S; ++j) sum += (s[j] = std::exp(s[j] - mx));
-        float* a = att.data() + h * hd;
-        std::fill_n(a, hd, 0.0f);
-        for (int64_t j = 0; j < S; ++j) {
-          const float p = s[j] / sum;
-          for (int64_t d = 0; d < hd; ++d) a[d] += p * Vh[j * hd + d];
+      // Attention by key/value head: RoPE on k, the cache row, then the G query heads sharing it.
+      for (int64_t kh = t; kh < KV; kh += nt) {
+        rope(k.data() + kh * hd, cos.data(), sin.data(), hd);
+        float* K = kc[li] + kh * cap * hd;
+        float* Vh = vc[li] + kh * cap * hd;
+        std::copy_n(k.data() + kh * hd, hd, K + pos * hd);
+        std::copy_n(v.data() + kh * hd, hd, Vh + pos * hd);
+        for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
+          float* qh = q.data() + h * hd;
+          rope(qh, cos.data(), sin.data(), hd);
+          float* s = scores.data() + h * S;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < S; ++j) {
+            float dot = 0;
+            for (int64_t d = 0; d < hd; ++d) dot += qh[d] * K[j * hd + d];
+            s[j] = dot * scale;
+            mx = std::max(mx, s[j]);
+          }
+          float sum = 0;
+          for (int64_t j = 0; j < S; ++j) sum += (s[j] = std::exp(s[j] - mx));
+          float* a = att.data() + h * hd;
+          std::fill_n(a, hd, 0.0f);
+          for (int64_t j = 0; j < S; ++j) {
+            const float p = s[j] / sum;
+            for (int64_t d = 0; d < hd; ++d) a[d] += p * Vh[j * hd + d];
+          }
         }
       }
 #pragma omp barrier
+      int64_t r0, r1;
       gemv_slab(lm.m[3], att.data(), tmp.data(), t, nt);
+      slab(D, t, nt, r0, r1);
+      add_rows(r0, r1);
 #pragma omp barrier
-#pragma omp single
-      {
-        for (int64_t i = 0; i < D; ++i) x[i] = x[i] + tmp[i];
-        rms_norm(x.data(), lm.ln2, xb.data(), D, eps);
-      }
-      gemv_slab(lm.m[4], xb.data(), hb.data(), t, nt);
-      gemv_slab(lm.m[5], xb.data(), hb2.data(), t, nt);
-      {
-        int64_t r0, r1;  // gate and up share the row slabs: SwiGLU on this thread's rows
-        slab(F, t, nt, r0, r1);
-        for (int64_t r = r0; r < r1; ++r) hb[r] = hb[r] / (1.0f + std::exp(-hb[r])) * hb2[r];
-      }
+      rms_norm(x.data(), lm.ln2, xn.data(), D, eps);
+      gemv_slab(lm.m[4], xn.data(), hb.data(), t, nt);
+      gemv_slab(lm.m[5], xn.data(), hb2.data(), t, nt);
+      slab(F, t, nt, r0, r1);  // gate and up share the row slabs: SwiGLU on this thread's rows
+      for (int64_t r = r0; r < r1; ++r) hb[r] = hb[r] / (1.0f + std::exp(-hb[r])) * hb2[r];
 #pragma omp barrier
       gemv_slab(lm.m[6], hb.data(), tmp.data(), t, nt);
+      slab(D, t, nt, r0, r1);
+      add_rows(r0, r1);
 #pragma omp barrier
-#pragma omp single
-      for (int64_t i = 0; i < D; ++i) x[i] = x[i] + tmp[i];
     }
-#pragma omp single
-    rms_norm(x.data(), final_norm, xb.data(), D, eps);
-    gemv_slab(head, xb.data(), out, t, nt);
+    rms_norm(x.data(), final_norm, xn.data(), D, eps);
+    gemv_slab(head, xn.data(), out, t, nt);
   }
   cache.length = S;
   return logits;
