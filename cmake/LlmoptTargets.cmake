@@ -38,5 +38,5 @@ function(llmopt_test name)
   endif()
   gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
     # One thread per test process: ctest -j2 on 2 cores would otherwise oversubscribe them.
-    PROPERTIES LABELS "${T_LABELS}" ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_THREADS=1;OMP_NUM_THREADS=1")
+    PROPERTIES LABELS "${T_LABELS}" ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_THREADS=1;OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1")
 endfunction()

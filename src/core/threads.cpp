@@ -1,5 +1,6 @@
 #include "core/threads.h"
 
+#include <dlfcn.h>
 #include <omp.h>
 
 #include <cstdlib>
@@ -29,6 +30,11 @@ void set_threads(int n) {
   LLMOPT_CHECK_INPUT(n > 0, "[threads] thread count must be positive, got {}", n);
   g_threads = n;
   omp_set_num_threads(n);
+  // libtorch's GEMMs run on OpenBLAS's own thread pool, sized by OPENBLAS_NUM_THREADS or all
+  // cores, not by torch::set_num_threads: keep it at our count too (no-op without OpenBLAS).
+  using SetFn = void (*)(int);
+  static auto* openblas_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (openblas_set != nullptr) openblas_set(n);
 }
 
 int threads() { return g_threads > 0 ? g_threads : default_threads(); }

@@ -5,8 +5,9 @@ namespace llmopt {
 
 // Threads to use when the user did not say: LLMOPT_THREADS if set, else hardware concurrency.
 int default_threads();
-// Sets the thread count for OpenMP (our kernels) and records it; torch layers also call
-// torch::set_num_threads with it (see model/runtime.h).
+// Sets the thread count for OpenMP (our kernels) and for the BLAS library when it is OpenBLAS
+// (found at run time; its own default is every core), and records it; torch layers also call
+// torch::set_num_threads with it.
 void set_threads(int n);
 // The count last set (default_threads() before any call).
 int threads();
