@@ -15,14 +15,23 @@ namespace {
 // and madvise(MADV_HUGEPAGE), which matters where THP is in "madvise" mode): decode streams every
 // weight once per token, and 4 KiB pages cost TLB misses and interrupt hardware prefetching.
 // Zero-filled float32 [rows, cols] in huge-page-advised memory (no temporary copy).
+constexpr size_t kHuge = size_t{2} << 20;
+
+// 2 MiB-aligned memory for `bytes` whose whole 2 MiB pages (only those) are advised as huge: a
+// partial last huge page would be backed by a full 2 MiB and waste up to 2 MiB of RSS per matrix
+// (~140 MB on the 134M benchmark model); the tail stays on 4 KiB pages.
+void* hugepage_alloc(size_t bytes) {
+  void* p = nullptr;
+  if (posix_memalign(&p, kHuge, bytes) != 0) return nullptr;
+  madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
+  return p;
+}
+
 torch::Tensor hugepage_zeros(int64_t rows, int64_t cols) {
   const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
-  constexpr size_t kHuge = size_t{2} << 20;
   if (bytes < kHuge) return torch::zeros({rows, cols});
-  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* p = nullptr;
-  if (posix_memalign(&p, kHuge, rounded) != 0) return torch::zeros({rows, cols});
-  madvise(p, rounded, MADV_HUGEPAGE);
+  void* p = hugepage_alloc(bytes);
+  if (p == nullptr) return torch::zeros({rows, cols});
   std::memset(p, 0, bytes);
   return torch::from_blob(p, {rows, cols}, [](void* q) { std::free(q); }, torch::kFloat32);
 }
@@ -31,12 +40,9 @@ torch::Tensor hugepage_copy(const torch::Tensor& t) {
   if (!t.device().is_cpu()) return t.to(torch::kFloat32).contiguous();
   auto src = t.to(torch::kFloat32).contiguous();
   const size_t bytes = static_cast<size_t>(src.numel()) * sizeof(float);
-  constexpr size_t kHuge = size_t{2} << 20;
   if (bytes < kHuge) return src.clone();
-  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* p = nullptr;
-  if (posix_memalign(&p, kHuge, rounded) != 0) return src.clone();
-  madvise(p, rounded, MADV_HUGEPAGE);
+  void* p = hugepage_alloc(bytes);
+  if (p == nullptr) return src.clone();
   std::memcpy(p, src.data_ptr<float>(), bytes);
   return torch::from_blob(p, src.sizes(), [](void* q) { std::free(q); }, torch::kFloat32);
 }

@@ -1,5 +1,7 @@
 #include "model/loader.h"
 
+#include <malloc.h>
+
 #include <filesystem>
 #include <unordered_map>
 
@@ -71,6 +73,9 @@ LoadedModel load_model(const std::string& path, const ModelLoadOptions& opts) {
           ckpt.tokenizer, static_cast<int32_t>(ckpt.config.vocab_size));
     }
   }  // the checkpoint (and its file mappings) is released here
+  // Conversion temporaries (f16/bf16 -> f32, permutations) are freed by now but stay in malloc's
+  // heap; hand those pages back so that they do not count in the model's resident memory.
+  malloc_trim(0);
   return out;
 }
 
