@@ -12,6 +12,10 @@ function(llmopt_layer name dir)
   target_link_libraries(${name} PUBLIC ${L_DEPS})
   if(L_TORCH)
     llmopt_use_torch(${name})
+    # Torch layers only: Highway's foreach_target kernels re-include themselves per SIMD target.
+    if(LLMOPT_UNITY_BUILD)
+      set_target_properties(${name} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 16)
+    endif()
   endif()
 endfunction()
 

@@ -23,6 +23,7 @@
 #include "model/generate.h"
 #include "model/loader.h"
 #include "model/synth.h"
+#include "pipeline/progress.h"
 
 namespace llmopt::cli {
 namespace {
@@ -250,10 +251,11 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     if (po.protocol == eval::PerplexityProtocol::LlamaCpp && !eo.add_bos) po.bos_id = -1;
     model::LoadedModel base;
     if (!baseline.empty()) base = load_for_inference(baseline, tokenizer, true, device);
-    Progress progress("eval", g.quiet);
+    pipeline::Progress progress(pipeline::Progress::detect(g.quiet));
+    progress.begin_stage("", 0, 0, "eval");
     auto r = eval::evaluate_perplexity(*lm.model, ids, po, base.model.get(),
                                        [&](int64_t d, int64_t t) { progress.update(d, t, "chunks"); });
-    progress.finish();
+    progress.end_stage();
     json j = {{"model", model},          {"data", data},       {"protocol", protocol}, {"ctx", ctx},
               {"perplexity", r.perplexity}, {"nll_mean", r.nll_mean}, {"nll_sd", r.nll_sd},
               {"tokens", r.tokens},      {"chunks", r.chunks}, {"text_tokens", ids.size()},
@@ -299,11 +301,12 @@ void register_bench(CLI::App& app, GlobalOptions& g) {
   cmd->callback([&g] {
     apply_threads(g);
     auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false, device);
-    Progress progress("bench", g.quiet);
+    pipeline::Progress progress(pipeline::Progress::detect(g.quiet));
+    progress.begin_stage("", 0, 0, "bench");
     auto r = eval::run_bench(*lm.model, bo, [&](const std::string& what, int64_t rep, int64_t total) {
       progress.update(rep, total, what);
     });
-    progress.finish();
+    progress.end_stage();
     json j = {{"model", model},
               {"pp_tokens", bo.prompt_tokens},
               {"tg_tokens", bo.gen_tokens},

@@ -1,8 +1,5 @@
 #include "apps/llmopt/model_io.h"
 
-#include <unistd.h>
-
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 
@@ -12,12 +9,6 @@
 
 namespace llmopt::cli {
 namespace fs = std::filesystem;
-
-namespace {
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-}  // namespace
 
 bool resolve_add_bos(bool force_bos, bool no_bos, const tok::Tokenizer& tk) {
   LLMOPT_CHECK_INPUT(!(force_bos && no_bos), "[cli] --bos and --no-bos exclude each other");
@@ -88,37 +79,6 @@ ModelConfig synth_config(const std::string& preset, const ModelConfig& e) {
 void save_model(model::LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file,
                 const std::string& format, DType type, const std::string& out) {
   model::save_model(m, tk, tokenizer_file, model::parse_export_format(format), type, out);
-}
-
-Progress::Progress(std::string label, bool quiet)
-    : label_(std::move(label)), quiet_(quiet), tty_(isatty(2) != 0), start_(now_s()) {}
-
-void Progress::update(int64_t done, int64_t total, const std::string& unit) {
-  if (quiet_) return;
-  const double t = now_s();
-  if (!tty_ && t - last_ < 5.0 && done < total) return;
-  if (tty_ && t - last_ < 0.1 && done < total) return;
-  last_ = t;
-  const double frac = total > 0 ? static_cast<double>(done) / static_cast<double>(total) : 0.0;
-  const double el = t - start_;
-  const double eta = frac > 0 ? el * (1 - frac) / frac : 0;
-  if (tty_) {
-    const int width = 30;
-    const int fill = static_cast<int>(frac * width);
-    std::fprintf(stderr, "\r%s [%.*s%*s] %3.0f%% %lld/%lld %s  %.1fs ETA %.0fs   ", label_.c_str(), fill,
-                 "##############################", width - fill, "", frac * 100, (long long)done, (long long)total,
-                 unit.c_str(), el, eta);
-    drawn_ = true;
-  } else {
-    std::fprintf(stderr, "%s: %lld/%lld %s (%.0f%%, %.1fs elapsed, ETA %.0fs)\n", label_.c_str(), (long long)done,
-                 (long long)total, unit.c_str(), frac * 100, el, eta);
-  }
-  std::fflush(stderr);
-}
-
-void Progress::finish() {
-  if (drawn_) std::fputs("\n", stderr);
-  drawn_ = false;
 }
 
 }  // namespace llmopt::cli

@@ -1,4 +1,4 @@
-// Helpers shared by the model subcommands: loading with good errors, presets, progress.
+// Helpers shared by the model subcommands: loading with good errors, presets, saving.
 #pragma once
 #include <CLI/CLI.hpp>
 
@@ -29,20 +29,5 @@ ModelConfig synth_config(const std::string& preset, const ModelConfig& explicit_
 inline DType parse_float_type(const std::string& s) { return model::parse_float_type(s); }
 void save_model(model::LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file,
                 const std::string& format, DType type, const std::string& out);
-
-// Progress on stderr: a bar redrawn in place on a terminal, otherwise a line every few seconds.
-class Progress {
- public:
-  Progress(std::string label, bool quiet);
-  void update(int64_t done, int64_t total, const std::string& unit);
-  void finish();
-
- private:
-  std::string label_;
-  bool quiet_, tty_;
-  double last_ = -1e9;
-  double start_;
-  bool drawn_ = false;
-};
 
 }  // namespace llmopt::cli
