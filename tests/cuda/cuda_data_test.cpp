@@ -3,27 +3,19 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "eval/perplexity.h"
 #include "model/generate.h"
 #include "model/loader.h"
+#include "../model/stories_reference.h"
 
 namespace llmopt {
 namespace {
 
-const std::string kShared = LLMOPT_SHARED_DIR;
-const std::string kStories = kShared + "/models/stories260K/";
-const std::string kTiny17m = kShared + "/models/tinyllama-bpe-17m";
-
-std::string read_file(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using testref::kStories;
+using testref::kTiny17m;
+using testref::read_file;
 
 model::LoadedModel load_on_gpu(const std::string& path, const std::string& tokenizer = "") {
   model::ModelLoadOptions o;
@@ -36,20 +28,9 @@ model::LoadedModel load_on_gpu(const std::string& path, const std::string& token
 
 TEST(CudaData, Stories260KGreedyMatchesReference) {
   auto lm = load_on_gpu(kStories + "stories260K.bin", kStories + "tok512.bin");
-  const std::string ref_all = read_file(kStories + "REFERENCE.txt");
-  const std::string marker = "greedy: ";
-  auto pos = ref_all.find(marker);
-  ASSERT_NE(pos, std::string::npos);
-  auto end = ref_all.find("\n\n== ", pos);
-  const std::string ref = ref_all.substr(pos + marker.size(), end - pos - marker.size());
-  auto ids32 = lm.tokenizer->encode("Once upon a time", {.add_bos = true});
-  std::vector<int64_t> ids(ids32.begin(), ids32.end());
-  model::SamplingOptions so;
-  so.max_new_tokens = 200;
-  auto out = model::generate(*lm.model, ids, so);
-  std::vector<int32_t> all(ids.begin(), ids.end());
-  all.insert(all.end(), out.begin(), out.end());
-  const std::string text = lm.tokenizer->decode(all);
+  const std::string ref = testref::greedy_reference();
+  ASSERT_FALSE(ref.empty());
+  const std::string text = testref::greedy_text(lm);
   ASSERT_GE(text.size(), 200u);
   const size_t n = std::min(text.size(), ref.size()) - 20;
   EXPECT_EQ(text.substr(0, n), ref.substr(0, n));
@@ -57,28 +38,9 @@ TEST(CudaData, Stories260KGreedyMatchesReference) {
 
 TEST(CudaData, Stories260KNllMatchesReference) {
   auto lm = load_on_gpu(kStories + "stories260K.bin", kStories + "tok512.bin");
-  const std::string text = read_file(kShared + "/text/tinystories_val.txt");
-  double sum = 0;
-  int64_t count = 0;
-  const int64_t target = 10000;
-  torch::NoGradGuard ng;
-  size_t start = 0;
-  while (start < text.size() && count < target) {
-    size_t e = text.find("\n\n", start);
-    if (e == std::string::npos) e = text.size();
-    std::string p = text.substr(start, e - start);
-    start = e + 2;
-    while (!p.empty() && p.front() == '\n') p.erase(p.begin());
-    if (p.empty()) continue;
-    auto ids32 = lm.tokenizer->encode(p, {.add_bos = true});
-    std::vector<int64_t> ids(ids32.begin(), ids32.end());
-    if (ids.size() > 512) ids.resize(512);
-    auto logits = lm.model->forward(torch::tensor(ids, torch::kLong).view({1, -1}))[0].to(torch::kCPU);
-    auto logp = torch::log_softmax(logits, -1);
-    for (size_t i = 0; i + 1 < ids.size() && count < target; ++i, ++count) sum -= logp[i][ids[i + 1]].item<double>();
-  }
-  EXPECT_EQ(count, target);
-  EXPECT_NEAR(sum / count, 1.43033, 0.0005);  // REFERENCE.txt, tolerance from the issue
+  const auto r = testref::paragraph_nll(lm);
+  EXPECT_EQ(r.tokens, 10000);
+  EXPECT_NEAR(r.mean_nll, 1.43033, 0.0005);  // REFERENCE.txt, tolerance from the issue
 }
 
 TEST(CudaData, TinyLlama17MLogitsAndPerplexity) {

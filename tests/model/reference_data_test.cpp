@@ -14,20 +14,15 @@
 #include "eval/perplexity.h"
 #include "model/generate.h"
 #include "model/loader.h"
+#include "stories_reference.h"
 
 namespace llmopt {
 namespace {
 
-const std::string kShared = LLMOPT_SHARED_DIR;
-const std::string kStories = kShared + "/models/stories260K/";
-const std::string kTiny17m = kShared + "/models/tinyllama-bpe-17m";
-
-std::string read_file(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using testref::kShared;
+using testref::kStories;
+using testref::kTiny17m;
+using testref::read_file;
 
 model::LoadedModel load_stories(const std::string& file) {
   model::ModelLoadOptions o;
@@ -46,22 +41,9 @@ torch::Tensor logits_for(model::LlamaModel& m, const std::vector<int64_t>& ids) 
 // reference generated 256 steps from BOS; we compare the overlapping prefix of our output).
 TEST(Stories260KData, GreedyGenerationMatchesReference) {
   auto lm = load_stories("stories260K.bin");
-  const std::string ref_all = read_file(kStories + "REFERENCE.txt");
-  const std::string marker = "greedy: ";
-  auto pos = ref_all.find(marker);
-  ASSERT_NE(pos, std::string::npos);
-  auto end = ref_all.find("\n\n== ", pos);
-  const std::string ref = ref_all.substr(pos + marker.size(), end - pos - marker.size());
-  tok::EncodeOptions eo;
-  eo.add_bos = true;
-  auto ids32 = lm.tokenizer->encode("Once upon a time", eo);
-  std::vector<int64_t> ids(ids32.begin(), ids32.end());
-  model::SamplingOptions so;
-  so.max_new_tokens = 200;
-  auto out = model::generate(*lm.model, ids, so);
-  std::vector<int32_t> all(ids.begin(), ids.end());
-  all.insert(all.end(), out.begin(), out.end());
-  std::string text = lm.tokenizer->decode(all);
+  const std::string ref = testref::greedy_reference();
+  ASSERT_FALSE(ref.empty());
+  const std::string text = testref::greedy_text(lm);
   ASSERT_GE(text.size(), 200u);
   // Compare the common prefix length (ours is 200 tokens, the reference 256 steps).
   const size_t n = std::min(text.size(), ref.size()) - 20;  // last partial token may differ in bytes
@@ -72,17 +54,7 @@ TEST(Stories260KData, GreedyGenerationMatchesReference) {
 // tokenized with BOS and scored from position 0 independently, until 10000 predicted tokens.
 TEST(Stories260KData, NllMatchesReferenceProtocol) {
   auto lm = load_stories("stories260K.bin");
-  const std::string text = read_file(kShared + "/text/tinystories_val.txt");
-  std::vector<std::string> paras;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t e = text.find("\n\n", start);
-    if (e == std::string::npos) e = text.size();
-    std::string p = text.substr(start, e - start);
-    while (!p.empty() && p.front() == '\n') p.erase(p.begin());
-    if (!p.empty()) paras.push_back(p);
-    start = e + 2;
-  }
+  const auto paras = testref::tinystories_paragraphs();
   tok::EncodeOptions eo;
   eo.add_bos = true;
   // First paragraph's ids are given in REFERENCE.txt (first 48).
@@ -92,24 +64,11 @@ TEST(Stories260KData, NllMatchesReferenceProtocol) {
                                       410, 293, 384, 268, 325, 428, 415, 413, 269, 280, 305, 303, 443, 436, 410, 462};
   ASSERT_GE(first.size(), 48u);
   EXPECT_EQ(std::vector<int32_t>(first.begin(), first.begin() + 48), ref48);
-  double sum = 0;
-  int64_t count = 0, used = 0;
-  const int64_t target = 10000;
-  torch::NoGradGuard ng;
-  for (const auto& p : paras) {
-    if (count >= target) break;
-    auto ids32 = lm.tokenizer->encode(p, eo);
-    std::vector<int64_t> ids(ids32.begin(), ids32.end());
-    if (ids.size() > 512) ids.resize(512);
-    auto logp = torch::log_softmax(logits_for(*lm.model, ids), -1);
-    for (size_t i = 0; i + 1 < ids.size() && count < target; ++i, ++count)
-      sum -= logp[i][ids[i + 1]].item<double>();
-    ++used;
-  }
-  EXPECT_EQ(used, 105);
-  EXPECT_EQ(count, target);
+  const auto r = testref::paragraph_nll(lm);
+  EXPECT_EQ(r.paragraphs, 105);
+  EXPECT_EQ(r.tokens, 10000);
   // Tolerance from the issue: ±0.0005 nats/token.
-  EXPECT_NEAR(sum / count, 1.43033, 0.0005);
+  EXPECT_NEAR(r.mean_nll, 1.43033, 0.0005);
 }
 
 // llama.cpp's own converter output must give the same logits as the llama2.c file.
