@@ -415,6 +415,7 @@ json run_sweep_points(Env& env, const Recipe& r, RunDir& parent, const stages::M
     RunDir rd;
     rd.dir = (fs::path(parent.dir) / rel).string();
     rd.label = name;
+    const std::string point_start = iso_time_now();
     try {
       stages::ConfigNode tree = base;
       Diagnostics diag;
@@ -439,6 +440,17 @@ json run_sweep_points(Env& env, const Recipe& r, RunDir& parent, const stages::M
       result["stages"] = o.entries;
       write_json_atomic((fs::path(rd.dir) / "metrics.json").string(),
                         run_metrics(sub, rd.dir, o.status, o.entries));
+      // Each point is a run directory of its own: manifest and reports too (the parent's report
+      // compares the points; this one shows the point's stages and resolved recipe).
+      write_json_atomic((fs::path(rd.dir) / "manifest.json").string(),
+                        build_manifest(env, sub, rd.dir, point_start, iso_time_now(), o.status, false));
+      if (env.options.write_reports && sub.options.output.reports) {
+        try {
+          env.options.write_reports(rd.dir);
+        } catch (const std::exception& e) {
+          log::warn("[pipeline] could not write the reports of {}: {}", rd.dir, e.what());
+        }
+      }
       rd.events->emit({{"event", "run_end"}, {"status", o.status}});
       std::lock_guard<std::mutex> lock(mu);
       if (o.status != "ok" && overall.status == "ok") {

@@ -265,6 +265,11 @@ TEST_F(RunTest, SweepOfFourPointsSharesTheBaseline) {
     EXPECT_TRUE(fs::exists(dir_ / "sweep" / p["dir"].get<std::string>() / "artifacts" / "model.gguf"));
     ASSERT_EQ(p["stages"].size(), 2u);
     EXPECT_GT(p["stages"][1]["metrics"]["perplexity"].get<double>(), 1.0);
+    // Every point is a run directory of its own, with its manifest and reports.
+    const fs::path pd = dir_ / "sweep" / p["dir"].get<std::string>();
+    EXPECT_EQ(read_json(pd / "manifest.json")["run"]["status"], "ok");
+    EXPECT_TRUE(fs::exists(pd / "report.html")) << pd;
+    EXPECT_TRUE(fs::exists(pd / "report.md")) << pd;
   }
   EXPECT_TRUE(names.count("dtype=f16,ctx=64"));
   ASSERT_TRUE(fs::exists(dir_ / "sweep" / "report.html"));
