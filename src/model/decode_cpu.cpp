@@ -87,47 +87,37 @@ struct LayerMats {
 
 }  // namespace
 
-bool LlamaModel::can_decode_fused(const KVCache& cache) {
-  if (cache.k.size() != layers_.size() || cache.v.size() != layers_.size() || cache.length >= cache.capacity)
-    return false;
-  if (!cpu_f32(embed_tokens_) || !cpu_f32(norm_) || !cpu_f32(rope_inv_freq_)) return false;
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    if (!cpu_f32(cache.k[i]) || !cpu_f32(cache.v[i]) || cache.k[i].size(0) != 1) return false;
-    const auto& L = *layers_[i];
-    if (!cpu_f32(L.input_layernorm->weight) || !cpu_f32(L.post_attention_layernorm->weight)) return false;
-    Mat m;
-    for (const LinearLayer* l : {L.self_attn->q_proj.get(), L.self_attn->k_proj.get(), L.self_attn->v_proj.get(),
-                                 L.self_attn->o_proj.get(), L.mlp->gate_proj.get(), L.mlp->up_proj.get(),
-                                 L.mlp->down_proj.get()})
-      if (!as_mat(l, m)) return false;
-  }
-  Mat head;
-  return lm_head_ == nullptr || as_mat(lm_head_.get(), head);
-}
-
-torch::Tensor LlamaModel::decode_fused(int64_t token, KVCache& cache) {
-  const int64_t D = cfg_.hidden_size, H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads;
-  const int64_t hd = cfg_.head_dim, F = cfg_.intermediate_size, V = cfg_.vocab_size, G = H / KV;
-  const int64_t pos = cache.length, S = pos + 1, cap = cache.capacity;
-  LLMOPT_CHECK_INPUT(token >= 0 && token < V, "[model] token id {} out of range for vocab size {}", token, V);
+torch::Tensor LlamaModel::try_decode_fused(int64_t token, KVCache& cache) {
+  // Applicable when the cache, norms and every projection are plain CPU float32 GEMV operands;
+  // the layer list is built in the same pass (undefined result: take the generic path).
   const int64_t nl = static_cast<int64_t>(layers_.size());
-
+  if (static_cast<int64_t>(cache.k.size()) != nl || static_cast<int64_t>(cache.v.size()) != nl ||
+      cache.length >= cache.capacity)
+    return {};
+  if (!cpu_f32(embed_tokens_) || !cpu_f32(norm_) || !cpu_f32(rope_inv_freq_)) return {};
   std::vector<LayerMats> mats(nl);
   for (int64_t i = 0; i < nl; ++i) {
-    auto& L = *layers_[i];
+    if (!cpu_f32(cache.k[i]) || !cpu_f32(cache.v[i]) || cache.k[i].size(0) != 1) return {};
+    const auto& L = *layers_[i];
+    if (!cpu_f32(L.input_layernorm->weight) || !cpu_f32(L.post_attention_layernorm->weight)) return {};
     const LinearLayer* ls[7] = {L.self_attn->q_proj.get(), L.self_attn->k_proj.get(), L.self_attn->v_proj.get(),
                                 L.self_attn->o_proj.get(), L.mlp->gate_proj.get(),     L.mlp->up_proj.get(),
                                 L.mlp->down_proj.get()};
-    for (int j = 0; j < 7; ++j) LLMOPT_ASSERT(as_mat(ls[j], mats[i].m[j]), "fused decode: layer lost its GEMV form");
+    for (int j = 0; j < 7; ++j)
+      if (!as_mat(ls[j], mats[i].m[j])) return {};
     mats[i].ln1 = L.input_layernorm->weight.data_ptr<float>();
     mats[i].ln2 = L.post_attention_layernorm->weight.data_ptr<float>();
   }
+  const int64_t D = cfg_.hidden_size, H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads;
+  const int64_t hd = cfg_.head_dim, F = cfg_.intermediate_size, V = cfg_.vocab_size, G = H / KV;
   Mat head;
   if (lm_head_) {
-    LLMOPT_ASSERT(as_mat(lm_head_.get(), head), "fused decode: lm_head lost its GEMV form");
+    if (!as_mat(lm_head_.get(), head)) return {};
   } else {
     head.w = embed_tokens_.data_ptr<float>(), head.n = V, head.k = D;
   }
+  LLMOPT_CHECK_INPUT(token >= 0 && token < V, "[model] token id {} out of range for vocab size {}", token, V);
+  const int64_t pos = cache.length, S = pos + 1, cap = cache.capacity;
 
   // RoPE angles for this position, as the generic path computes them (float products).
   const int64_t half = hd / 2;

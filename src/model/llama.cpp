@@ -116,8 +116,8 @@ torch::Device LlamaModel::device() const { return embed_tokens_.device(); }
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) {
   // One token with a cache on the CPU, no autograd: the fused decode step (decode_cpu.cpp).
   if (cache && tokens.dim() == 2 && tokens.size(0) == 1 && tokens.size(1) == 1 && !torch::GradMode::is_enabled() &&
-      embed_tokens_.device().is_cpu() && can_decode_fused(*cache)) {
-    return decode_fused(tokens.to(torch::kCPU).item<int64_t>(), *cache);
+      embed_tokens_.device().is_cpu() && tokens.device().is_cpu()) {
+    if (auto logits = try_decode_fused(tokens.item<int64_t>(), *cache); logits.defined()) return logits;
   }
   return logits_from_hidden(forward_hidden(tokens, cache));
 }

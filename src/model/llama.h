@@ -52,9 +52,9 @@ class LlamaModel : public torch::nn::Module {
 
  private:
   struct Layer;
-  // Fused single-token CPU step (decode_cpu.cpp): every projection exposes GEMV weights.
-  bool can_decode_fused(const KVCache& cache);
-  torch::Tensor decode_fused(int64_t token, KVCache& cache);
+  // Fused single-token CPU step (decode_cpu.cpp) when the cache, norms and every projection
+  // are plain CPU float32 GEMV operands; an undefined tensor otherwise.
+  torch::Tensor try_decode_fused(int64_t token, KVCache& cache);
   ModelConfig cfg_;
   torch::Tensor embed_tokens_;
   torch::Tensor norm_;

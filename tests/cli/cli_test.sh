@@ -50,6 +50,9 @@ check eval-baseline 0 '"kld_p99"' -- "$BIN" eval "$S/stories260K.llamacpp-Q4_K_M
 check generate 0 "^Once upon a time, there was a little girl named Lily" -- "$BIN" generate "$S/stories260K.bin" \
   --tokenizer "$S/tok512.bin" --prompt "Once upon a time" -n 16
 check bench-json 0 '"tg_tok_s"' -- "$BIN" bench "$TMP/tiny" -p 16 -n 8 -r 2 --json -
+check bad-device 2 "unknown device 'tpu'" -- "$BIN" bench "$TMP/tiny" -p 4 -n 0 -r 1 --device tpu
+check unavailable-device 2 "'cuda:99' requested" -- "$BIN" generate "$S/stories260K.bin" --tokenizer "$S/tok512.bin" \
+  --prompt hi -n 1 --device cuda:99
 check no-half-written 2 "" -- "$BIN" convert "$TMP/tiny" "$TMP/out.gguf" --to gguf --type q9_9
 if [[ -e "$TMP/out.gguf" ]]; then echo "FAIL no-half-written: output exists after a failed convert"; fail=$((fail + 1)); fi
 
