@@ -23,32 +23,13 @@
 #include "model/generate.h"
 #include "model/loader.h"
 #include "model/synth.h"
-#include "pipeline/progress.h"
+#include "core/progress.h"
 
 namespace llmopt::cli {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-void write_json_output(const std::string& path, const json& j) {
-  const std::string text = j.dump(2) + "\n";
-  if (path == "-") {
-    std::fwrite(text.data(), 1, text.size(), stdout);
-  } else {
-    io::write_file_atomic(path, text);
-  }
-}
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  return fmt::format("{:.2f} {}", b, units[u]);
-}
 
 // ---------------------------------------------------------------- info
 void register_info(CLI::App& app, GlobalOptions& g) {
@@ -163,54 +144,20 @@ void register_tokenize(CLI::App& app, GlobalOptions& g) {
 }
 
 // ---------------------------------------------------------------- generate
+// Options and output are shared with llmopt-native (apps/common); this binary runs the torch
+// engine (--engine torch, --device cuda) and the native one when llmopt-native is not installed.
 void register_generate(CLI::App& app, GlobalOptions& g) {
-  auto* cmd = app.add_subcommand("generate", "Generate text from a prompt");
-  static std::string model, tokenizer, prompt;
-  static model::SamplingOptions so;
-  static bool no_bos = false, json_out = false;
-  static std::string device = "cpu";
-  so.max_new_tokens = 128;
-  add_device_option(cmd, device);
-  cmd->add_option("MODEL", model, "Model path")->required();
-  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
-  cmd->add_option("--prompt,-p", prompt, "Prompt text")->required();
-  cmd->add_option("-n,--n-predict", so.max_new_tokens, "Tokens to generate")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--temp", so.temperature, "Temperature (0 = greedy)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-k", so.top_k, "Top-k (0 = off)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-p", so.top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", so.seed, "Sampling seed");
-  cmd->add_flag("--no-bos", no_bos, "Do not add BOS to the prompt");
-  cmd->add_flag("--json", json_out, "Print a JSON object (ids, text) instead of streaming text");
-  cmd->callback([&g] {
+  static GenerateArgs a;
+  add_generate_command(app, a)->callback([&g] {
     apply_threads(g);
-    auto lm = load_for_inference(model, tokenizer, true, device);
-    LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[generate] {}: no tokenizer found (give --tokenizer)", model);
-    tok::EncodeOptions eo;
-    eo.add_bos = !no_bos;
-    auto ids32 = lm.tokenizer->encode(prompt, eo);
-    std::vector<int64_t> ids(ids32.begin(), ids32.end());
-    so.stop_token = lm.tokenizer->eos_id();
-    std::string generated;
-    if (!json_out) {
-      std::fputs(prompt.c_str(), stdout);
-      std::fflush(stdout);
-    }
-    auto out = model::generate(*lm.model, ids, so, [&](int64_t id) {
-      if (id == so.stop_token) return false;
-      const std::string piece = lm.tokenizer->decode_token(static_cast<int32_t>(id));
-      generated += piece;
-      if (!json_out) {
-        std::fputs(piece.c_str(), stdout);
-        std::fflush(stdout);
-      }
-      return true;
-    });
-    if (json_out) {
-      json j = {{"prompt", prompt}, {"prompt_ids", ids}, {"ids", out}, {"text", generated}};
-      std::cout << j.dump() << "\n";
-    } else {
-      std::fputs("\n", stdout);
-    }
+    if (resolve_engine(a.engine, a.device) == Engine::Native) return run_generate_native(a);
+    auto lm = load_for_inference(a.model, a.tokenizer, true, a.device);
+    LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[generate] {}: no tokenizer found (give --tokenizer)", a.model);
+    run_generate(a, *lm.tokenizer,
+                 [&](const std::vector<int64_t>& ids, const infer::SamplingOptions& so,
+                     const std::function<bool(int64_t)>& on_token) {
+                   return model::generate(*lm.model, ids, so, on_token);
+                 });
   });
 }
 
@@ -251,7 +198,7 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     if (po.protocol == eval::PerplexityProtocol::LlamaCpp && !eo.add_bos) po.bos_id = -1;
     model::LoadedModel base;
     if (!baseline.empty()) base = load_for_inference(baseline, tokenizer, true, device);
-    pipeline::Progress progress(pipeline::Progress::detect(g.quiet));
+    Progress progress(Progress::detect(g.quiet));
     progress.begin_stage("", 0, 0, "eval");
     auto r = eval::evaluate_perplexity(*lm.model, ids, po, base.model.get(),
                                        [&](int64_t d, int64_t t) { progress.update(d, t, "chunks"); });
@@ -283,51 +230,18 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
 
 // ---------------------------------------------------------------- bench
 void register_bench(CLI::App& app, GlobalOptions& g) {
-  auto* cmd = app.add_subcommand("bench", "Prefill and decode speed, memory");
-  static std::string model, tokenizer, json_out;
-  static eval::BenchOptions bo;
-  static std::string device = "cpu";
-  add_device_option(cmd, device);
-  bo.prompt_tokens = 128;
-  bo.gen_tokens = 64;
-  bo.repetitions = 3;
-  cmd->add_option("MODEL", model, "Model path")->required();
-  cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (unused for timing)");
-  cmd->add_option("-p,--prompt-tokens", bo.prompt_tokens, "Prefill tokens (0 = skip)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("-n,--gen-tokens", bo.gen_tokens, "Decode tokens (0 = skip)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("-r,--repetitions", bo.repetitions, "Measured repetitions")->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", bo.warmup, "Warm-up repetitions")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--json", json_out, "Write JSON results here ('-' = stdout)");
-  cmd->callback([&g] {
+  static BenchArgs a;
+  add_bench_command(app, a)->callback([&g] {
     apply_threads(g);
-    auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false, device);
-    pipeline::Progress progress(pipeline::Progress::detect(g.quiet));
+    if (resolve_engine(a.engine, a.device) == Engine::Native) return run_bench_native(a, g.quiet);
+    auto lm = load_for_inference(a.model, a.tokenizer, /*need_tokenizer=*/false, a.device);
+    Progress progress(Progress::detect(g.quiet));
     progress.begin_stage("", 0, 0, "bench");
-    auto r = eval::run_bench(*lm.model, bo, [&](const std::string& what, int64_t rep, int64_t total) {
+    auto r = eval::run_bench(*lm.model, a.bo, [&](const std::string& what, int64_t rep, int64_t total) {
       progress.update(rep, total, what);
     });
     progress.end_stage();
-    json j = {{"model", model},
-              {"pp_tokens", bo.prompt_tokens},
-              {"tg_tokens", bo.gen_tokens},
-              {"repetitions", bo.repetitions},
-              {"pp_tok_s", r.pp_tok_s},
-              {"pp_tok_s_sd", r.pp_tok_s_sd},
-              {"tg_tok_s", r.tg_tok_s},
-              {"tg_tok_s_sd", r.tg_tok_s_sd},
-              {"threads", r.threads},
-              {"model_bytes", r.model_bytes},
-              {"kv_cache_bytes", r.kv_cache_bytes},
-              {"peak_rss_bytes", r.peak_rss_bytes}};
-    if (!json_out.empty()) write_json_output(json_out, j);
-    if (json_out != "-") {
-      std::printf("threads %lld  pp%lld %.1f ± %.1f tok/s  tg%lld %.2f ± %.2f tok/s\n", (long long)r.threads,
-                  (long long)bo.prompt_tokens, r.pp_tok_s, r.pp_tok_s_sd, (long long)bo.gen_tokens, r.tg_tok_s,
-                  r.tg_tok_s_sd);
-      std::printf("model %s  kv cache %s  peak RSS %s (%.3f x model+kv)\n", human_bytes(r.model_bytes).c_str(),
-                  human_bytes(r.kv_cache_bytes).c_str(), human_bytes(r.peak_rss_bytes).c_str(),
-                  static_cast<double>(r.peak_rss_bytes) / static_cast<double>(r.model_bytes + r.kv_cache_bytes));
-    }
+    report_bench(a, r);
   });
 }
 

@@ -4,13 +4,9 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
-namespace llmopt::cli {
+#include "apps/common/cli_common.h"  // GlobalOptions and the commands shared with llmopt-native
 
-struct GlobalOptions {
-  int threads = 0;  // 0 = default (LLMOPT_THREADS or all cores)
-  bool quiet = false;
-  int exit_code = 0;
-};
+namespace llmopt::cli {
 
 // info, tokenize, generate, eval, bench, synth, convert (cmd_model.cpp)
 void register_model_commands(CLI::App& app, GlobalOptions& g);

@@ -10,25 +10,6 @@
 namespace llmopt::cli {
 namespace fs = std::filesystem;
 
-bool resolve_add_bos(bool force_bos, bool no_bos, const tok::Tokenizer& tk) {
-  LLMOPT_CHECK_INPUT(!(force_bos && no_bos), "[cli] --bos and --no-bos exclude each other");
-  return force_bos ? true : (no_bos ? false : tk.add_bos_default());
-}
-
-std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, const std::string& tokenizer) {
-  if (!tokenizer.empty()) return tok::load_tokenizer_file(tokenizer);
-  LLMOPT_CHECK_INPUT(fs::exists(model), "[tokenize] {}: no such file or directory", model);
-  if (fs::is_directory(model)) {
-    for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
-      const auto p = fs::path(model) / name;
-      if (fs::exists(p)) return tok::load_tokenizer_file(p.string());
-    }
-    throw_input("[tokenize] {}: directory has no tokenizer.json or tokenizer.model", model);
-  }
-  // A file: GGUF (model or vocab-only), tokenizer.json, tokenizer.model, llama2.c tokenizer.bin.
-  return tok::load_tokenizer_file(model);
-}
-
 model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
                                       const std::string& device) {
   const torch::Device dev = model::parse_device(device);  // before loading: a bad --device fails fast

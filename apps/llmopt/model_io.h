@@ -10,14 +10,11 @@
 #include "io/checkpoint.h"
 #include "model/loader.h"
 #include "model/save.h"
+#include "apps/common/cli_common.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmopt::cli {
 
-// --bos / --no-bos / the tokenizer's own default, in that order of precedence.
-bool resolve_add_bos(bool force_bos, bool no_bos, const tok::Tokenizer& tk);
-// A model file's tokenizer, or a tokenizer file given directly as MODEL, or --tokenizer.
-std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const std::string& model, const std::string& tokenizer);
 // Model + tokenizer, in inference mode, moved to `device` ("cpu", "cuda", "cuda:N").
 model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer,
                                       bool need_tokenizer = true, const std::string& device = "cpu");

@@ -153,21 +153,20 @@ void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_he
   view.data = dst;
 }
 
-std::vector<float> tensor_to_f32(const TensorView& t) {
+void tensor_to_f32_into(const TensorView& t, float* out) {
   const int64_t n = t.numel();
-  std::vector<float> out(static_cast<size_t>(n));
   switch (t.dtype) {
     case DType::F32:
-      std::memcpy(out.data(), t.data, static_cast<size_t>(n) * 4);
+      std::memcpy(out, t.data, static_cast<size_t>(n) * 4);
       break;
     case DType::F16:
     case DType::BF16: {
       std::vector<uint16_t> raw(static_cast<size_t>(n));
       std::memcpy(raw.data(), t.data, static_cast<size_t>(n) * 2);
       if (t.dtype == DType::F16) {
-        kernels::convert_f16_to_f32(raw.data(), out.data(), n);
+        kernels::convert_f16_to_f32(raw.data(), out, n);
       } else {
-        kernels::convert_bf16_to_f32(raw.data(), out.data(), n);
+        kernels::convert_bf16_to_f32(raw.data(), out, n);
       }
       break;
     }
@@ -175,8 +174,13 @@ std::vector<float> tensor_to_f32(const TensorView& t) {
       LLMOPT_CHECK_INPUT(dtype_is_block_quantized(t.dtype),
                          "[io] tensor '{}': converting {} to f32 is not supported", t.name,
                          dtype_name(t.dtype));
-      kernels::dequantize_row(t.dtype, t.data, out.data(), n);
+      kernels::dequantize_row(t.dtype, t.data, out, n);
   }
+}
+
+std::vector<float> tensor_to_f32(const TensorView& t) {
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  tensor_to_f32_into(t, out.data());
   return out;
 }
 

@@ -51,6 +51,8 @@ void permute_view_in_checkpoint(Checkpoint& ckpt, TensorView& view, int64_t n_he
 // Converts a tensor's elements to F32 (from F32/F16/BF16, or block formats dequantized by
 // src/kernels); InputError naming the tensor otherwise.
 std::vector<float> tensor_to_f32(const TensorView& t);
+// The same into `out` (t.numel() floats).
+void tensor_to_f32_into(const TensorView& t, float* out);
 // Bytes of `t` in `out` dtype: a copy when dtypes match, otherwise through F32. Targets: F32, F16,
 // BF16, and block formats with a ggml reference quantizer (rows must be whole blocks).
 std::vector<uint8_t> convert_tensor_bytes(const TensorView& t, DType out);

@@ -4,34 +4,16 @@
 
 namespace llmopt::model {
 
-int64_t sample_token(const torch::Tensor& logits_in, const SamplingOptions& o, torch::Generator& rng) {
-  auto logits = logits_in.to(torch::kCPU, torch::kFloat32).flatten();
-  if (o.temperature <= 0.0) return logits.argmax().item<int64_t>();
-  logits = logits / o.temperature;
-  const int64_t V = logits.size(0);
-  torch::Tensor vals = logits, idx;
-  if (o.top_k > 0 && o.top_k < V) {
-    std::tie(vals, idx) = logits.topk(o.top_k);  // sorted descending
-  } else {
-    std::tie(vals, idx) = logits.sort(/*dim=*/0, /*descending=*/true);
-  }
-  auto probs = torch::softmax(vals, 0);
-  if (o.top_p < 1.0) {
-    // Keep the smallest prefix whose mass reaches top_p (always at least one token).
-    auto cum = probs.cumsum(0);
-    auto keep = (cum - probs) < o.top_p;
-    probs = probs * keep.to(torch::kFloat32);
-    probs = probs / probs.sum();
-  }
-  const int64_t pick = torch::multinomial(probs, 1, false, rng).item<int64_t>();
-  return idx[pick].item<int64_t>();
+int64_t sample_token(const torch::Tensor& logits_in, const SamplingOptions& o, Sampler& sampler) {
+  auto logits = logits_in.to(torch::kCPU, torch::kFloat32).contiguous().flatten();
+  return sampler.sample(logits.data_ptr<float>(), logits.size(0), o);
 }
 
 std::vector<int64_t> generate(LlamaModel& m, const std::vector<int64_t>& prompt, const SamplingOptions& o,
                               const std::function<bool(int64_t)>& on_token) {
   LLMOPT_CHECK_INPUT(!prompt.empty(), "[generate] the prompt is empty (no tokens)");
   torch::NoGradGuard no_grad;
-  auto rng = at::detail::createCPUGenerator(o.seed);
+  Sampler sampler(o.seed);
   const int64_t cap = static_cast<int64_t>(prompt.size()) + o.max_new_tokens;
   auto cache = m.make_cache(1, cap);
   auto dev = m.device();
@@ -40,7 +22,7 @@ std::vector<int64_t> generate(LlamaModel& m, const std::vector<int64_t>& prompt,
   // Prefill: only the last position's logits are needed to pick the first new token.
   auto logits = m.logits_from_hidden(m.forward_hidden(input, &cache).narrow(1, input.size(1) - 1, 1));  // [1, 1, V]
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    const int64_t next = sample_token(logits[0][-1], o, rng);
+    const int64_t next = sample_token(logits[0][-1], o, sampler);
     out.push_back(next);
     if (on_token && !on_token(next)) break;
     if (next == o.stop_token) break;

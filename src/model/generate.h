@@ -4,21 +4,17 @@
 #include <functional>
 #include <vector>
 
+#include "infer/sampling.h"
 #include "model/llama.h"
 
 namespace llmopt::model {
 
-struct SamplingOptions {
-  int64_t max_new_tokens = 64;
-  double temperature = 0.0;  // 0 = greedy
-  int64_t top_k = 0;         // 0 = off
-  double top_p = 1.0;        // 1 = off
-  uint64_t seed = 0;
-  int64_t stop_token = -1;   // e.g. EOS; -1 = none
-};
+// The sampler is the CPU engine's (src/infer), so both engines draw the same tokens.
+using SamplingOptions = infer::SamplingOptions;
+using infer::Sampler;
 
-// Picks the next token from logits [vocab] (f32, CPU). rng state is advanced.
-int64_t sample_token(const torch::Tensor& logits, const SamplingOptions& o, torch::Generator& rng);
+// Picks the next token from logits [vocab] (any device); the sampler's state is advanced.
+int64_t sample_token(const torch::Tensor& logits, const SamplingOptions& o, Sampler& sampler);
 
 // Returns the new tokens (not including the prompt). on_token(id) is called as each is produced;
 // returning false stops early.

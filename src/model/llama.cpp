@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "infer/weights.h"
 #include "model/fast_ops.h"
 #include "model/llama_layers.h"
 
@@ -21,28 +22,9 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
 }
 
-// Inverse frequencies [head_dim/2] with optional Llama-3.1 frequency-dependent scaling.
+// Inverse frequencies [head_dim/2] (Llama-3.1 scaling applied): shared with the CPU engine.
 torch::Tensor make_inv_freq(const ModelConfig& c) {
-  const int64_t half = c.head_dim / 2;
-  std::vector<float> inv(half);
-  for (int64_t i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / static_cast<double>(c.head_dim));
-    if (c.rope_scaling.type == "llama3") {
-      const auto& s = c.rope_scaling;
-      const double old_ctx = static_cast<double>(s.original_max_position_embeddings);
-      const double low_wavelen = old_ctx / s.low_freq_factor;
-      const double high_wavelen = old_ctx / s.high_freq_factor;
-      const double wavelen = 2 * M_PI / f;
-      if (wavelen > low_wavelen) {
-        f = f / s.factor;
-      } else if (wavelen >= high_wavelen) {
-        const double smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        f = (1 - smooth) * f / s.factor + smooth * f;
-      }
-    }
-    inv[i] = static_cast<float>(f);
-  }
-  return torch::tensor(inv, torch::kFloat32);
+  return torch::tensor(infer::rope_inv_freq(c), torch::kFloat32);
 }
 
 }  // namespace

@@ -8,7 +8,7 @@
 #include "io/sha256.h"
 #include "model/loader.h"
 #include "model/save.h"
-#include "pipeline/progress.h"
+#include "core/progress.h"
 #include "pipeline/run_dir.h"
 #include "stages/stage.h"
 #include "train/quickstart.h"

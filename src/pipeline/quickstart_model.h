@@ -10,9 +10,11 @@
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 
-namespace llmopt::pipeline {
-
+namespace llmopt {
 class Progress;
+}  // namespace llmopt
+
+namespace llmopt::pipeline {
 
 struct QuickstartRequest {
   int64_t steps = 0;  // 0 = the builder's default

@@ -25,7 +25,7 @@
 #include "pipeline/cache.h"
 #include "pipeline/events.h"
 #include "pipeline/interrupt.h"
-#include "pipeline/progress.h"
+#include "core/progress.h"
 #include "pipeline/quickstart_model.h"
 
 namespace fs = std::filesystem;

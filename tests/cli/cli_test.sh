@@ -50,6 +50,14 @@ check eval-baseline 0 '"kld_p99"' -- "$BIN" eval "$S/stories260K.llamacpp-Q4_K_M
 check generate 0 "^Once upon a time, there was a little girl named Lily" -- "$BIN" generate "$S/stories260K.bin" \
   --tokenizer "$S/tok512.bin" --prompt "Once upon a time" -n 16
 check bench-json 0 '"tg_tok_s"' -- "$BIN" bench "$TMP/tiny" -p 16 -n 8 -r 2 --json -
+# generate/bench on the CPU run in llmopt-native (no libtorch); --engine torch keeps the torch engine.
+check bench-native 0 '"engine": "native"' -- "$BIN" bench "$TMP/tiny" -p 16 -n 8 -r 1 --json -
+check bench-torch 0 '"engine": "torch"' -- "$BIN" bench "$TMP/tiny" -p 16 -n 8 -r 1 --engine torch --json -
+check generate-torch 0 "^Once upon a time, there was a little girl named Lily" -- "$BIN" generate "$S/stories260K.bin" \
+  --tokenizer "$S/tok512.bin" --prompt "Once upon a time" -n 16 --engine torch
+check bad-engine 2 "unknown --engine 'gpu'" -- "$BIN" bench "$TMP/tiny" -p 4 -n 0 -r 1 --engine gpu
+check native-not-cuda 2 "CPU only" -- "$BIN" bench "$TMP/tiny" -p 4 -n 0 -r 1 --engine native --device cuda
+check native-bad-model 2 "nope.gguf" -- "$BIN" generate "$TMP/nope.gguf" --prompt hi
 check bad-device 2 "unknown device 'tpu'" -- "$BIN" bench "$TMP/tiny" -p 4 -n 0 -r 1 --device tpu
 check unavailable-device 2 "'cuda:99' requested" -- "$BIN" generate "$S/stories260K.bin" --tokenizer "$S/tok512.bin" \
   --prompt hi -n 1 --device cuda:99

@@ -7,6 +7,9 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "infer/generate.h"
+#include "infer/llama_cpu.h"
+#include "model/loader.h"
 #include "model/fast_ops.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -131,6 +134,86 @@ TEST(Llama, FusedDecodeMatchesFloat64ReferenceAndThreadCounts) {
   }
 }
 
+// The torch-free CPU engine (src/infer, what `llmopt generate|bench` run on the CPU) on the same
+// weights, against the float64 reference (the torch engine's forward for Llama-3.1 RoPE scaling):
+// prefill of every prefix, prefill continued from a
+// filled cache, and decode; with GQA, q/k/v biases + tied embeddings, and Llama-3.1 RoPE scaling.
+// Decode is bit-identical for 1, 2 and 3 threads; prefill (OpenBLAS GEMMs) within the tolerance.
+TEST(CpuLlama, PrefillAndDecodeMatchFloat64Reference) {
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    auto cfg = small_config(variant == 1);
+    cfg.tie_word_embeddings = variant == 1;
+    if (variant == 2) {
+      cfg.rope_scaling.type = "llama3";
+      cfg.rope_scaling.factor = 8;
+      cfg.rope_scaling.original_max_position_embeddings = 16;
+      cfg.rope_theta = 500000;
+    }
+    auto m = model::synth_model(cfg, 11 + variant);
+    torch::NoGradGuard ng;
+    for (auto& p : m->parameters()) p.mul_(10);
+    const std::vector<int64_t> ids = {3, 17, 42, 5, 96, 0, 11, 11, 64};
+    const int64_t T = static_cast<int64_t>(ids.size());
+    // The float64 reference knows plain RoPE only; with Llama-3.1 scaling the torch engine's full
+    // forward is the reference (the scaled frequencies themselves: tests/infer/rope_test.cpp).
+    auto ref = variant == 2 ? m->forward(torch::tensor(ids, torch::kLong).view({1, -1}))[0].to(torch::kFloat64)
+                            : reference_forward(*m, ids);
+    const double tol = kFp32VsF64Tol * std::max(1.0, ref.abs().max().item<double>());
+    infer::CpuLlama cl(model::model_to_checkpoint(*m));
+    const int64_t V = cfg.vocab_size;
+    std::vector<float> logits(V);
+    auto diff = [&](int64_t t) {
+      double d = 0;
+      for (int64_t j = 0; j < V; ++j) d = std::max(d, std::fabs(logits[j] - ref[t][j].item<double>()));
+      return d;
+    };
+    std::vector<std::vector<float>> decoded_by_threads;
+    for (int threads : {1, 2, 3}) {
+      set_threads(threads);
+      for (int64_t t = 1; t <= T; ++t) {  // every prefix in one prefill
+        auto cache = cl.make_cache(T);
+        cl.prefill(ids.data(), t, cache, logits.data());
+        EXPECT_LT(diff(t - 1), tol) << "prefill of " << t << " tokens, threads " << threads;
+      }
+      auto cache = cl.make_cache(T);  // 5 tokens, then 3 more on top, then decode the last
+      cl.prefill(ids.data(), 5, cache, logits.data());
+      EXPECT_LT(diff(4), tol);
+      cl.prefill(ids.data() + 5, 3, cache, logits.data());
+      EXPECT_LT(diff(7), tol) << "prefill continued at position 5";
+      cl.decode(ids[8], cache, logits.data());
+      EXPECT_LT(diff(8), tol) << "decode after prefill";
+      auto dcache = cl.make_cache(T);
+      std::vector<float> all;
+      for (int64_t t = 0; t < T; ++t) {
+        cl.decode(ids[t], dcache, logits.data());
+        EXPECT_LT(diff(t), tol) << "decode at " << t;
+        all.insert(all.end(), logits.begin(), logits.end());
+      }
+      decoded_by_threads.push_back(all);
+      EXPECT_THROW(cl.decode(1, dcache, logits.data()), InputError);  // cache full
+    }
+    set_threads(1);
+    EXPECT_EQ(decoded_by_threads[0], decoded_by_threads[1]);
+    EXPECT_EQ(decoded_by_threads[0], decoded_by_threads[2]);
+    auto cache = cl.make_cache(T);
+    const int64_t bad = V;
+    EXPECT_THROW(cl.prefill(&bad, 1, cache, logits.data()), InputError);
+  }
+}
+
+// Both engines sample with infer::Sampler: the same seed gives the same tokens.
+TEST(CpuLlama, SampledGenerationEqualsTorchEngine) {
+  auto m = model::synth_model(small_config(), 5);
+  infer::CpuLlama cl(model::model_to_checkpoint(*m));
+  model::SamplingOptions s;
+  s.temperature = 0.8;
+  s.top_k = 40;
+  s.seed = 42;
+  s.max_new_tokens = 24;
+  EXPECT_EQ(infer::generate(cl, {1, 2, 3}, s), model::generate(*m, {1, 2, 3}, s));
+}
+
 TEST(Llama, KvCacheDecodeEqualsFullForward) {
   auto m = model::synth_model(small_config(), 3);
   torch::NoGradGuard ng;
@@ -177,7 +260,7 @@ TEST(Llama, SetLinearReplacesAndChecksShape) {
 
 TEST(Sampling, GreedyTopKTopPAndSeeds) {
   auto logits = torch::tensor({0.1f, 2.0f, -1.0f, 1.9f, 0.0f});
-  auto rng = at::detail::createCPUGenerator(0);
+  model::Sampler rng(0);
   model::SamplingOptions g;
   EXPECT_EQ(model::sample_token(logits, g, rng), 1);
   model::SamplingOptions k1;

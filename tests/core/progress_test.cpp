@@ -1,9 +1,9 @@
 // The progress line's text (the drawing itself goes to stderr and is not asserted).
 #include <gtest/gtest.h>
 
-#include "pipeline/progress.h"
+#include "core/progress.h"
 
-namespace llmopt::pipeline {
+namespace llmopt {
 namespace {
 
 TEST(Progress, RendersBarRateAndEta) {
@@ -23,4 +23,4 @@ TEST(Progress, HumanUnits) {
 }
 
 }  // namespace
-}  // namespace llmopt::pipeline
+}  // namespace llmopt

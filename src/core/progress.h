@@ -8,7 +8,7 @@
 #include <mutex>
 #include <string>
 
-namespace llmopt::pipeline {
+namespace llmopt {
 
 class Progress {
  public:
@@ -48,4 +48,4 @@ class Progress {
   bool drawn_ = false;
 };
 
-}  // namespace llmopt::pipeline
+}  // namespace llmopt

@@ -1,4 +1,4 @@
-#include "pipeline/progress.h"
+#include "core/progress.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
-namespace llmopt::pipeline {
+namespace llmopt {
 
 Progress::Mode Progress::detect(bool quiet) {
   if (quiet) return Mode::Quiet;
@@ -115,4 +115,4 @@ void Progress::draw_locked(bool force) {
   std::fflush(stderr);
 }
 
-}  // namespace llmopt::pipeline
+}  // namespace llmopt

@@ -1,0 +1,74 @@
+// Torch-free Llama-family inference on the CPU (Llama 1/2/3, Mistral, Qwen2): the engine of
+// `llmopt generate` and `llmopt bench` on the CPU. It holds the weights as one float32 arena in
+// huge-page-advised memory (decode streams every weight once per token), runs prefill as
+// OpenBLAS GEMMs and decode as the fused single-token step of weights.h, and needs nothing but
+// an io::Checkpoint — so the process that runs it does not load libtorch (whose code and
+// registries alone take ~155 MiB of resident memory, more than a fifth of a 134M-parameter model).
+// The math is that of model::LlamaModel (fp32, HF rotate-half RoPE, GQA, SwiGLU, RMSNorm);
+// tests/model/cpu_llama_test.cpp compares the two engines' logits.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "infer/weights.h"
+#include "io/checkpoint.h"
+
+namespace llmopt::infer {
+
+class CpuLlama {
+ public:
+  // Copies (F32) or converts (F16/BF16, dequantized block formats) every tensor of `ckpt` into
+  // the arena: the checkpoint may be dropped afterwards. InputError naming the file for missing
+  // tensors or wrong shapes.
+  explicit CpuLlama(const io::Checkpoint& ckpt);
+  ~CpuLlama();
+  CpuLlama(const CpuLlama&) = delete;
+  CpuLlama& operator=(const CpuLlama&) = delete;
+
+  struct Cache {
+    std::vector<std::vector<float>> k, v;  // per layer [n_kv_heads, capacity, head_dim]
+    int64_t length = 0;                    // positions filled
+    int64_t capacity = 0;
+    int64_t bytes() const;
+  };
+  Cache make_cache(int64_t capacity) const;
+
+  // Appends n ≥ 1 tokens at positions cache.length.. and writes the logits of the last one
+  // (vocab floats). Throws InputError for a token id out of range or a full cache.
+  void prefill(const int64_t* tokens, int64_t n, Cache& cache, float* logits) const;
+  // One token (the fused step): same contract with n = 1.
+  void decode(int64_t token, Cache& cache, float* logits) const;
+
+  const ModelConfig& config() const { return w_.cfg; }
+  const Weights& weights() const { return w_; }
+  // Bytes of the weights as held (float32).
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+ private:
+  Weights w_;
+  std::vector<float> inv_freq_;
+  std::unique_ptr<float, void (*)(void*)> arena_;
+  int64_t weight_bytes_ = 0;
+};
+
+// Memory for `bytes` aligned to 2 MiB whose whole 2 MiB pages are advised as transparent huge
+// pages (the tail stays on 4 KiB pages so a partial huge page is never backed in full); free()
+// releases it. Null when the allocation fails.
+void* hugepage_alloc(size_t bytes);
+
+}  // namespace llmopt::infer
+
+#include "tokenizer/tokenizer.h"
+
+namespace llmopt::infer {
+
+struct LoadedCpuModel {
+  std::unique_ptr<CpuLlama> model;
+  std::unique_ptr<tok::Tokenizer> tokenizer;  // null when none was found with the model
+};
+// Any model io::load_checkpoint reads (HF directory, GGUF, llama2.c; `tokenizer_path` overrides
+// the tokenizer found with it). The file mappings are released before returning.
+LoadedCpuModel load_cpu_model(const std::string& path, const std::string& tokenizer_path = "");
+
+}  // namespace llmopt::infer

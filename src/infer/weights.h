@@ -1,0 +1,64 @@
+// Raw views of a Llama-family model's weights for the torch-free CPU paths: the fused
+// single-token decode step (shared by the torch engine's LlamaModel and by CpuLlama) and
+// CpuLlama's prefill. Nothing here owns memory.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/model_config.h"
+
+namespace llmopt::infer {
+
+// One projection y = W·x + bias with W [n, k] row-major in a kernels::gemv storage type.
+struct Matrix {
+  const void* w = nullptr;
+  DType type = DType::F32;
+  const float* bias = nullptr;  // [n] or null
+  int64_t n = 0, k = 0;
+};
+
+struct LayerWeights {
+  enum { Q, K, V, O, Gate, Up, Down };
+  std::array<Matrix, 7> m;
+  const float* ln1 = nullptr;  // input_layernorm [dim]
+  const float* ln2 = nullptr;  // post_attention_layernorm [dim]
+};
+
+struct Weights {
+  ModelConfig cfg;
+  const float* embed = nullptr;       // [vocab, dim] f32
+  const float* final_norm = nullptr;  // [dim]
+  const float* inv_freq = nullptr;    // [head_dim / 2], rope_inv_freq(cfg)
+  Matrix head;                        // lm_head (the embedding when tied)
+  std::vector<LayerWeights> layers;
+};
+
+// Per-layer key/value cache: k[l], v[l] each [n_kv_heads, capacity, head_dim] f32.
+struct KvSlots {
+  std::vector<float*> k, v;
+  int64_t capacity = 0;
+};
+
+// RoPE inverse frequencies [head_dim / 2], with Llama-3.1 frequency-dependent scaling when the
+// config asks for it (HF's _compute_llama3_parameters).
+std::vector<float> rope_inv_freq(const ModelConfig& c);
+
+// HF rotate-half RoPE on one head of hd values: v*cos + rotate_half(v)*sin, with cos/sin [hd]
+// holding each half's angles twice.
+inline void rope_rotate_half(float* v, const float* cos, const float* sin, int64_t hd) {
+  const int64_t h = hd / 2;
+  for (int64_t i = 0; i < h; ++i) {
+    const float a = v[i], b = v[i + h];
+    v[i] = a * cos[i] + (-b) * sin[i];
+    v[i + h] = b * cos[i] + a * sin[i];
+  }
+}
+
+// One token at position `pos` (the cache holds positions 0..pos-1 and gets this one): writes
+// logits[vocab]. One OpenMP region of llmopt::threads() threads; projections are split into the
+// row slabs of kernels::gemv, so the result is bit-identical for every thread count.
+void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token, float* logits);
+
+}  // namespace llmopt::infer
