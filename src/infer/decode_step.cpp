@@ -1,16 +1,18 @@
 // Fused single-token decode step on the CPU. A decode step is bandwidth-bound (every weight is
 // streamed once per token) and its other work is tiny, so a generic path's ~25 tensor ops and 7
 // separate OpenMP regions per layer cost as much as the weights themselves on 2 cores. Here the
-// whole token runs in one OpenMP region: each projection is split into the same contiguous row
-// slabs as kernels::gemv (so every output is bit-identical for any thread count; handing rows
-// out dynamically instead measured 10% slower: the slabs keep each core on one sequential
-// stream), attention is split by key/value head, and the threads meet at barriers (which spin,
+// whole token runs in one OpenMP region: each projection's rows are split into contiguous static
+// slabs (one sequential stream per core; handing all rows out dynamically measured 10% slower)
+// followed by a small dynamically shared tail (for_rows), every row computed by one thread with
+// the kernels::gemv row kernel (so every output is bit-identical for any thread count),
+// attention is split by key/value head, and the threads meet at barriers (which spin,
 // GOMP_SPINCOUNT) instead of forking and joining. Attention dots, softmax, SwiGLU and RMSNorm
 // use the SIMD primitives of kernels/vec_math.h. tests/model/llama_test.cpp checks it against a
 // float64 reference and across thread counts.
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -23,16 +25,30 @@
 namespace llmopt::infer {
 namespace {
 
-// Rows [r0, r1) of an n-row matrix owned by thread t of nt: contiguous slabs of 16-row blocks.
-void slab(int64_t n, int t, int nt, int64_t& r0, int64_t& r1) {
+// Fraction of each projection's rows handed out at run time (see for_rows). On the 134M
+// benchmark (2 threads) the time spent spinning at barriers goes from 11% (all rows in static
+// slabs) to 5% (0.1) and 3% (0.25); fully dynamic rows measured 10% slower (bench/RESULTS.md).
+constexpr double kTailFraction = 0.1;
+
+// Rows [0, n) of one projection, in 16-row blocks: thread t of nt first runs its contiguous
+// static slab of the first (1 - kTailFraction) of the blocks (one sequential stream per core), then takes
+// the remaining blocks one at a time from the shared counter `next`, so that a thread slowed
+// down (by the other tenants of the memory bus) does not leave the others spinning at the next
+// barrier. fn(r0, r1) is called for each range; every row is computed by exactly one thread.
+template <class Fn>
+void for_rows(int64_t n, int t, int nt, std::atomic<int64_t>& next, Fn&& fn) {
   const int64_t blocks = (n + 15) / 16;
-  r0 = std::min(n, blocks * t / nt * 16);
-  r1 = std::min(n, blocks * (t + 1) / nt * 16);
+  const int64_t fixed = static_cast<int64_t>(static_cast<double>(blocks) * (1.0 - kTailFraction)) / nt * nt;
+  const int64_t r0 = std::min(n, fixed * t / nt * 16), r1 = std::min(n, fixed * (t + 1) / nt * 16);
+  if (r0 < r1) fn(r0, r1);
+  for (;;) {
+    const int64_t b = fixed + next.fetch_add(1, std::memory_order_relaxed);
+    if (b >= blocks) break;
+    fn(b * 16, std::min(n, (b + 1) * 16));
+  }
 }
 
-void gemv_slab(const Matrix& m, const float* x, float* y, int t, int nt) {
-  int64_t r0, r1;
-  slab(m.n, t, nt, r0, r1);
+void gemv_range(const Matrix& m, const float* x, float* y, int64_t r0, int64_t r1) {
   kernels::gemv_rows(m.type, m.w, x, m.bias, y, r0, r1, m.k);
 }
 
@@ -87,20 +103,22 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
 
   // Per layer, 5 barriers: after q/k/v, after attention, after o_proj (+ residual), after
   // gate/up (+ SwiGLU), after down_proj (+ residual). Every thread computes the RMSNorm of the
-  // complete x into its own buffer instead of waiting for one thread to do it.
+  // complete x into its own buffer instead of waiting for one thread to do it. One row counter
+  // per projection phase (for_rows): q, k, v, o, gate+up, down per layer, and the head.
+  enum { kQ, kK, kV, kO, kGateUp, kDown, kPhases };
+  std::vector<std::atomic<int64_t>> next(static_cast<size_t>(nl * kPhases + 1));
 #pragma omp parallel num_threads(threads())
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     std::vector<float> xn(D);  // this thread's copy of the normalized x
-    auto add_rows = [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
-    };
     for (int64_t li = 0; li < nl; ++li) {
       const LayerWeights& lw = w.layers[li];
+      std::atomic<int64_t>* ctr = next.data() + li * kPhases;
       kernels::rms_norm_f32(x.data(), lw.ln1, xn.data(), D, eps);
-      gemv_slab(lw.m[LayerWeights::Q], xn.data(), q.data(), t, nt);
-      gemv_slab(lw.m[LayerWeights::K], xn.data(), k.data(), t, nt);
-      gemv_slab(lw.m[LayerWeights::V], xn.data(), v.data(), t, nt);
+      for (int j : {LayerWeights::Q, LayerWeights::K, LayerWeights::V}) {
+        float* y = j == LayerWeights::Q ? q.data() : j == LayerWeights::K ? k.data() : v.data();
+        for_rows(lw.m[j].n, t, nt, ctr[kQ + j], [&](int64_t r0, int64_t r1) { gemv_range(lw.m[j], xn.data(), y, r0, r1); });
+      }
 #pragma omp barrier
       // Attention by key/value head: RoPE on k, the cache row, then the G query heads sharing it.
       for (int64_t kh = t; kh < KV; kh += nt) {
@@ -121,24 +139,26 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
         }
       }
 #pragma omp barrier
-      int64_t r0, r1;
-      gemv_slab(lw.m[LayerWeights::O], att.data(), tmp.data(), t, nt);
-      slab(D, t, nt, r0, r1);
-      add_rows(r0, r1);
+      for_rows(D, t, nt, ctr[kO], [&](int64_t r0, int64_t r1) {
+        gemv_range(lw.m[LayerWeights::O], att.data(), tmp.data(), r0, r1);
+        for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
+      });
 #pragma omp barrier
       kernels::rms_norm_f32(x.data(), lw.ln2, xn.data(), D, eps);
-      gemv_slab(lw.m[LayerWeights::Gate], xn.data(), hb.data(), t, nt);
-      gemv_slab(lw.m[LayerWeights::Up], xn.data(), hb2.data(), t, nt);
-      slab(F, t, nt, r0, r1);  // gate and up share the row slabs: SwiGLU on this thread's rows
-      kernels::silu_mul_f32(hb.data() + r0, hb2.data() + r0, r1 - r0);
+      for_rows(F, t, nt, ctr[kGateUp], [&](int64_t r0, int64_t r1) {
+        gemv_range(lw.m[LayerWeights::Gate], xn.data(), hb.data(), r0, r1);
+        gemv_range(lw.m[LayerWeights::Up], xn.data(), hb2.data(), r0, r1);
+        kernels::silu_mul_f32(hb.data() + r0, hb2.data() + r0, r1 - r0);
+      });
 #pragma omp barrier
-      gemv_slab(lw.m[LayerWeights::Down], hb.data(), tmp.data(), t, nt);
-      slab(D, t, nt, r0, r1);
-      add_rows(r0, r1);
+      for_rows(D, t, nt, ctr[kDown], [&](int64_t r0, int64_t r1) {
+        gemv_range(lw.m[LayerWeights::Down], hb.data(), tmp.data(), r0, r1);
+        for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
+      });
 #pragma omp barrier
     }
     kernels::rms_norm_f32(x.data(), w.final_norm, xn.data(), D, eps);
-    gemv_slab(w.head, xn.data(), out, t, nt);
+    for_rows(V, t, nt, next[nl * kPhases], [&](int64_t r0, int64_t r1) { gemv_range(w.head, xn.data(), out, r0, r1); });
   }
 }
 
