@@ -10,9 +10,6 @@ find_package(CLI11 CONFIG QUIET)
 find_package(hwy REQUIRED)
 find_package(Protobuf REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
-# OpenBLAS's CBLAS for the torch-free CPU engine's GEMMs (src/infer): the same library libtorch
-# calls through libblas.so.3 here (libopenblas-dev, pthread flavour).
-pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 
 if(LLMOPT_CUDA)
   # Point CMAKE_PREFIX_PATH at a CUDA-enabled libtorch (e.g. torch.utils.cmake_prefix_path).

@@ -22,7 +22,7 @@ echo "== machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --for
 cat /etc/os-release | head -2; g++ --version | head -1; cmake --version | head -1
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 python3 -c 'import torch;print("torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch.compiled_with_cxx11_abi())'
-export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:$R/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}
 export LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu CPATH=$R/usr/include PATH=$R/usr/bin:$PATH
 export PKG_CONFIG_LIBDIR=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig PKG_CONFIG_SYSROOT_DIR=$R
 SHARED=${LLMOPT_SHARED_DIR:-$ROOT/.devdata/shared}
@@ -47,7 +47,7 @@ cd build-cuda
 ctest -j14 --output-on-failure -LE "${1:-peer|browser|cli|data}" --timeout 300 > "$OUT/ctest.log" 2>&1
 rc=$?
 grep -E "tests passed|tests failed|\(Failed\)|\*\*\*|Not Run" "$OUT/ctest.log" | head -30
-for t in test_cuda test_cuda_data test_model_data; do
+for t in test_cuda test_cuda_data test_model_data test_infer_data; do
   if ! ./tests/$t > "$OUT/$t.log" 2>&1; then
     rc=1
     command -v cuda-gdb > /dev/null && cuda-gdb -batch -ex run -ex bt --args ./tests/$t > "$OUT/$t.bt" 2>&1
@@ -57,4 +57,5 @@ done
 echo "== bench (134M shape, F32)"
 ./apps/llmopt/llmopt synth /tmp/b134 --preset bench134m -q > /dev/null
 for d in cuda cpu; do echo "device $d"; ./apps/llmopt/llmopt bench /tmp/b134 --device $d -p 128 -n 128 -r 5 -q; done
+echo "torch engine on the cpu"; ./apps/llmopt/llmopt bench /tmp/b134 --engine torch -p 128 -n 128 -r 5 -q
 exit $rc

@@ -8,7 +8,8 @@ grep -qx '/.devdeps/' .git/info/exclude 2>/dev/null || printf '/.devdeps/\n/.dev
 mkdir -p .devdeps/debs && rm -rf .devdeps/root
 (cd .devdeps/debs && apt-get download libfmt-dev libfmt9 libspdlog-dev libspdlog1.10 nlohmann-json3-dev \
   libyaml-cpp-dev libyaml-cpp0.7 libcli11-dev libhwy-dev libhwy1 libprotobuf-dev libprotobuf32 libprotobuf-lite32 \
-  protobuf-compiler libprotoc32 libpcre2-dev libpcre2-8-0 libgtest-dev libgmock-dev pkgconf pkgconf-bin libpkgconf3)
+  protobuf-compiler libprotoc32 libpcre2-dev libpcre2-8-0 libgtest-dev libgmock-dev pkgconf pkgconf-bin libpkgconf3 \
+  libopenblas0-pthread libgfortran5 libquadmath0)
 S=${LLMOPT_SHARED_DIR:-../shared}
 mkdir -p .devdata/shared/models .devdata/shared/text
 cp -r "$S/models/stories260K" "$S/models/tinyllama-bpe-17m" .devdata/shared/models/

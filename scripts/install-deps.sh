@@ -8,7 +8,7 @@ set -euo pipefail
 # What building llmopt needs (scripts/demo.sh installs only these: `install-deps.sh build`).
 BUILD_PACKAGES=(
   build-essential cmake ninja-build ccache git pkg-config
-  libtorch-dev libopenblas0-pthread libopenblas-dev libgloo-dev
+  libtorch-dev libopenblas0-pthread libgloo-dev
   libhwy-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
   libonnx-dev libprotobuf-dev protobuf-compiler
   libpcre2-dev libcpp-httplib-dev

@@ -1,6 +1,5 @@
 #include "infer/llama_cpu.h"
 
-#include <cblas.h>
 #include <malloc.h>
 #include <sys/mman.h>
 
@@ -13,6 +12,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "infer/blas.h"
 #include "io/checkpoint_tensors.h"
 #include "kernels/gemv.h"
 #include "kernels/vec_math.h"
@@ -30,9 +30,7 @@ constexpr int64_t kParallelElems = int64_t{1} << 20;
 
 // Y[T×n] = X[T×k]·Wᵀ (+ bias): W [n×k] row-major f32.
 void gemm(const Matrix& m, const float* x, float* y, int64_t T) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(m.n),
-              static_cast<int>(m.k), 1.0f, x, static_cast<int>(m.k), static_cast<const float*>(m.w),
-              static_cast<int>(m.k), 0.0f, y, static_cast<int>(m.n));
+  sgemm(true, T, m.n, m.k, 1.0f, x, m.k, static_cast<const float*>(m.w), m.k, 0.0f, y, m.n);
   if (m.bias != nullptr)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t j = 0; j < m.n; ++j) y[t * m.n + j] += m.bias[j];
@@ -196,9 +194,7 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, Cache& cache, float* lo
     for (int64_t h = 0; h < H; ++h) {
       const float* Kh = Kc + (h / G) * cap * hd;
       const float* Vh = Vc + (h / G) * cap * hd;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(S),
-                  static_cast<int>(hd), scale, q.data() + h * hd, static_cast<int>(H * hd), Kh,
-                  static_cast<int>(hd), 0.0f, scores.data(), static_cast<int>(S));
+      sgemm(true, T, S, hd, scale, q.data() + h * hd, H * hd, Kh, hd, 0.0f, scores.data(), S);
 #pragma omp parallel for if (par)
       for (int64_t t = 0; t < T; ++t) {
         float* row = scores.data() + t * S;
@@ -206,9 +202,7 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, Cache& cache, float* lo
         kernels::softmax_f32(row, n);
         std::fill(row + n, row + S, 0.0f);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T), static_cast<int>(hd),
-                  static_cast<int>(S), 1.0f, scores.data(), static_cast<int>(S), Vh, static_cast<int>(hd), 0.0f,
-                  att.data() + h * hd, static_cast<int>(H * hd));
+      sgemm(false, T, hd, S, 1.0f, scores.data(), S, Vh, hd, 0.0f, att.data() + h * hd, H * hd);
     }
     gemm(L.m[LayerWeights::O], att.data(), tmp.data(), T);
     add_residual();
