@@ -124,13 +124,16 @@ torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* c
   // Small prefills on the CPU: torch's element-wise ops on one thread. The GEMMs run on
   // OpenBLAS's own pool whatever torch's count; torch's OpenMP workers spinning between ops steal
   // its cores (134M model, 128 tokens, 2 cores: 565 -> 690 tok/s). Large activations keep all.
+  // Not with MKL (PyPI's libtorch): its GEMMs run on torch's threads, and one thread would cost
+  // them 5x (H100 machine, 16 cores: pp128 ~3000 -> ~500 tok/s).
   struct IntraOpThreads {
     int saved = 0;
     ~IntraOpThreads() {
       if (saved > 0) at::set_num_threads(saved);
     }
   } intra_op;
-  if (dev.is_cpu() && T > 1 && B * T * cfg_.hidden_size <= (int64_t{1} << 20) && at::get_num_threads() > 1) {
+  if (dev.is_cpu() && !at::hasMKL() && T > 1 && B * T * cfg_.hidden_size <= (int64_t{1} << 20) &&
+      at::get_num_threads() > 1) {
     intra_op.saved = at::get_num_threads();
     at::set_num_threads(1);
   }
