@@ -1,11 +1,5 @@
 #include "eval/speed.h"
 
-#include <cmath>
-
-#include "core/memory.h"
-#include "core/threads.h"
-#include "core/timer.h"
-
 namespace llmopt::eval {
 
 BenchResult run_bench(model::LlamaModel& m, const BenchOptions& o,

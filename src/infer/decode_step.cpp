@@ -31,8 +31,8 @@ namespace {
 constexpr double kTailFraction = 0.1;
 
 // Rows [0, n) of one projection, in 16-row blocks: thread t of nt first runs its contiguous
-// static slab of the first (1 - kTailFraction) of the blocks (one sequential stream per core), then takes
-// the remaining blocks one at a time from the shared counter `next`, so that a thread slowed
+// static slab of the first (1 - kTailFraction) of the blocks (one sequential stream per core),
+// then takes the remaining blocks one at a time from the shared counter `next`, so that a thread slowed
 // down (by the other tenants of the memory bus) does not leave the others spinning at the next
 // barrier. fn(r0, r1) is called for each range; every row is computed by exactly one thread.
 template <class Fn>
@@ -86,14 +86,8 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
   LLMOPT_ASSERT(pos >= 0 && pos < kv.capacity, "KV cache full: position {} of capacity {}", pos, kv.capacity);
   const int64_t S = pos + 1, cap = kv.capacity;
 
-  // RoPE angles for this position, as the generic path computes them (float products).
-  const int64_t half = hd / 2;
   std::vector<float> cos(hd), sin(hd);
-  for (int64_t i = 0; i < half; ++i) {
-    const float a = static_cast<float>(pos) * w.inv_freq[i];
-    cos[i] = cos[i + half] = std::cos(a);
-    sin[i] = sin[i + half] = std::sin(a);
-  }
+  rope_angles(w.inv_freq, pos, hd, cos.data(), sin.data());
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const float eps = static_cast<float>(c.rms_norm_eps);
 
@@ -111,6 +105,13 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     std::vector<float> xn(D);  // this thread's copy of the normalized x
+    // x += m·in (o_proj, down_proj): each thread adds the rows it computed.
+    auto add_projection = [&](const Matrix& m, const float* in, std::atomic<int64_t>& ctr) {
+      for_rows(D, t, nt, ctr, [&](int64_t r0, int64_t r1) {
+        gemv_range(m, in, tmp.data(), r0, r1);
+        for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
+      });
+    };
     for (int64_t li = 0; li < nl; ++li) {
       const LayerWeights& lw = w.layers[li];
       std::atomic<int64_t>* ctr = next.data() + li * kPhases;
@@ -139,10 +140,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
         }
       }
 #pragma omp barrier
-      for_rows(D, t, nt, ctr[kO], [&](int64_t r0, int64_t r1) {
-        gemv_range(lw.m[LayerWeights::O], att.data(), tmp.data(), r0, r1);
-        for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
-      });
+      add_projection(lw.m[LayerWeights::O], att.data(), ctr[kO]);
 #pragma omp barrier
       kernels::rms_norm_f32(x.data(), lw.ln2, xn.data(), D, eps);
       for_rows(F, t, nt, ctr[kGateUp], [&](int64_t r0, int64_t r1) {
@@ -151,10 +149,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
         kernels::silu_mul_f32(hb.data() + r0, hb2.data() + r0, r1 - r0);
       });
 #pragma omp barrier
-      for_rows(D, t, nt, ctr[kDown], [&](int64_t r0, int64_t r1) {
-        gemv_range(lw.m[LayerWeights::Down], hb.data(), tmp.data(), r0, r1);
-        for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
-      });
+      add_projection(lw.m[LayerWeights::Down], hb.data(), ctr[kDown]);
 #pragma omp barrier
     }
     kernels::rms_norm_f32(x.data(), w.final_norm, xn.data(), D, eps);

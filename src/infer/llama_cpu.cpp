@@ -10,6 +10,7 @@
 #include <limits>
 #include <new>
 #include <string>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "infer/blas.h"
@@ -50,28 +51,22 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
   const ModelConfig& c = ckpt.config;
   w_.cfg = c;
   // Arena layout: every expected tensor at a 64-byte aligned offset, in the order listed.
-  struct Slot {
-    const io::TensorView* view;
-    int64_t offset;
-  };
-  std::vector<std::pair<std::string, Slot>> slots;
+  std::unordered_map<std::string, int64_t> offset;  // tensor name -> float offset in the arena
   int64_t total = 0;
   io::for_each_expected_tensor(c, [&](const io::ExpectedTensor& e) {
-    const io::TensorView& v = ckpt.get(e.name);
-    slots.push_back({e.name, Slot{&v, total}});
-    weight_bytes_ += v.numel() * 4;
-    total += (v.numel() + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
+    const int64_t n = ckpt.get(e.name).numel();
+    offset[e.name] = total;
+    weight_bytes_ += n * 4;
+    total += (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
   });
-  const size_t bytes = static_cast<size_t>(total) * sizeof(float);
-  arena_.reset(static_cast<float*>(hugepage_alloc(bytes)));
+  arena_.reset(static_cast<float*>(hugepage_alloc(static_cast<size_t>(total) * sizeof(float))));
   if (!arena_) throw std::bad_alloc();
   float* base = arena_.get();
+  for (const auto& [name, off] : offset) io::tensor_to_f32_into(ckpt.get(name), base + off);
   auto at = [&](const std::string& name) -> const float* {
-    for (const auto& [n, s] : slots)
-      if (n == name) return base + s.offset;
-    return nullptr;
+    const auto it = offset.find(name);
+    return it == offset.end() ? nullptr : base + it->second;
   };
-  for (const auto& [name, s] : slots) io::tensor_to_f32_into(*s.view, base + s.offset);
 
   w_.embed = at("model.embed_tokens.weight");
   w_.final_norm = at("model.norm.weight");
@@ -151,15 +146,9 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, Cache& cache, float* lo
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
 
-  // RoPE tables for positions p0..S-1 (float products, as the torch engine computes them).
-  const int64_t half = hd / 2;
+  // RoPE tables for positions p0..S-1.
   std::vector<float> cos(static_cast<size_t>(T * hd)), sin(static_cast<size_t>(T * hd));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const float a = static_cast<float>(p0 + t) * w_.inv_freq[i];
-      cos[t * hd + i] = cos[t * hd + i + half] = std::cos(a);
-      sin[t * hd + i] = sin[t * hd + i + half] = std::sin(a);
-    }
+  for (int64_t t = 0; t < T; ++t) rope_angles(w_.inv_freq, p0 + t, hd, &cos[t * hd], &sin[t * hd]);
 
   std::vector<float> x(T * D), xn(T * D), tmp(T * D), q(T * H * hd), k(T * KV * hd), v(T * KV * hd),
       att(T * H * hd), g(T * F), u(T * F), scores(T * S);

@@ -13,6 +13,7 @@
 
 #include "infer/weights.h"
 #include "io/checkpoint.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmopt::infer {
 
@@ -56,12 +57,6 @@ class CpuLlama {
 // pages (the tail stays on 4 KiB pages so a partial huge page is never backed in full); free()
 // releases it. Null when the allocation fails.
 void* hugepage_alloc(size_t bytes);
-
-}  // namespace llmopt::infer
-
-#include "tokenizer/tokenizer.h"
-
-namespace llmopt::infer {
 
 struct LoadedCpuModel {
   std::unique_ptr<CpuLlama> model;

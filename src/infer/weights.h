@@ -3,6 +3,7 @@
 // CpuLlama's prefill. Nothing here owns memory.
 #pragma once
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -53,6 +54,17 @@ inline void rope_rotate_half(float* v, const float* cos, const float* sin, int64
     const float a = v[i], b = v[i + h];
     v[i] = a * cos[i] + (-b) * sin[i];
     v[i + h] = b * cos[i] + a * sin[i];
+  }
+}
+
+// cos/sin [hd] of position `pos` for rope_rotate_half: angle pos·inv_freq[i] (a float product, as
+// the torch engine computes it) for each half.
+inline void rope_angles(const float* inv_freq, int64_t pos, int64_t hd, float* cos, float* sin) {
+  const int64_t h = hd / 2;
+  for (int64_t i = 0; i < h; ++i) {
+    const float a = static_cast<float>(pos) * inv_freq[i];
+    cos[i] = cos[i + h] = std::cos(a);
+    sin[i] = sin[i + h] = std::sin(a);
   }
 }
 

@@ -1,11 +1,10 @@
 #include "model/linear.h"
 
-#include <sys/mman.h>
-
 #include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
+#include "infer/llama_cpu.h"
 #include "model/fast_ops.h"
 
 namespace llmopt::model {
@@ -17,15 +16,9 @@ namespace {
 // Zero-filled float32 [rows, cols] in huge-page-advised memory (no temporary copy).
 constexpr size_t kHuge = size_t{2} << 20;
 
-// 2 MiB-aligned memory for `bytes` whose whole 2 MiB pages (only those) are advised as huge: a
-// partial last huge page would be backed by a full 2 MiB and waste up to 2 MiB of RSS per matrix
-// (~140 MB on the 134M benchmark model); the tail stays on 4 KiB pages.
-void* hugepage_alloc(size_t bytes) {
-  void* p = nullptr;
-  if (posix_memalign(&p, kHuge, bytes) != 0) return nullptr;
-  madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
-  return p;
-}
+// infer::hugepage_alloc advises only whole 2 MiB pages: a partial last huge page would be backed
+// by a full 2 MiB and waste up to 2 MiB of RSS per matrix (~140 MB on the 134M benchmark model).
+using infer::hugepage_alloc;
 
 torch::Tensor hugepage_zeros(int64_t rows, int64_t cols) {
   const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
