@@ -3,9 +3,12 @@
 # runs every test (unit, data, peer, cli) with ctest -j2. Extra arguments go to ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/build.sh
+# Tests and benchmarks on explicitly: a build dir that scripts/demo.sh configured has them off
+# (its other options, e.g. the unity build, are kept, so nothing already built is rebuilt).
+bash scripts/build.sh -DLLMOPT_BUILD_TESTS=ON -DLLMOPT_BUILD_BENCH=ON
 if [[ "${LLMOPT_SKIP_PEER:-0}" != 1 ]]; then
   bash tests/peer/make-venv.sh >&2
 fi
 cd "${LLMOPT_BUILD_DIR:-build}"
-ctest -j2 --output-on-failure --timeout 1500 "$@"
+# --no-tests=error: a build dir without tests must fail, not pass with nothing run.
+ctest -j2 --output-on-failure --no-tests=error --timeout 1500 "$@"
