@@ -8,6 +8,10 @@ req="$here/requirements.txt"
 [[ -f "$req" ]] || { echo "[peer] no requirements.txt, nothing to do"; exit 0; }
 key=$(sha256sum "$req" | cut -c1-12)
 venv="${LLMOPT_PEER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/llmopt/peer-venv-$key}"
+# One builder at a time (two shells running this at once would delete each other's venv).
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 if [[ ! -f "$venv/.complete" ]]; then
   rm -rf "$venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
@@ -23,3 +27,6 @@ if [[ ! -f "$venv/.complete" ]]; then
 fi
 ln -sfn "$venv" "$here/.venv"
 echo "[peer] venv ready: $venv"
+# llama.cpp's own tools (llama-perplexity, llama-quantize) from the same llama-cpp-python sdist,
+# cached next to the venv; a failed build stops here (set -e) instead of silently skipping tests.
+bash "$here/make-llama-tools.sh" "$venv"
