@@ -30,7 +30,7 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (Qwen2)
-  int64_t sliding_window = 0;   // Mistral; 0 = none (recorded, not applied beyond context)
+  int64_t sliding_window = 0;   // Mistral: query q attends to keys q-W+1..q; 0 = none
   int64_t bos_token_id = 1;
   int64_t eos_token_id = 2;
 

@@ -8,12 +8,9 @@
 #include "core/half.h"
 #include "kernels/convert.h"
 #include "kernels/quant_formats.h"
+#include "io/architecture.h"
 
 namespace llmopt::io {
-
-std::string layer_tensor_name(int64_t layer, const std::string& suffix) {
-  return "model.layers." + std::to_string(layer) + "." + suffix;
-}
 
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
   std::vector<ExpectedTensor> out;
@@ -23,27 +20,7 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
 
 void for_each_expected_tensor(const ModelConfig& c,
                               const std::function<void(const ExpectedTensor&)>& fn) {
-  const int64_t dim = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim,
-                kv_dim = c.kv_dim();
-  fn({"model.embed_tokens.weight", {c.vocab_size, dim}});
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    fn({layer_tensor_name(l, "input_layernorm.weight"), {dim}});
-    fn({layer_tensor_name(l, "self_attn.q_proj.weight"), {q_dim, dim}});
-    fn({layer_tensor_name(l, "self_attn.k_proj.weight"), {kv_dim, dim}});
-    fn({layer_tensor_name(l, "self_attn.v_proj.weight"), {kv_dim, dim}});
-    fn({layer_tensor_name(l, "self_attn.o_proj.weight"), {dim, q_dim}});
-    if (c.attention_bias) {
-      fn({layer_tensor_name(l, "self_attn.q_proj.bias"), {q_dim}});
-      fn({layer_tensor_name(l, "self_attn.k_proj.bias"), {kv_dim}});
-      fn({layer_tensor_name(l, "self_attn.v_proj.bias"), {kv_dim}});
-    }
-    fn({layer_tensor_name(l, "post_attention_layernorm.weight"), {dim}});
-    fn({layer_tensor_name(l, "mlp.gate_proj.weight"), {c.intermediate_size, dim}});
-    fn({layer_tensor_name(l, "mlp.up_proj.weight"), {c.intermediate_size, dim}});
-    fn({layer_tensor_name(l, "mlp.down_proj.weight"), {dim, c.intermediate_size}});
-  }
-  fn({"model.norm.weight", {dim}});
-  if (!c.tie_word_embeddings) fn({"lm_head.weight", {c.vocab_size, dim}});
+  arch::for_each_tensor(c, [&](const arch::TensorInfo& t) { fn({t.hf_name, t.shape}); });
 }
 
 namespace {

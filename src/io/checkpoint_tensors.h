@@ -12,11 +12,8 @@
 
 namespace llmopt::io {
 
-// "model.layers.{layer}.{suffix}".
-std::string layer_tensor_name(int64_t layer, const std::string& suffix);
-
 // Canonical names and shapes every checkpoint of `cfg` must hold (lm_head only when untied,
-// q/k/v biases when attention_bias).
+// q/k/v biases when attention_bias): io/architecture.h's tensor list.
 struct ExpectedTensor {
   std::string name;
   std::vector<int64_t> shape;

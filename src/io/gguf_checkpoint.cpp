@@ -5,39 +5,12 @@
 #include <map>
 
 #include "core/error.h"
+#include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 #include "io/gguf_writer.h"
 
 namespace llmopt::io {
 namespace {
-
-// llama.cpp per-layer tensor names -> HF suffixes under model.layers.N.
-const std::map<std::string, std::string>& layer_name_map() {
-  static const std::map<std::string, std::string> m = {
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},
-      {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"attn_q.bias", "self_attn.q_proj.bias"},
-      {"attn_k.bias", "self_attn.k_proj.bias"},
-      {"attn_v.bias", "self_attn.v_proj.bias"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"},
-  };
-  return m;
-}
-
-const std::map<std::string, std::string>& global_name_map() {
-  static const std::map<std::string, std::string> m = {
-      {"token_embd.weight", "model.embed_tokens.weight"},
-      {"output_norm.weight", "model.norm.weight"},
-      {"output.weight", "lm_head.weight"},
-  };
-  return m;
-}
 
 nlohmann::json value_to_json(const GgufValue& v) {
   switch (v.type) {
@@ -77,29 +50,13 @@ bool starts_with(const std::string& s, const char* prefix) { return s.rfind(pref
 }  // namespace
 
 std::string gguf_to_hf_name(const std::string& g) {
-  if (auto it = global_name_map().find(g); it != global_name_map().end()) return it->second;
-  if (!starts_with(g, "blk.")) return {};
-  const size_t dot = g.find('.', 4);
-  if (dot == std::string::npos || dot == 4) return {};
-  const std::string layer = g.substr(4, dot - 4);
-  for (char c : layer)
-    if (c < '0' || c > '9') return {};
-  if (layer.size() > 1 && layer[0] == '0') return {};
-  auto it = layer_name_map().find(g.substr(dot + 1));
-  if (it == layer_name_map().end()) return {};
-  return "model.layers." + layer + "." + it->second;
+  const auto t = arch::parse_gguf_name(g);
+  return t ? arch::hf_name(t->role, t->layer, t->bias) : std::string();
 }
 
 std::string hf_to_gguf_name(const std::string& h) {
-  for (const auto& [g, hf] : global_name_map())
-    if (hf == h) return g;
-  if (!starts_with(h, "model.layers.")) return {};
-  const size_t start = 13, dot = h.find('.', start);
-  if (dot == std::string::npos) return {};
-  const std::string layer = h.substr(start, dot - start), rest = h.substr(dot + 1);
-  for (const auto& [g, hf] : layer_name_map())
-    if (hf == rest) return "blk." + layer + "." + g;
-  return {};
+  const auto t = arch::parse_hf_name(h);
+  return t ? arch::gguf_name(t->role, t->layer, t->bias) : std::string();
 }
 
 uint32_t gguf_file_type_for(DType t) {
@@ -188,15 +145,15 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
     c.vocab_size = g.get_i64(p + "vocab_size");
   } else if (g.has("tokenizer.ggml.tokens")) {
     c.vocab_size = static_cast<int64_t>(g.get_array_size("tokenizer.ggml.tokens"));
-  } else if (const auto* emb = g.find_tensor("token_embd.weight"); emb && emb->shape.size() == 2) {
+  } else if (const auto* emb = g.find_tensor(io::arch::gguf_name(io::arch::Role::TokenEmbd)); emb && emb->shape.size() == 2) {
     c.vocab_size = emb->shape[0];
   }
   if (g.has("tokenizer.ggml.bos_token_id"))
     c.bos_token_id = g.get_i64("tokenizer.ggml.bos_token_id");
   if (g.has("tokenizer.ggml.eos_token_id"))
     c.eos_token_id = g.get_i64("tokenizer.ggml.eos_token_id");
-  c.tie_word_embeddings = g.find_tensor("output.weight") == nullptr;
-  c.attention_bias = arch == "qwen2" || g.find_tensor("blk.0.attn_q.bias") != nullptr;
+  c.tie_word_embeddings = g.find_tensor(io::arch::gguf_name(io::arch::Role::Output)) == nullptr;
+  c.attention_bias = arch == "qwen2" || g.find_tensor(io::arch::gguf_name(io::arch::Role::AttnQ, 0, true)) != nullptr;
   c.validate(g.path());
 
   nlohmann::json unmapped = nlohmann::json::array();
@@ -223,12 +180,9 @@ Checkpoint gguf_to_checkpoint(const GgufFile& g) {
   // llama.cpp's converter permuted HF q/k rows into the interleaved layout for `llama`; undo it.
   if (arch == "llama") {
     for (auto& v : ckpt.tensors) {
-      const bool is_q =
-          v.name.ends_with("self_attn.q_proj.weight") || v.name.ends_with("self_attn.q_proj.bias");
-      const bool is_k =
-          v.name.ends_with("self_attn.k_proj.weight") || v.name.ends_with("self_attn.k_proj.bias");
-      if (is_q) permute_view_in_checkpoint(ckpt, v, c.num_attention_heads, true);
-      if (is_k) permute_view_in_checkpoint(ckpt, v, c.num_key_value_heads, true);
+      const auto t = io::arch::parse_hf_name(v.name);
+      if (const int64_t heads = t ? io::arch::permute_heads(t->role, c) : 0; heads > 0)
+        permute_view_in_checkpoint(ckpt, v, heads, true);
     }
   }
   ckpt.tokenizer = {TokenizerSource::Kind::Gguf, g.path()};
@@ -258,6 +212,23 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
   LLMOPT_CHECK_INPUT(!c.attention_bias,
                      "[gguf] {}: attention biases are not supported by the llama architecture",
                      path);
+  // 1-D tensors stay F32 (llama.cpp's rule); rows that are not whole blocks of a block format
+  // fall back to F16, as llama-quantize does for such shapes. A 2-D tensor already in a block
+  // format is written as stored: never re-rounded (a quantization stage placed those values).
+  auto target_type = [&](const TensorView& t) {
+    if (t.shape.size() == 1) return DType::F32;
+    if (dtype_is_block_quantized(t.dtype)) return t.dtype;
+    if (dtype_is_block_quantized(out_type) && t.shape.back() % dtype_block_elems(out_type) != 0) return DType::F16;
+    return out_type;
+  };
+  // general.file_type: the type most 2-D weight bytes are stored in.
+  std::map<DType, int64_t> bytes_by_type;
+  for (const auto& t : ckpt.tensors)
+    if (t.shape.size() > 1) bytes_by_type[target_type(t)] += t.numel();
+  DType file_type = out_type;
+  int64_t best = -1;
+  for (const auto& [ty, n] : bytes_by_type)
+    if (n > best) best = n, file_type = ty;
   std::vector<GgufKeyValue> kvs;
   auto u32 = [](int64_t v) { return GgufValue::make_u32(static_cast<uint32_t>(v)); };
   kvs.emplace_back("general.architecture", GgufValue::make_string("llama"));
@@ -276,34 +247,27 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
     kvs.emplace_back("llama.attention.key_length", u32(c.head_dim));
     kvs.emplace_back("llama.attention.value_length", u32(c.head_dim));
   }
-  kvs.emplace_back("general.file_type", u32(gguf_file_type_for(out_type)));
+  kvs.emplace_back("general.file_type", u32(gguf_file_type_for(file_type)));
   kvs.emplace_back("llama.vocab_size", u32(c.vocab_size));
   kvs.emplace_back("llama.rope.dimension_count", u32(c.head_dim));
-  if (dtype_is_block_quantized(out_type)) kvs.emplace_back("general.quantization_version", u32(2));
+  if (dtype_is_block_quantized(file_type)) kvs.emplace_back("general.quantization_version", u32(2));
   for (const auto& kv : extra_kvs) kvs.push_back(kv);
 
   std::vector<std::vector<uint8_t>> buffers;
   buffers.reserve(ckpt.tensors.size() + 1);
   std::vector<GgufOutTensor> tensors;
   for (const auto& t : ckpt.tensors) {
-    if (c.tie_word_embeddings && t.name == "lm_head.weight") continue;
+    if (c.tie_word_embeddings && t.name == arch::hf_name(arch::Role::Output)) continue;
     const std::string name = hf_to_gguf_name(t.name);
     LLMOPT_CHECK_INPUT(!name.empty(), "[gguf] {}: tensor '{}' has no GGUF name", path, t.name);
-    // 1-D tensors stay F32 (llama.cpp's rule); rows that are not whole blocks of a block format
-    // fall back to F16, as llama-quantize does for such shapes.
-    DType target = t.shape.size() == 1 ? DType::F32 : out_type;
-    if (dtype_is_block_quantized(target) && t.dtype != target &&
-        t.shape.back() % dtype_block_elems(target) != 0)
-      target = DType::F16;
+    const DType target = target_type(t);
     std::vector<uint8_t> bytes = convert_tensor_bytes(t, target);
-    const bool is_q = t.name.ends_with("self_attn.q_proj.weight"),
-               is_k = t.name.ends_with("self_attn.k_proj.weight");
-    if (is_q || is_k) {
+    const auto named = arch::parse_hf_name(t.name);
+    if (const int64_t heads = named && !named->bias ? arch::permute_heads(named->role, c) : 0; heads > 0) {
       std::vector<uint8_t> permuted(bytes.size());
       const int64_t rows = t.shape[0];
       permute_rope_rows(bytes.data(), permuted.data(), rows,
-                        static_cast<int64_t>(bytes.size()) / rows,
-                        is_q ? c.num_attention_heads : c.num_key_value_heads, false);
+                        static_cast<int64_t>(bytes.size()) / rows, heads, false);
       bytes = std::move(permuted);
     }
     buffers.push_back(std::move(bytes));

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/byte_reader.h"
+#include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 
 namespace llmopt::io {
@@ -98,29 +99,29 @@ std::vector<Kind> quantized_order(bool shared) {
 std::pair<std::string, std::vector<int64_t>> canonical(Kind k, int64_t l, const Geometry& g) {
   switch (k) {
     case Kind::Embed:
-      return {"model.embed_tokens.weight", {g.vocab, g.dim}};
+      return {arch::hf_name(arch::Role::TokenEmbd), {g.vocab, g.dim}};
     case Kind::Classifier:
-      return {"lm_head.weight", {g.vocab, g.dim}};
+      return {arch::hf_name(arch::Role::Output), {g.vocab, g.dim}};
     case Kind::AttnNorm:
-      return {layer_tensor_name(l, "input_layernorm.weight"), {g.dim}};
+      return {arch::hf_name(arch::Role::AttnNorm, l), {g.dim}};
     case Kind::FfnNorm:
-      return {layer_tensor_name(l, "post_attention_layernorm.weight"), {g.dim}};
+      return {arch::hf_name(arch::Role::FfnNorm, l), {g.dim}};
     case Kind::FinalNorm:
-      return {"model.norm.weight", {g.dim}};
+      return {arch::hf_name(arch::Role::OutputNorm), {g.dim}};
     case Kind::Wq:
-      return {layer_tensor_name(l, "self_attn.q_proj.weight"), {g.dim, g.dim}};
+      return {arch::hf_name(arch::Role::AttnQ, l), {g.dim, g.dim}};
     case Kind::Wk:
-      return {layer_tensor_name(l, "self_attn.k_proj.weight"), {g.kv_dim, g.dim}};
+      return {arch::hf_name(arch::Role::AttnK, l), {g.kv_dim, g.dim}};
     case Kind::Wv:
-      return {layer_tensor_name(l, "self_attn.v_proj.weight"), {g.kv_dim, g.dim}};
+      return {arch::hf_name(arch::Role::AttnV, l), {g.kv_dim, g.dim}};
     case Kind::Wo:
-      return {layer_tensor_name(l, "self_attn.o_proj.weight"), {g.dim, g.dim}};
+      return {arch::hf_name(arch::Role::AttnOut, l), {g.dim, g.dim}};
     case Kind::W1:
-      return {layer_tensor_name(l, "mlp.gate_proj.weight"), {g.hidden, g.dim}};
+      return {arch::hf_name(arch::Role::FfnGate, l), {g.hidden, g.dim}};
     case Kind::W2:
-      return {layer_tensor_name(l, "mlp.down_proj.weight"), {g.dim, g.hidden}};
+      return {arch::hf_name(arch::Role::FfnDown, l), {g.dim, g.hidden}};
     case Kind::W3:
-      return {layer_tensor_name(l, "mlp.up_proj.weight"), {g.hidden, g.dim}};
+      return {arch::hf_name(arch::Role::FfnUp, l), {g.hidden, g.dim}};
     case Kind::FreqCis:
       break;
   }
@@ -320,8 +321,9 @@ Checkpoint llama2c_to_checkpoint(std::shared_ptr<const MappedFile> file) {
   LLMOPT_ASSERT(p == file->data() + file->size(), "llama2c layout walk ended at {} of {}",
                 p - file->data(), file->size());
   for (auto& v : ckpt.tensors) {
-    if (v.name.ends_with("q_proj.weight")) permute_view_in_checkpoint(ckpt, v, g.heads, true);
-    if (v.name.ends_with("k_proj.weight")) permute_view_in_checkpoint(ckpt, v, g.kv_heads, true);
+    const auto t = arch::parse_hf_name(v.name);
+    if (const int64_t heads = t ? arch::permute_heads(t->role, ckpt.config) : 0; heads > 0)
+      permute_view_in_checkpoint(ckpt, v, heads, true);
   }
   validate_checkpoint_tensors(ckpt, "llama2c");
   ckpt.metadata["llama2c_version"] = h.version;
@@ -340,11 +342,11 @@ std::vector<float> llama2c_tensor(const Checkpoint& ckpt, Kind k, int64_t l, con
                      "[llama2c] {}: tensor '{}' does not have the shape the config implies",
                      ckpt.path, name);
   std::vector<float> f = tensor_to_f32(t);
-  if (k == Kind::Wq || k == Kind::Wk) {
+  const auto role = arch::parse_hf_name(name);
+  if (const int64_t heads = role ? arch::permute_heads(role->role, ckpt.config) : 0; heads > 0) {
     std::vector<float> permuted(f.size());
     permute_rope_rows(reinterpret_cast<const uint8_t*>(f.data()),
-                      reinterpret_cast<uint8_t*>(permuted.data()), shape[0], 4 * shape[1],
-                      k == Kind::Wq ? g.heads : g.kv_heads, false);
+                      reinterpret_cast<uint8_t*>(permuted.data()), shape[0], 4 * shape[1], heads, false);
     return permuted;
   }
   return f;

@@ -35,6 +35,8 @@ torch::Tensor LlamaModel::try_decode_fused(int64_t token, KVCache& cache) {
       cache.length >= cache.capacity)
     return {};
   if (!cpu_f32(embed_tokens_) || !cpu_f32(norm_) || !cpu_f32(rope_inv_freq_)) return {};
+  // The fused step attends over the whole cache; past a sliding window, take the masked path.
+  if (cfg_.sliding_window > 0 && cache.length + 1 > cfg_.sliding_window) return {};
   infer::Weights w;
   w.cfg = cfg_;
   w.layers.resize(static_cast<size_t>(nl));
@@ -45,14 +47,11 @@ torch::Tensor LlamaModel::try_decode_fused(int64_t token, KVCache& cache) {
     kv.k.push_back(cache.k[i].data_ptr<float>());
     kv.v.push_back(cache.v[i].data_ptr<float>());
     const auto& L = *layers_[i];
-    if (!cpu_f32(L.input_layernorm->weight) || !cpu_f32(L.post_attention_layernorm->weight)) return {};
-    const LinearLayer* ls[7] = {L.self_attn->q_proj.get(), L.self_attn->k_proj.get(), L.self_attn->v_proj.get(),
-                                L.self_attn->o_proj.get(), L.mlp->gate_proj.get(),     L.mlp->up_proj.get(),
-                                L.mlp->down_proj.get()};
-    for (int j = 0; j < 7; ++j)
-      if (!as_mat(ls[j], w.layers[i].m[j])) return {};
-    w.layers[i].ln1 = L.input_layernorm->weight.data_ptr<float>();
-    w.layers[i].ln2 = L.post_attention_layernorm->weight.data_ptr<float>();
+    if (!cpu_f32(L.attn_norm) || !cpu_f32(L.ffn_norm)) return {};
+    for (size_t j = 0; j < L.proj.size(); ++j)
+      if (!as_mat(L.proj[j].get(), w.layers[i].m[j])) return {};
+    w.layers[i].ln1 = L.attn_norm.data_ptr<float>();
+    w.layers[i].ln2 = L.ffn_norm.data_ptr<float>();
   }
   if (lm_head_) {
     if (!as_mat(lm_head_.get(), w.head)) return {};

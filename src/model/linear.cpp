@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "core/error.h"
 #include "infer/llama_cpu.h"
@@ -68,6 +70,118 @@ const void* DenseLinear::gemv_weights(DType* type) const {
     return nullptr;
   *type = DType::F32;
   return weight_.data_ptr<float>();
+}
+
+LayerState DenseLinear::stored_state() const {
+  LayerState s;
+  s.kind = "dense";
+  s.tensors.push_back(stored_from_tensor("weight", weight_));
+  if (bias_.defined()) s.tensors.push_back(stored_from_tensor("bias", bias_));
+  return s;
+}
+
+std::optional<StoredTensor> DenseLinear::file_weight() const { return stored_from_tensor("weight", weight_); }
+
+// --- stored tensors and the layer factory ---
+
+const StoredTensor* LayerState::find(const std::string& name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const StoredTensor& LayerState::get(const std::string& name, const std::string& where) const {
+  const StoredTensor* t = find(name);
+  if (t == nullptr) {
+    std::string have;
+    for (const auto& x : tensors) have += (have.empty() ? "" : ", ") + x.name;
+    throw_input("[model] {}: layer of kind '{}' has no stored tensor '{}' (found: {})", where, kind, name,
+                have.empty() ? "none" : have);
+  }
+  return *t;
+}
+
+StoredTensor stored_from_tensor(const std::string& name, const torch::Tensor& t) {
+  auto holder = std::make_shared<torch::Tensor>(t.detach().to(torch::kCPU).contiguous());
+  StoredTensor s;
+  s.name = name;
+  switch (holder->scalar_type()) {
+    case torch::kFloat32: s.dtype = DType::F32; break;
+    case torch::kFloat16: s.dtype = DType::F16; break;
+    case torch::kBFloat16: s.dtype = DType::BF16; break;
+    case torch::kInt8: s.dtype = DType::I8; break;
+    case torch::kUInt8: s.dtype = DType::U8; break;
+    case torch::kInt32: s.dtype = DType::I32; break;
+    case torch::kInt64: s.dtype = DType::I64; break;
+    case torch::kBool: s.dtype = DType::BOOL; break;
+    default: throw_input("[model] tensor '{}': dtype {} cannot be stored", name, c10::toString(holder->scalar_type()));
+  }
+  s.shape = holder->sizes().vec();
+  s.data = static_cast<const uint8_t*>(holder->data_ptr());
+  s.nbytes = static_cast<int64_t>(holder->numel() * holder->element_size());
+  s.owner = std::static_pointer_cast<const void>(holder);
+  return s;
+}
+
+torch::Tensor f32_tensor_from_stored(const StoredTensor& s, const std::string& where) {
+  LLMOPT_CHECK_INPUT(s.dtype == DType::F32, "[model] {}: tensor '{}' is {}, expected f32", where, s.name,
+                     dtype_name(s.dtype));
+  int64_t n = 1;
+  for (int64_t d : s.shape) n *= d;
+  LLMOPT_CHECK_INPUT(s.nbytes == n * 4, "[model] {}: tensor '{}' holds {} bytes, its shape needs {}", where, s.name,
+                     s.nbytes, n * 4);
+  return torch::from_blob(const_cast<uint8_t*>(s.data), s.shape, torch::kFloat32).clone();
+}
+
+namespace {
+std::mutex& factory_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<std::string, LinearFactory>& factories() {
+  static std::map<std::string, LinearFactory> f = [] {
+    std::map<std::string, LinearFactory> init;
+    init["dense"] = [](const LayerState& s, const std::string& where) -> std::shared_ptr<LinearLayer> {
+      torch::Tensor w = f32_tensor_from_stored(s.get("weight", where), where);
+      LLMOPT_CHECK_INPUT(w.dim() == 2, "[model] {}: dense weight must be [out, in], got {} dims", where, w.dim());
+      torch::Tensor b;
+      if (const StoredTensor* bt = s.find("bias")) {
+        b = f32_tensor_from_stored(*bt, where);
+        LLMOPT_CHECK_INPUT(b.dim() == 1 && b.size(0) == w.size(0), "[model] {}: bias must be [{}]", where, w.size(0));
+      }
+      return std::make_shared<DenseLinear>(w, b);
+    };
+    return init;
+  }();
+  return f;
+}
+}  // namespace
+
+void register_linear_kind(const std::string& kind, LinearFactory factory) {
+  std::lock_guard<std::mutex> lock(factory_mutex());
+  factories()[kind] = std::move(factory);
+}
+
+std::vector<std::string> linear_kinds() {
+  std::lock_guard<std::mutex> lock(factory_mutex());
+  std::vector<std::string> out;
+  for (const auto& [k, f] : factories()) out.push_back(k);
+  return out;
+}
+
+std::shared_ptr<LinearLayer> make_linear(const LayerState& state, const std::string& where) {
+  LinearFactory f;
+  {
+    std::lock_guard<std::mutex> lock(factory_mutex());
+    const auto it = factories().find(state.kind);
+    if (it != factories().end()) f = it->second;
+  }
+  if (!f) {
+    std::string kinds;
+    for (const auto& k : linear_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
+    throw_input("[model] {}: unknown layer kind '{}' (registered: {})", where, state.kind, kinds);
+  }
+  return f(state, where);
 }
 
 }  // namespace llmopt::model

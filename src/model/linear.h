@@ -4,11 +4,46 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
+#include "io/checkpoint.h"
 
 namespace llmopt::model {
+
+// One tensor exactly as a layer stores it (packed blocks and scales, LoRA A/B, masks, ...): its
+// name within the layer ("weight", "bias", "scales", "lora_A", ...), dtype, row-major shape and
+// bytes, kept alive by `owner`.
+struct StoredTensor {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  int64_t nbytes = 0;
+  std::shared_ptr<const void> owner;
+};
+
+// Everything needed to rebuild a layer: its kind, the kind's own small settings (group size,
+// LoRA rank and scale, ...) and its stored tensors. Checkpoints, resume, the cache, sweep points
+// and clones carry this, never a dense round trip.
+struct LayerState {
+  std::string kind;
+  nlohmann::json meta = nlohmann::json::object();
+  std::vector<StoredTensor> tensors;
+  const StoredTensor* find(const std::string& name) const;
+  const StoredTensor& get(const std::string& name, const std::string& where) const;  // InputError
+};
+
+// Copies `t` (any dtype, contiguous) into a StoredTensor that owns its bytes.
+StoredTensor stored_from_tensor(const std::string& name, const torch::Tensor& t);
+// A float32 tensor holding a copy of an F32 StoredTensor's values (InputError for other dtypes).
+torch::Tensor f32_tensor_from_stored(const StoredTensor& s, const std::string& where);
 
 class LinearLayer : public torch::nn::Module {
  public:
@@ -30,7 +65,24 @@ class LinearLayer : public torch::nn::Module {
   // is not a plain (optionally biased) matrix-vector product on the CPU; the model then takes
   // the generic path through forward().
   virtual const void* gemv_weights(DType* type) const { return nullptr; }
+
+  // The tensors this layer stores, as stored, to be rebuilt by the factory registered for kind()
+  // (register_linear_kind). make_linear(stored_state()) must give a layer that computes the same
+  // function with the same stored bytes.
+  virtual LayerState stored_state() const = 0;
+  // The weight [out, in] as a tensor a file format can hold as it is (F32/F16/BF16 or a ggml block
+  // type, HF row order), for writers that keep the storage (GGUF): nullopt when only the
+  // dequantized dense_weight() can express the layer (LoRA, masks ...).
+  virtual std::optional<StoredTensor> file_weight() const { return std::nullopt; }
 };
+
+// Rebuilds a layer of `state.kind` from its stored tensors (copied: the views may be released
+// afterwards). `where` names the layer in errors; InputError for an unknown kind (listing the
+// registered ones) or missing/misshapen tensors.
+using LinearFactory = std::function<std::shared_ptr<LinearLayer>(const LayerState& state, const std::string& where)>;
+void register_linear_kind(const std::string& kind, LinearFactory factory);
+std::shared_ptr<LinearLayer> make_linear(const LayerState& state, const std::string& where);
+std::vector<std::string> linear_kinds();
 
 // Plain float32 weight [out, in] (+ optional bias [out]) as trainable parameters "weight"/"bias".
 // Inference with one row (decode) on CPU goes through the bandwidth-bound GEMV kernel of
@@ -48,6 +100,8 @@ class DenseLinear : public LinearLayer {
   torch::Tensor bias() const override { return bias_; }
   int64_t storage_bytes() const override;
   const void* gemv_weights(DType* type) const override;
+  LayerState stored_state() const override;
+  std::optional<StoredTensor> file_weight() const override;
   torch::Tensor& weight() { return weight_; }
 
  private:

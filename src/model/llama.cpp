@@ -31,47 +31,70 @@ torch::Tensor make_inv_freq(const ModelConfig& c) {
 
 
 namespace {
-// Holder for the "model." prefix of HF names.
-struct Backbone : torch::nn::Module {
-  std::shared_ptr<WeightModule> embed_tokens, norm;
-  torch::nn::ModuleList layers;
-};
+// The module at dotted `path` under `root` (created as ModuleGroups where missing); null for "".
+std::shared_ptr<torch::nn::Module> module_at(torch::nn::Module& root, const std::string& path) {
+  torch::nn::Module* walk = &root;
+  std::shared_ptr<torch::nn::Module> cur;
+  size_t start = 0;
+  while (start < path.size()) {
+    size_t dot = path.find('.', start);
+    if (dot == std::string::npos) dot = path.size();
+    const std::string part = path.substr(start, dot - start);
+    auto kids = walk->named_children();
+    if (auto* found = kids.find(part)) {
+      cur = *found;
+    } else {
+      cur = walk->register_module(part, std::make_shared<ModuleGroup>());
+    }
+    walk = cur.get();
+    start = dot + 1;
+  }
+  return cur;
+}
 
-std::shared_ptr<LinearLayer> zeros_linear(int64_t out, int64_t in, bool bias) {
-  return std::make_shared<DenseLinear>(out, in, bias);
+std::pair<std::string, std::string> split_last(const std::string& path) {
+  const auto dot = path.rfind('.');
+  if (dot == std::string::npos) return {"", path};
+  return {path.substr(0, dot), path.substr(dot + 1)};
 }
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelConfig& cfg) : cfg_(cfg) {
   cfg_.validate("model config");
-  const int64_t d = cfg.hidden_size, hd = cfg.head_dim;
-  auto backbone = register_module("model", std::make_shared<Backbone>());
-  backbone->embed_tokens =
-      backbone->register_module("embed_tokens", std::make_shared<WeightModule>(torch::zeros({cfg.vocab_size, d})));
-  backbone->layers = backbone->register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    auto L = std::make_shared<Layer>();
-    L->input_layernorm = L->register_module("input_layernorm", std::make_shared<WeightModule>(torch::ones({d})));
-    L->self_attn = L->register_module("self_attn", std::make_shared<Attention>());
-    auto& a = *L->self_attn;
-    a.q_proj = a.register_module("q_proj", zeros_linear(cfg.num_attention_heads * hd, d, cfg.attention_bias));
-    a.k_proj = a.register_module("k_proj", zeros_linear(cfg.num_key_value_heads * hd, d, cfg.attention_bias));
-    a.v_proj = a.register_module("v_proj", zeros_linear(cfg.num_key_value_heads * hd, d, cfg.attention_bias));
-    a.o_proj = a.register_module("o_proj", zeros_linear(d, cfg.num_attention_heads * hd, false));
-    L->post_attention_layernorm =
-        L->register_module("post_attention_layernorm", std::make_shared<WeightModule>(torch::ones({d})));
-    L->mlp = L->register_module("mlp", std::make_shared<Mlp>());
-    auto& m = *L->mlp;
-    m.gate_proj = m.register_module("gate_proj", zeros_linear(cfg.intermediate_size, d, false));
-    m.up_proj = m.register_module("up_proj", zeros_linear(cfg.intermediate_size, d, false));
-    m.down_proj = m.register_module("down_proj", zeros_linear(d, cfg.intermediate_size, false));
-    backbone->layers->push_back(L);
-    layers_.push_back(L);
-  }
-  backbone->norm = backbone->register_module("norm", std::make_shared<WeightModule>(torch::ones({d})));
-  embed_tokens_ = backbone->embed_tokens->weight;
-  norm_ = backbone->norm->weight;
-  if (!cfg.tie_word_embeddings) lm_head_ = register_module("lm_head", zeros_linear(cfg.vocab_size, d, false));
+  using io::arch::Role;
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) layers_.push_back(std::make_shared<Layer>());
+  // The module tree, in the architecture description's order (HF's): zero projections and
+  // embeddings, unit norms, to be filled by a loader.
+  io::arch::for_each_tensor(cfg_, [&](const io::arch::TensorInfo& t) {
+    if (t.bias) return;  // created with its projection
+    const io::arch::RoleDesc& d = io::arch::describe(t.role);
+    const auto [parent_path, child] = split_last(io::arch::module_path(t.role, t.layer));
+    std::shared_ptr<torch::nn::Module> parent = module_at(*this, parent_path);
+    torch::nn::Module& holder = parent ? *parent : *this;
+    if (d.linear) {
+      const bool with_bias = d.biased && cfg_.attention_bias;
+      auto lin = holder.register_module(
+          child, std::static_pointer_cast<LinearLayer>(std::make_shared<DenseLinear>(t.shape[0], t.shape[1], with_bias)));
+      if (t.role == Role::Output) {
+        lm_head_ = lin;
+      } else {
+        const auto j = static_cast<size_t>(io::arch::layer_linear_index(t.role));
+        Layer& L = *layers_[static_cast<size_t>(t.layer)];
+        L.proj[j] = lin, L.parent[j] = parent, L.child[j] = child;
+      }
+      return;
+    }
+    const bool is_norm = t.role != Role::TokenEmbd;
+    auto w = holder.register_module(child, std::make_shared<WeightModule>(is_norm ? torch::ones(t.shape)
+                                                                                  : torch::zeros(t.shape)));
+    switch (t.role) {
+      case Role::TokenEmbd: embed_tokens_ = w->weight; break;
+      case Role::OutputNorm: norm_ = w->weight; break;
+      case Role::AttnNorm: layers_[static_cast<size_t>(t.layer)]->attn_norm = w->weight; break;
+      case Role::FfnNorm: layers_[static_cast<size_t>(t.layer)]->ffn_norm = w->weight; break;
+      default: LLMOPT_ASSERT(false, "unhandled tensor role of '{}'", t.hf_name);
+    }
+  });
   rope_inv_freq_ = make_inv_freq(cfg_);
 }
 
@@ -144,24 +167,30 @@ torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* c
   auto emb = torch::cat({freqs, freqs}, -1);
   auto cos = emb.cos(), sin = emb.sin();
 
-  // Causal mask over keys 0 .. pos0+T-1 for queries at pos0 .. pos0+T-1 (only needed when T > 1).
+  // Causal mask over keys 0 .. pos0+T-1 for queries at pos0 .. pos0+T-1 (only needed when T > 1,
+  // or when a sliding window (Mistral) hides keys: query q sees keys k with q - W < k <= q, as HF's
+  // sliding-window mask and llama.cpp's SWA mask define it).
   const int64_t S = pos0 + T;
+  const int64_t W = cfg_.sliding_window;
   torch::Tensor mask;
-  if (T > 1) {
+  if (T > 1 || (W > 0 && S > W)) {
     auto qpos = torch::arange(pos0, pos0 + T, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(1);
     auto kpos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0);
+    auto hidden = kpos > qpos;
+    if (W > 0) hidden = hidden.logical_or(qpos - kpos >= W);
     mask = torch::zeros({T, S}, torch::TensorOptions().dtype(torch::kFloat32).device(dev))
-               .masked_fill(kpos > qpos, -std::numeric_limits<float>::infinity());
+               .masked_fill(hidden, -std::numeric_limits<float>::infinity());
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
   auto x = torch::embedding(embed_tokens_, tokens.to(dev));  // [B, T, dim]
+  using io::arch::Role;
   for (size_t li = 0; li < layers_.size(); ++li) {
-    auto& L = *layers_[li];
-    auto h = rms_norm(x, L.input_layernorm->weight, cfg_.rms_norm_eps);
-    auto q = L.self_attn->q_proj->forward(h).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
-    auto k = L.self_attn->k_proj->forward(h).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
-    auto v = L.self_attn->v_proj->forward(h).view({B, T, KV, hd}).transpose(1, 2);
+    const Layer& L = *layers_[li];
+    auto h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
+    auto q = L.at(Role::AttnQ).forward(h).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
+    auto k = L.at(Role::AttnK).forward(h).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
+    auto v = L.at(Role::AttnV).forward(h).view({B, T, KV, hd}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
     torch::Tensor K = k, V = v;
@@ -177,11 +206,11 @@ torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* c
     if (mask.defined()) scores = (scores.view({B, KV, G, T, S}) + mask).view({B, KV, G * T, S});
     auto probs = torch::softmax(scores, -1);
     auto att = torch::matmul(probs, V).view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
-    x = x + L.self_attn->o_proj->forward(att);
-    h = rms_norm(x, L.post_attention_layernorm->weight, cfg_.rms_norm_eps);
-    auto g = L.mlp->gate_proj->forward(h);
-    auto u = L.mlp->up_proj->forward(h);
-    x = x + L.mlp->down_proj->forward(torch::silu(g) * u);
+    x = x + L.at(Role::AttnOut).forward(att);
+    h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
+    auto g = L.at(Role::FfnGate).forward(h);
+    auto u = L.at(Role::FfnUp).forward(h);
+    x = x + L.at(Role::FfnDown).forward(torch::silu(g) * u);
   }
   if (cache) cache->length = S;
   return rms_norm(x, norm_, cfg_.rms_norm_eps);
@@ -189,58 +218,41 @@ torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* c
 
 std::vector<std::pair<std::string, std::shared_ptr<LinearLayer>>> LlamaModel::linear_layers() {
   std::vector<std::pair<std::string, std::shared_ptr<LinearLayer>>> out;
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    const std::string p = "model.layers." + std::to_string(i);
-    auto& a = *layers_[i]->self_attn;
-    auto& m = *layers_[i]->mlp;
-    out.emplace_back(p + ".self_attn.q_proj", a.q_proj);
-    out.emplace_back(p + ".self_attn.k_proj", a.k_proj);
-    out.emplace_back(p + ".self_attn.v_proj", a.v_proj);
-    out.emplace_back(p + ".self_attn.o_proj", a.o_proj);
-    out.emplace_back(p + ".mlp.gate_proj", m.gate_proj);
-    out.emplace_back(p + ".mlp.up_proj", m.up_proj);
-    out.emplace_back(p + ".mlp.down_proj", m.down_proj);
-  }
-  if (lm_head_) out.emplace_back("lm_head", lm_head_);
+  io::arch::for_each_linear(cfg_, [&](const io::arch::LinearInfo& li) {
+    if (li.layer < 0) {
+      out.emplace_back(li.path, lm_head_);
+    } else {
+      const auto j = static_cast<size_t>(io::arch::layer_linear_index(li.role));
+      out.emplace_back(li.path, layers_[static_cast<size_t>(li.layer)]->proj[j]);
+    }
+  });
   return out;
 }
 
 void LlamaModel::set_linear(const std::string& path, std::shared_ptr<LinearLayer> layer) {
-  if (path == "lm_head") {
-    LLMOPT_CHECK_INPUT(lm_head_ != nullptr, "[model] lm_head is tied to the embedding; cannot replace it");
-    lm_head_ = replace_module("lm_head", layer);
+  const auto info = io::arch::find_linear(cfg_, path);
+  if (!info) {
+    const auto named = io::arch::parse_hf_name(path + ".weight");
+    LLMOPT_CHECK_INPUT(!(named && named->role == io::arch::Role::Output && cfg_.tie_word_embeddings),
+                       "[model] {} is tied to the embedding; cannot replace it", path);
+    throw_input("[model] unknown linear layer '{}'", path);
+  }
+  LLMOPT_CHECK_INPUT(layer != nullptr, "[model] replacement for '{}' is null", path);
+  LLMOPT_CHECK_INPUT(layer->in_features() == info->in && layer->out_features() == info->out,
+                     "[model] replacement for '{}' has shape [{}, {}], expected [{}, {}]", path,
+                     layer->out_features(), layer->in_features(), info->out, info->in);
+  if (info->layer < 0) {
+    lm_head_ = replace_module(info->child, layer);
     return;
   }
-  // model.layers.{i}.{self_attn|mlp}.{name}
-  const std::string prefix = "model.layers.";
-  LLMOPT_CHECK_INPUT(path.rfind(prefix, 0) == 0, "[model] unknown linear layer '{}'", path);
-  const auto dot = path.find('.', prefix.size());
-  LLMOPT_CHECK_INPUT(dot != std::string::npos, "[model] unknown linear layer '{}'", path);
-  const size_t idx = std::stoul(path.substr(prefix.size(), dot - prefix.size()));
-  LLMOPT_CHECK_INPUT(idx < layers_.size(), "[model] layer index {} out of range in '{}'", idx, path);
-  const std::string rest = path.substr(dot + 1);
-  auto& a = *layers_[idx]->self_attn;
-  auto& m = *layers_[idx]->mlp;
-  auto swap = [&](torch::nn::Module& parent, std::shared_ptr<LinearLayer>& slot, const std::string& name) {
-    LLMOPT_CHECK_INPUT(layer->in_features() == slot->in_features() && layer->out_features() == slot->out_features(),
-                       "[model] replacement for '{}' has shape [{}, {}], expected [{}, {}]", path,
-                       layer->out_features(), layer->in_features(), slot->out_features(), slot->in_features());
-    slot = parent.replace_module(name, layer);
-  };
-  if (rest == "self_attn.q_proj") return swap(a, a.q_proj, "q_proj");
-  if (rest == "self_attn.k_proj") return swap(a, a.k_proj, "k_proj");
-  if (rest == "self_attn.v_proj") return swap(a, a.v_proj, "v_proj");
-  if (rest == "self_attn.o_proj") return swap(a, a.o_proj, "o_proj");
-  if (rest == "mlp.gate_proj") return swap(m, m.gate_proj, "gate_proj");
-  if (rest == "mlp.up_proj") return swap(m, m.up_proj, "up_proj");
-  if (rest == "mlp.down_proj") return swap(m, m.down_proj, "down_proj");
-  throw_input("[model] unknown linear layer '{}'", path);
+  Layer& L = *layers_[static_cast<size_t>(info->layer)];
+  const auto j = static_cast<size_t>(io::arch::layer_linear_index(info->role));
+  L.proj[j] = L.parent[j]->replace_module(L.child[j], layer);
 }
 
 int64_t LlamaModel::storage_bytes() {
   int64_t b = embed_tokens_.numel() * embed_tokens_.element_size() + norm_.numel() * norm_.element_size();
-  for (auto& L : layers_)
-    b += (L->input_layernorm->weight.numel() + L->post_attention_layernorm->weight.numel()) * 4;
+  for (auto& L : layers_) b += (L->attn_norm.numel() + L->ffn_norm.numel()) * 4;
   for (auto& [name, l] : linear_layers()) b += l->storage_bytes();
   return b;
 }

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 
 namespace llmopt::model {
@@ -79,41 +80,51 @@ LoadedModel load_model(const std::string& path, const ModelLoadOptions& opts) {
   return out;
 }
 
-io::Checkpoint model_to_checkpoint(LlamaModel& model) {
+io::Checkpoint model_to_checkpoint(LlamaModel& model, CheckpointWeights weights) {
   torch::NoGradGuard no_grad;
   io::Checkpoint ck;
   ck.config = model.config();
-  auto add = [&](const std::string& name, torch::Tensor t) {
-    auto holder = std::make_shared<torch::Tensor>(t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
+  auto add_view = [&](const std::string& name, DType dtype, std::vector<int64_t> shape, const uint8_t* data,
+                      int64_t nbytes, std::shared_ptr<const void> owner) {
     io::TensorView v;
     v.name = name;
-    v.dtype = DType::F32;
-    v.shape = holder->sizes().vec();
-    v.data = static_cast<const uint8_t*>(holder->data_ptr());
-    v.nbytes = holder->numel() * 4;
+    v.dtype = dtype;
+    v.shape = std::move(shape);
+    v.data = data;
+    v.nbytes = nbytes;
     ck.tensors.push_back(v);
-    ck.storage.push_back(std::static_pointer_cast<const void>(holder));
+    ck.storage.push_back(std::move(owner));
   };
-  // Order as HF writes them: embeddings, layers (norms, attention, mlp), final norm, head.
+  auto add = [&](const std::string& name, const torch::Tensor& t) {
+    auto holder = std::make_shared<torch::Tensor>(t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
+    add_view(name, DType::F32, holder->sizes().vec(), static_cast<const uint8_t*>(holder->data_ptr()),
+             holder->numel() * 4, std::static_pointer_cast<const void>(holder));
+  };
   std::unordered_map<std::string, torch::Tensor> params;
   for (auto& p : model.named_parameters()) params.emplace(p.key(), p.value());
-  add("model.embed_tokens.weight", model.embed_tokens());
   std::unordered_map<std::string, std::shared_ptr<LinearLayer>> linears;
   for (auto& [n, l] : model.linear_layers()) linears.emplace(n, l);
-  for (int64_t i = 0; i < model.config().num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i);
-    add(p + ".input_layernorm.weight", params.at(p + ".input_layernorm.weight"));
-    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}) {
-      auto& l = linears.at(p + "." + n);
-      add(p + "." + n + ".weight", l->dense_weight());
-      if (l->bias().defined()) add(p + "." + n + ".bias", l->bias());
+  // In the architecture description's order (HF's).
+  io::arch::for_each_tensor(model.config(), [&](const io::arch::TensorInfo& t) {
+    if (!io::arch::describe(t.role).linear) {
+      add(t.hf_name, params.at(t.hf_name));
+      return;
     }
-    add(p + ".post_attention_layernorm.weight", params.at(p + ".post_attention_layernorm.weight"));
-    for (const char* n : {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
-      add(p + "." + n + ".weight", linears.at(p + "." + n)->dense_weight());
-  }
-  add("model.norm.weight", model.final_norm());
-  if (auto it = linears.find("lm_head"); it != linears.end()) add("lm_head.weight", it->second->dense_weight());
+    const LinearLayer& l = *linears.at(io::arch::module_path(t.role, t.layer));
+    if (t.bias) {
+      add(t.hf_name, l.bias());
+      return;
+    }
+    if (weights == CheckpointWeights::AsStored) {
+      if (auto fw = l.file_weight()) {
+        LLMOPT_CHECK_INPUT(fw->shape == t.shape, "[model] {}: stored weight has shape {}, expected {}", t.hf_name,
+                           shape_str(fw->shape), shape_str(t.shape));
+        add_view(t.hf_name, fw->dtype, fw->shape, fw->data, fw->nbytes, fw->owner);
+        return;
+      }
+    }
+    add(t.hf_name, l.dense_weight());
+  });
   return ck;
 }
 

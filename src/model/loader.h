@@ -28,7 +28,10 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path, const ModelLoadOptions& opts = {});
 // Builds a LlamaModel from a checkpoint (dequantizing block formats to f32).
 std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt);
-// The model's weights as canonical HF-named F32 tensors (owned by the returned checkpoint).
-io::Checkpoint model_to_checkpoint(LlamaModel& model);
+// Dense: every tensor as F32 (dequantized / merged). AsStored: each projection whose
+// LinearLayer::file_weight() exists keeps its storage (packed ggml blocks are not re-rounded).
+enum class CheckpointWeights { Dense, AsStored };
+// The model's weights as canonical HF-named tensors (owned by the returned checkpoint).
+io::Checkpoint model_to_checkpoint(LlamaModel& model, CheckpointWeights weights = CheckpointWeights::Dense);
 
 }  // namespace llmopt::model

@@ -29,7 +29,9 @@ DType parse_float_type(const std::string& name) {
 
 void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file, ExportFormat fmt,
                 DType type, const std::string& out) {
-  io::Checkpoint ck = model_to_checkpoint(m);
+  // Projections keep their storage where the format can hold it (GGUF writes packed ggml blocks
+  // as they are); HF and llama2.c convert to their float types.
+  io::Checkpoint ck = model_to_checkpoint(m, CheckpointWeights::AsStored);
   switch (fmt) {
     case ExportFormat::Hf: {
       fs::create_directories(out);

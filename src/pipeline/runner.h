@@ -7,7 +7,8 @@
 //   RUN_DIR/events.jsonl           what happened, one JSON object per line
 //   RUN_DIR/artifacts/             files the stages wrote (exports)
 //   RUN_DIR/state/stage-<i>/       done.json (written last) and, for stages that change the model,
-//                                  the output weights (HF safetensors, F32): `--resume` restarts
+//                                  the model exactly as stored (model/state_io.h: packed blocks,
+//                                  adapters, masks in their own dtypes): `--resume` restarts
 //                                  after the last stage with a done.json
 //   RUN_DIR/sweep/NNN-<point>/     sub-runs of a sweep, each a run directory of its own
 //   RUN_DIR/report.md, report.html written by the report renderer at the end
@@ -36,6 +37,9 @@ struct RunOptions {
   std::vector<std::string> command_line;  // recorded in the manifest
   // Flag polled by stages; null = install the SIGINT/SIGTERM handler and use its flag.
   std::atomic<bool>* interrupt = nullptr;
+  // Stage registry for resumed runs and sweep points (null = the built-in one); a recipe loaded
+  // with a registry of its own runs with the same one.
+  const stages::Registry* registry = nullptr;
   // Writes report.md/report.html for a finished run directory (failures are warnings).
   std::function<void(const std::string& run_dir)> write_reports;
 };

@@ -23,9 +23,14 @@ struct Provenance {
 struct ModelState {
   std::shared_ptr<model::LlamaModel> model;
   std::shared_ptr<tok::Tokenizer> tokenizer;
-  // The pipeline's input model. The same object as `model` until a stage modifies the model
-  // (Stage::modifies_model()); the runner then keeps a separate copy.
+  // The pipeline's input model, the baseline for KL divergence. Until a stage modifies the model
+  // (Stage::modifies_model()) it is `model` itself. Afterwards it is read back from the input
+  // file (provenance.source_path, memory-mapped by the loader) when an evaluation asks for it
+  // (baseline_model()), instead of a dense copy kept in memory between stages; `baseline` holds
+  // an in-memory copy only where one exists anyway (a sweep's shared prefix) or the input has no
+  // file.
   std::shared_ptr<model::LlamaModel> baseline;
+  bool model_modified = false;
   Provenance provenance;
   // Artifact name -> path relative to the run directory ("artifacts/model.gguf").
   std::map<std::string, std::string> artifacts;
@@ -34,10 +39,16 @@ struct ModelState {
 
   const ModelConfig& config() const { return model->config(); }
   bool has_model() const { return model != nullptr; }
-  bool baseline_is_current() const { return baseline == model; }
+  bool baseline_is_current() const { return !model_modified; }
+  // The baseline model: `model` while unmodified, else the in-memory copy or the input file read
+  // now (not kept). Null when there is none.
+  std::shared_ptr<model::LlamaModel> baseline_model() const;
+  // Called before a stage modifies `model` in place: drops the baseline's alias of it (keeping a
+  // storage-preserving copy only when the input cannot be read back from a file).
+  void before_modification();
 };
 
-// Deep copy of a model (through its canonical F32 checkpoint), for keeping a baseline.
+// Deep copy of a model that keeps every layer's storage (model::clone_model).
 std::shared_ptr<model::LlamaModel> clone_model(model::LlamaModel& m);
 
 }  // namespace llmopt::stages

@@ -173,32 +173,32 @@ TEST(CpuLlama, PrefillAndDecodeMatchFloat64Reference) {
       set_threads(threads);
       for (int64_t t = 1; t <= T; ++t) {  // every prefix in one prefill
         auto cache = cl.make_cache(T);
-        cl.prefill(ids.data(), t, cache, logits.data());
+        cl.prefill(ids.data(), t, *cache, logits.data());
         EXPECT_LT(diff(t - 1), tol) << "prefill of " << t << " tokens, threads " << threads;
       }
       auto cache = cl.make_cache(T);  // 5 tokens, then 3 more on top, then decode the last
-      cl.prefill(ids.data(), 5, cache, logits.data());
+      cl.prefill(ids.data(), 5, *cache, logits.data());
       EXPECT_LT(diff(4), tol);
-      cl.prefill(ids.data() + 5, 3, cache, logits.data());
+      cl.prefill(ids.data() + 5, 3, *cache, logits.data());
       EXPECT_LT(diff(7), tol) << "prefill continued at position 5";
-      cl.decode(ids[8], cache, logits.data());
+      cl.decode(ids[8], *cache, logits.data());
       EXPECT_LT(diff(8), tol) << "decode after prefill";
       auto dcache = cl.make_cache(T);
       std::vector<float> all;
       for (int64_t t = 0; t < T; ++t) {
-        cl.decode(ids[t], dcache, logits.data());
+        cl.decode(ids[t], *dcache, logits.data());
         EXPECT_LT(diff(t), tol) << "decode at " << t;
         all.insert(all.end(), logits.begin(), logits.end());
       }
       decoded_by_threads.push_back(all);
-      EXPECT_THROW(cl.decode(1, dcache, logits.data()), InputError);  // cache full
+      EXPECT_THROW(cl.decode(1, *dcache, logits.data()), InputError);  // cache full
     }
     set_threads(1);
     EXPECT_EQ(decoded_by_threads[0], decoded_by_threads[1]);
     EXPECT_EQ(decoded_by_threads[0], decoded_by_threads[2]);
     auto cache = cl.make_cache(T);
     const int64_t bad = V;
-    EXPECT_THROW(cl.prefill(&bad, 1, cache, logits.data()), InputError);
+    EXPECT_THROW(cl.prefill(&bad, 1, *cache, logits.data()), InputError);
   }
 }
 
@@ -284,6 +284,35 @@ TEST(Sampling, GreedyTopKTopPAndSeeds) {
   s.seed = 42;
   s.max_new_tokens = 12;
   EXPECT_EQ(model::generate(*m, {1, 2, 3}, s), model::generate(*m, {1, 2, 3}, s));
+}
+
+TEST(LlamaModel, SlidingWindowMatchesTheWindowedSequence) {
+  // One layer: the logits at position q depend only on tokens q-W+1..q, and RoPE scores depend
+  // only on relative positions, so they equal the last logits of the unwindowed model run on
+  // exactly those tokens (an independent computation of the window's definition).
+  ModelConfig c = small_config();
+  c.num_hidden_layers = 1;
+  c.sliding_window = 4;
+  auto m = model::synth_model(c, 21);
+  ModelConfig full = c;
+  full.sliding_window = 0;
+  auto ref = model::synth_model(full, 21);
+  torch::NoGradGuard ng;
+  const std::vector<int64_t> ids = {3, 17, 45, 8, 90, 12, 5, 61, 33, 2};
+  const auto all = m->forward(torch::tensor(ids, torch::kLong).unsqueeze(0))[0];
+  auto cache = m->make_cache(1, 16);
+  for (size_t q = 0; q < ids.size(); ++q) {
+    const size_t lo = q + 1 > 4 ? q + 1 - 4 : 0;
+    std::vector<int64_t> win(ids.begin() + static_cast<long>(lo), ids.begin() + static_cast<long>(q) + 1);
+    const auto want = ref->forward(torch::tensor(win, torch::kLong).unsqueeze(0))[0][-1];
+    EXPECT_LT((all[static_cast<long>(q)] - want).abs().max().item<float>(), 1e-4f) << "position " << q;
+    // Token by token through the cache (the decode path) too.
+    const auto step = m->forward(torch::tensor({ids[q]}, torch::kLong).unsqueeze(0), &cache)[0][0];
+    EXPECT_LT((step - want).abs().max().item<float>(), 1e-4f) << "decode position " << q;
+  }
+  // Without the window the far past matters: the same model differs at the last position.
+  const auto unwindowed = ref->forward(torch::tensor(ids, torch::kLong).unsqueeze(0))[0][-1];
+  EXPECT_GT((all[-1] - unwindowed).abs().max().item<float>(), 1e-3f);
 }
 
 }  // namespace

@@ -14,6 +14,11 @@ struct ExportOptions {
   std::vector<std::string> formats = {"gguf", "hf"};
   std::string dtype = "f32";
   std::string basename = "model";
+  bool verify = true;
+  double verify_max_kld = -1;   // < 0: by dtype (f32 1e-5, f16 1e-3, bf16 1e-2)
+  double verify_min_top1 = -1;  // < 0: by dtype (f32 0.99, f16 0.9, bf16 0.8)
+  int64_t verify_sequences = 4;
+  int64_t verify_tokens = 64;
 
   static void describe(Schema<ExportOptions>& s) {
     s.field("formats", &ExportOptions::formats,
@@ -23,6 +28,18 @@ struct ExportOptions {
         .choices({"f32", "f16", "bf16"});
     s.field("basename", &ExportOptions::basename,
             "File name stem inside artifacts/: NAME.gguf, NAME-hf/, NAME.bin");
+    s.field("verify", &ExportOptions::verify,
+            "Load every written artifact back and replay it against the in-memory model; the "
+            "stage fails when it disagrees beyond verify_max_kld / verify_min_top1");
+    s.field("verify_max_kld", &ExportOptions::verify_max_kld,
+            "Largest mean KL(model || artifact) per token accepted; < 0 = by dtype: f32 1e-5, "
+            "f16 1e-3, bf16 1e-2");
+    s.field("verify_min_top1", &ExportOptions::verify_min_top1,
+            "Smallest top-1 agreement accepted; < 0 = by dtype: f32 0.99, f16 0.9, bf16 0.8");
+    s.field("verify_sequences", &ExportOptions::verify_sequences,
+            "Sequences replayed (from data.eval when set, else seeded random tokens)")
+        .range(1, 1024);
+    s.field("verify_tokens", &ExportOptions::verify_tokens, "Tokens per replayed sequence").range(2, 4096);
   }
 };
 
