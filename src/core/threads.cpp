@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <omp.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -11,8 +12,9 @@
 
 namespace llmopt {
 namespace {
-int g_threads = 0;
-}
+std::atomic<int> g_threads{0};
+thread_local int t_threads = 0;  // set_threads_for_this_thread; 0: follow g_threads
+}  // namespace
 
 int default_threads() {
   if (const char* env = std::getenv("LLMOPT_THREADS"); env && *env) {
@@ -29,6 +31,7 @@ int default_threads() {
 void set_threads(int n) {
   LLMOPT_CHECK_INPUT(n > 0, "[threads] thread count must be positive, got {}", n);
   g_threads = n;
+  t_threads = 0;
   omp_set_num_threads(n);
   // libtorch's GEMMs run on OpenBLAS's own thread pool, sized by OPENBLAS_NUM_THREADS or all
   // cores, not by torch::set_num_threads: keep it at our count too (no-op without OpenBLAS).
@@ -37,6 +40,16 @@ void set_threads(int n) {
   if (openblas_set != nullptr) openblas_set(n);
 }
 
-int threads() { return g_threads > 0 ? g_threads : default_threads(); }
+void set_threads_for_this_thread(int n) {
+  LLMOPT_CHECK_INPUT(n > 0, "[threads] thread count must be positive, got {}", n);
+  t_threads = n;
+  omp_set_num_threads(n);  // OpenMP's nthreads-var is per thread
+}
+
+int threads() {
+  if (t_threads > 0) return t_threads;
+  const int n = g_threads.load();
+  return n > 0 ? n : default_threads();
+}
 
 }  // namespace llmopt

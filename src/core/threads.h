@@ -9,7 +9,12 @@ int default_threads();
 // (found at run time; its own default is every core), and records it; torch layers also call
 // torch::set_num_threads with it.
 void set_threads(int n);
-// The count last set (default_threads() before any call).
+// Sets the thread count of the calling thread only (OpenMP's per-thread setting and the value
+// threads() returns on this thread), without touching process-wide state: what concurrent workers
+// (parallel sweep points) call, so that they do not race on it.
+void set_threads_for_this_thread(int n);
+// The calling thread's count if it set one, else the count last set by set_threads
+// (default_threads() before any call).
 int threads();
 
 }  // namespace llmopt
