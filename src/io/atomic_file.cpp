@@ -1,18 +1,32 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <string>
 
 #include "core/error.h"
 
 namespace llmopt::io {
 namespace {
 constexpr size_t kBufferBytes = size_t{1} << 20;
+
+// The process's umask, read from /proc/self/status: umask(2) can only read it by setting it,
+// which would race with other threads creating files (parallel sweep points).
+mode_t current_umask() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Umask:", 0) == 0) return static_cast<mode_t>(std::stoul(line.substr(6), nullptr, 8));
+  }
+  return 022;  // kernels before 4.7 do not report it: the usual default
 }
+}  // namespace
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   namespace fs = std::filesystem;
@@ -27,10 +41,15 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   fd_ = ::mkstemp(templ.data());
   if (fd_ < 0) {
     const int err = errno;
+    // A destination in a directory that does not exist is bad input (exit 2), not a failure.
+    if (err == ENOENT || err == ENOTDIR)
+      throw_input("[io] {}: cannot write: the directory {} does not exist", path_, dir.string());
     throw_run("[io] {}: cannot create a temporary file in {}: {}", path_, dir.string(),
               std::strerror(err));
   }
   temp_path_ = templ;
+  // mkstemp creates the file 0600; give it the mode a plain write would (0666 minus the umask).
+  if (::fchmod(fd_, 0666 & ~current_umask()) != 0) fail("chmod", errno);
   buffer_.reserve(kBufferBytes);
 }
 

@@ -13,7 +13,8 @@ namespace llmopt::io {
 
 class AtomicFile {
  public:
-  // Creates "<dir>/.<name>.tmp-XXXXXX". RunError naming `path` if the directory is not writable.
+  // Creates "<dir>/.<name>.tmp-XXXXXX" with mode 0666 & ~umask (what a plain write would give).
+  // InputError naming `path` if the directory does not exist, RunError if it is not writable.
   explicit AtomicFile(std::string path);
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;

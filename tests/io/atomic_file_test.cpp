@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -62,13 +63,30 @@ TEST(AtomicFileTest, NoCommitLeavesNothing) {
   fs::remove_all(dir);
 }
 
-TEST(AtomicFileTest, MissingDirectoryIsRunErrorNamingFile) {
+// A destination in a missing directory is the user's mistake: InputError (exit 2) naming it.
+TEST(AtomicFileTest, MissingDirectoryIsInputErrorNamingFile) {
   try {
     AtomicFile f("/nonexistent-dir-llmopt/out.bin");
-    FAIL() << "expected RunError";
-  } catch (const RunError& e) {
-    EXPECT_NE(std::string(e.what()).find("out.bin"), std::string::npos) << e.what();
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent-dir-llmopt/out.bin"), std::string::npos) << e.what();
   }
+}
+
+// Outputs get the mode a plain open(O_CREAT, 0666) would give under the umask, not mkstemp's 0600.
+TEST(AtomicFileTest, ModeFollowsTheUmask) {
+  const auto dir = fresh_dir("mode");
+  const mode_t old = ::umask(022);
+  for (const mode_t mask : {mode_t{022}, mode_t{027}, mode_t{077}, mode_t{002}}) {
+    ::umask(mask);
+    const auto dest = dir / ("out-" + std::to_string(mask));
+    write_file_atomic(dest.string(), "x");
+    struct stat st {};
+    ASSERT_EQ(::stat(dest.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask) << "umask " << std::oct << mask;
+  }
+  ::umask(old);
+  fs::remove_all(dir);
 }
 
 // A file-size limit makes write(2) fail with EFBIG, the same path a full disk (ENOSPC) takes.
