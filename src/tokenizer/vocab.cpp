@@ -1,6 +1,9 @@
 #include "tokenizer/vocab.h"
 
+#include <string>
+
 #include "core/error.h"
+#include "tokenizer/utf8.h"
 
 namespace llmopt::tok {
 
@@ -22,6 +25,34 @@ const char* token_type_name(TokenType t) {
       return "byte";
   }
   return "?";
+}
+
+Vocab byte_fallback_vocab(int32_t size) {
+  LLMOPT_CHECK_INPUT(size >= kByteVocabSize,
+                     "[tokenizer] a byte-fallback vocabulary needs at least {} tokens (<unk>, <s>, "
+                     "</s>, 256 bytes and the space piece), asked for {}",
+                     kByteVocabSize, size);
+  Vocab v;
+  v.kind = VocabKind::Spm;
+  const auto add = [&](std::string piece, TokenType type) {
+    v.tokens.push_back(std::move(piece));
+    v.scores.push_back(0.0f);
+    v.types.push_back(type);
+  };
+  add("<unk>", TokenType::Unknown);
+  add("<s>", TokenType::Control);
+  add("</s>", TokenType::Control);
+  for (int b = 0; b < 256; ++b) add(byte_piece(static_cast<uint8_t>(b)), TokenType::Byte);
+  add("\xE2\x96\x81", TokenType::Normal);  // U+2581: a space (bytes would decode to a literal '▁')
+  for (int32_t id = kByteVocabSize; id < size; ++id)
+    add("<unused_" + std::to_string(id - kByteVocabSize) + ">", TokenType::Unused);
+  v.unk_id = 0;
+  v.bos_id = 1;
+  v.eos_id = 2;
+  v.add_bos = true;
+  v.add_space_prefix = true;
+  v.byte_fallback = true;
+  return v;
 }
 
 void Vocab::validate(const std::string& source) const {

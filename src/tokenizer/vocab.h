@@ -71,4 +71,11 @@ struct Vocab {
 
 const char* token_type_name(TokenType t);
 
+// The smallest usable vocabulary, for models made without a tokenizer (`llmopt synth`): SPM kind
+// laid out like Llama 2's, id 0 <unk>, 1 <s> (added by default), 2 </s>, 3..258 the byte pieces
+// <0x00>..<0xFF>, 259 the space piece U+2581, then unused pieces "<unused_N>" up to `size`: every
+// text encodes byte by byte (spaces as U+2581). InputError if `size` < kByteVocabSize.
+constexpr int32_t kByteVocabSize = 3 + 256 + 1;
+Vocab byte_fallback_vocab(int32_t size);
+
 }  // namespace llmopt::tok

@@ -362,5 +362,28 @@ TEST(Export, RoundTripsEncodeIdentically) {
   }
 }
 
+// The vocabulary `llmopt synth` ships without --tokenizer: bytes only, text round trips, and its
+// exports (tokenizer.json, GGUF, llama2.c) encode the same.
+TEST(ByteFallbackVocab, EncodesBytesAndRoundTripsThroughExports) {
+  EXPECT_THROW(byte_fallback_vocab(kByteVocabSize - 1), InputError);
+  const Vocab v = byte_fallback_vocab(300);
+  ASSERT_EQ(v.size(), 300);
+  const auto tk = make_tokenizer(v, "bytes");
+  EXPECT_EQ(tk->encode("hi yo"), (Ids{1, 259, 3 + 'h', 3 + 'i', 259, 3 + 'y', 3 + 'o'}));
+  const std::vector<std::string> texts = {"Once upon a time", " two  spaces\n", "\xC3\xA9t\xC3\xA9"};
+  const auto json = make_tokenizer(parse_hf_tokenizer_json(export_hf_tokenizer_json(v), "j"), "j");
+  const auto gguf = make_tokenizer(vocab_from_gguf_kvs(export_gguf_kvs(v), "g"), "g");
+  const auto bin = make_tokenizer(parse_llama2c_tokenizer(export_llama2c_tokenizer(v), "b"), "b");
+  for (const std::string& text : texts) {
+    const Ids ids = tk->encode(text);
+    EXPECT_EQ(tk->decode(ids), text);
+    EXPECT_EQ(json->encode(text), ids) << text;
+    EXPECT_EQ(gguf->encode(text), ids) << text;
+    EXPECT_EQ(bin->encode(text), ids) << text;
+  }
+  EXPECT_EQ(json->bos_id(), 1);
+  EXPECT_EQ(gguf->eos_id(), 2);
+}
+
 }  // namespace
 }  // namespace llmopt::tok
