@@ -232,14 +232,12 @@ TEST_F(RunTest, InterruptStopsCleanlyAndResumes) {
   int status = 0;
   ::waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status)) << read_text(dir_ / "int.log");
-  EXPECT_NE(WEXITSTATUS(status), 0);
+  ASSERT_EQ(WEXITSTATUS(status), 130) << read_text(dir_ / "int.log");
   const json m = read_json(run / "metrics.json");
-  if (WEXITSTATUS(status) == 130) {
-    EXPECT_EQ(m["run"]["status"], "interrupted");
-    const CommandResult resumed = run_llmopt("run --no-cache --resume " + shell_quote(run.string()));
-    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-    EXPECT_EQ(read_json(run / "metrics.json")["run"]["status"], "ok");
-  }
+  EXPECT_EQ(m["run"]["status"], "interrupted");
+  const CommandResult resumed = run_llmopt("run --no-cache --resume " + shell_quote(run.string()));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_EQ(read_json(run / "metrics.json")["run"]["status"], "ok");
 }
 
 TEST_F(RunTest, SweepOfFourPointsSharesTheBaseline) {
@@ -276,6 +274,27 @@ TEST_F(RunTest, SweepOfFourPointsSharesTheBaseline) {
   const std::string html = read_text(dir_ / "sweep" / "report.html");
   EXPECT_NE(html.find("<svg"), std::string::npos);
   for (const auto& n : names) EXPECT_NE(html.find(n), std::string::npos) << n;
+}
+
+// The shipped sweep template (configs/templates/sweep.yaml) runs, and what it sweeps changes the
+// metrics (it once swept the export dtype, which cannot change any).
+TEST_F(RunTest, SweepTemplateRunsAndItsPointsDiffer) {
+  const std::string args = "run " + shell_quote((fs::path(LLMOPT_SOURCE_DIR) / "configs" / "templates" /
+                                                 "sweep.yaml").string()) +
+                           " --no-cache --out " + shell_quote((dir_ / "tpl").string()) +
+                           " model.path=" + shell_quote(tiny_.model_dir.string()) +
+                           " model.tokenizer=" + shell_quote(tiny_.tokenizer.string()) +
+                           " data.eval.path=" + shell_quote(tiny_.eval_text.string()) + " threads=2";
+  const CommandResult r = run_llmopt(args);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json m = read_json(dir_ / "tpl" / "metrics.json");
+  ASSERT_GE(m["sweep"].size(), 2u);
+  std::set<double> perplexities;
+  for (const auto& p : m["sweep"]) {
+    ASSERT_EQ(p["status"], "ok") << p.dump();
+    perplexities.insert(p["stages"].back()["metrics"]["perplexity"].get<double>());
+  }
+  EXPECT_EQ(perplexities.size(), m["sweep"].size()) << m["sweep"].dump();
 }
 
 TEST(Cli, StagesInitAndGeneratedDocsAreCurrent) {
