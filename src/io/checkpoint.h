@@ -1,16 +1,10 @@
 // A model as read from disk, format-independent and torch-free: configuration, tensors as views
 // into memory-mapped files (or owned buffers), and where its tokenizer lives.
 //
-// Tensor names are canonical Hugging Face Llama names:
-//   model.embed_tokens.weight                               [vocab, dim]
-//   model.layers.{i}.input_layernorm.weight                 [dim]
-//   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight        [out, in]   (+ .bias for Qwen2 q/k/v)
-//   model.layers.{i}.post_attention_layernorm.weight        [dim]
-//   model.layers.{i}.mlp.{gate,up,down}_proj.weight         [out, in]
-//   model.norm.weight                                       [dim]
-//   lm_head.weight                                          [vocab, dim] (absent when tied)
+// Tensor names are the canonical Hugging Face names of the architecture description
+// (io/architecture.h, the one list of every tensor with its GGUF name, shape and layout).
 // Shapes are row-major, slowest-varying dimension first (torch order; GGUF's ne[] reversed).
-// q_proj/k_proj rows are in the HF "rotate-half" RoPE layout: loaders of GGUF and llama2.c files
+// q/k projection rows are in the HF "rotate-half" RoPE layout: loaders of GGUF and llama2.c files
 // (interleaved-pair layout) permute them on load, writers permute back.
 #pragma once
 #include <nlohmann/json.hpp>

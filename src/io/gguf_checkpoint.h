@@ -30,8 +30,8 @@ std::vector<GgufKeyValue> gguf_tokenizer_kvs(const GgufFile& gguf);
 // llama.cpp's general.file_type (enum llama_ftype) for files whose 2-D tensors are `t`.
 uint32_t gguf_file_type_for(DType t);
 
-// GGUF tensor name -> canonical HF name ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj
-// .weight"); empty when the name has no canonical counterpart (e.g. rope_freqs.weight).
+// GGUF tensor name -> canonical HF name (io/architecture.h); empty when the name has no
+// canonical counterpart (e.g. rope_freqs.weight).
 std::string gguf_to_hf_name(const std::string& gguf_name);
 std::string hf_to_gguf_name(const std::string& hf_name);
 

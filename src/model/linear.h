@@ -1,5 +1,5 @@
 // Replaceable linear layers. Every projection of the model is a LinearLayer registered under its
-// Hugging Face name (e.g. "q_proj"), so a quantization, LoRA or sparsity stage swaps one
+// Hugging Face module path (io/architecture.h), so a quantization, LoRA or sparsity stage swaps one
 // implementation for another with LlamaModel::set_linear() and exports map 1:1 to HF names.
 #pragma once
 #include <torch/torch.h>

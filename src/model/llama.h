@@ -2,7 +2,7 @@
 // layout; loaders convert other layouts), grouped-query attention, SwiGLU MLP, KV cache.
 // fp32 math. Device-agnostic: move with model->to(device); inputs follow the model's device.
 // Parameters and submodules carry Hugging Face names, so named_parameters() yields
-// "model.layers.0.self_attn.q_proj.weight" etc. (see io/checkpoint.h).
+// the HF names of the architecture description (io/architecture.h).
 #pragma once
 #include <torch/torch.h>
 
@@ -39,7 +39,8 @@ class LlamaModel : public torch::nn::Module {
   const ModelConfig& config() const { return cfg_; }
 
   // Every replaceable projection with its full HF module path, e.g.
-  // ("model.layers.3.mlp.down_proj", layer). lm_head is included unless tied to the embedding.
+  // (io::arch::LinearInfo::path, layer), in the architecture description's order; the output
+  // head is included unless tied to the embedding.
   std::vector<std::pair<std::string, std::shared_ptr<LinearLayer>>> linear_layers();
   // Replaces the projection at `path` (as listed by linear_layers()).
   void set_linear(const std::string& path, std::shared_ptr<LinearLayer> layer);

@@ -1,6 +1,6 @@
 // Submodules of LlamaModel (internal to src/model: llama.cpp builds them, decode_cpu.cpp reads
 // them). The module tree is built from the architecture description (io/architecture.h), so
-// parameter names come out as Hugging Face's ("model.layers.0.self_attn.q_proj.weight").
+// parameter names come out as Hugging Face's.
 #pragma once
 #include <torch/torch.h>
 
