@@ -22,6 +22,7 @@
 #include "io/sha256.h"
 #include "model/loader.h"
 #include "model/save.h"
+#include "model/state_io.h"
 #include "pipeline/cache.h"
 #include "pipeline/events.h"
 #include "pipeline/interrupt.h"
@@ -100,21 +101,15 @@ json stage_entry_base(size_t index, const StageEntry& s) {
               {"artifacts", json::array()}};
 }
 
-// Saves the model's weights as an HF safetensors F32 directory at `dir` (via a temporary
-// directory and a rename, so the directory is complete or absent).
+// Saves the model exactly as stored (model/state_io.h: every layer's packed blocks, adapters,
+// masks in their own dtypes) at `dir`, complete or absent.
 void save_state_model(model::LlamaModel& m, const std::string& dir) {
-  const fs::path tmp = fs::path(dir).parent_path() /
-                      ("." + fs::path(dir).filename().string() + ".tmp-" + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp.parent_path());
-  model::save_model(m, nullptr, "", model::ExportFormat::Hf, DType::F32, tmp.string());
-  fs::remove_all(dir, ec);
-  fs::rename(tmp, dir);
+  fs::create_directories(fs::path(dir).parent_path());
+  model::save_model_state(m, dir);
 }
 
 std::shared_ptr<model::LlamaModel> load_state_model(const std::string& dir) {
-  return model::load_model(dir).model;
+  return model::load_model_state(dir);
 }
 
 // Runs stages [begin, end) of `r` on `state`, recording into `rd`. With `resume`, stages whose
@@ -197,12 +192,11 @@ StagesOutcome run_stages(Env& env, const Recipe& r, RunDir& rd, stages::ModelSta
     try {
       if (!pending_model_dir.empty()) {
         auto restored = load_state_model(pending_model_dir);
-        if (state.baseline_is_current()) state.baseline = state.model;
+        state.before_modification();
         state.model = restored;
         pending_model_dir.clear();
       }
-      if (s.stage->modifies_model() && state.baseline_is_current())
-        state.baseline = stages::clone_model(*state.model);
+      if (s.stage->modifies_model()) state.before_modification();
       s.stage->validate(state);
       stages::StageContext ctx;
       ctx.run_dir = rd.dir;
@@ -278,7 +272,7 @@ StagesOutcome run_stages(Env& env, const Recipe& r, RunDir& rd, stages::ModelSta
   // The caller (a sweep) may continue from this state: make restored weights current.
   if (out.status == "ok" && !pending_model_dir.empty()) {
     auto restored = load_state_model(pending_model_dir);
-    if (state.baseline_is_current()) state.baseline = state.model;
+    state.before_modification();
     state.model = restored;
   }
   return out;
@@ -424,6 +418,7 @@ json run_sweep_points(Env& env, const Recipe& r, RunDir& parent, const stages::M
       diag.throw_if_any();
       RecipeLoadOptions lo;
       lo.timestamp = r.timestamp;
+      lo.registry = env.options.registry;
       Recipe sub = recipe_from_tree(tree, r.path, lo);
       sub.options.name = r.options.name + "/" + name;
       fs::create_directories(fs::path(rd.dir) / "artifacts");
@@ -432,7 +427,7 @@ json run_sweep_points(Env& env, const Recipe& r, RunDir& parent, const stages::M
       if (!fs::exists(config_path)) io::write_file_atomic(config_path, sub.tree.to_yaml());
       rd.events = std::make_unique<EventLog>((fs::path(rd.dir) / "events.jsonl").string(), false);
       rd.events->emit({{"event", "run_start"}, {"name", sub.options.name}, {"sweep_point", name}});
-      apply_thread_count(threads_each);
+      set_threads_for_this_thread(threads_each);  // not apply_thread_count: points run concurrently
       stages::ModelState state = prefix_state;
       if (stages_modify(sub, prefix)) state.model = stages::clone_model(*prefix_state.model);
       StagesOutcome o = run_stages(env, sub, rd, state, prefix, sub.stages.size(), threads_each);
@@ -483,6 +478,7 @@ json run_sweep_points(Env& env, const Recipe& r, RunDir& parent, const stages::M
       run_point(p);
     }
   };
+  apply_thread_count(threads_each);  // process-wide (BLAS, torch) once, before any worker starts
   if (parallel == 1) {
     worker();
   } else {
@@ -646,6 +642,7 @@ RunOutcome resume_run(const std::string& run_dir, const RunOptions& options) {
   const std::string manifest_path = (fs::path(dir) / "manifest.json").string();
   if (fs::exists(manifest_path)) manifest = read_json_file(manifest_path);
   RecipeLoadOptions lo;
+  lo.registry = options.registry;
   Recipe r = recipe_from_tree(stages::ConfigNode::load_file(config), config, lo);
   if (manifest.is_object() && manifest.contains("recipe")) {
     r.path = manifest["recipe"].value("path", config);
