@@ -82,13 +82,16 @@ CLI::App* add_generate_command(CLI::App& app, GenerateArgs& a) {
   cmd->add_option("MODEL", a.model, "Model path")->required();
   cmd->add_option("--tokenizer", a.tokenizer, "Tokenizer file (llama2.c models)");
   cmd->add_option("--prompt,-p", a.prompt, "Prompt text")->required();
-  cmd->add_option("-n,--n-predict", a.so.max_new_tokens, "Tokens to generate")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-n,--n-predict", a.so.max_new_tokens,
+                  "Tokens to generate; generation stops at the model's context length (prompt included), "
+                  "with a warning on stderr")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--temp", a.so.temperature, "Temperature (0 = greedy)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-k", a.so.top_k, "Top-k (0 = off)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-p", a.so.top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--seed", a.so.seed, "Sampling seed");
   cmd->add_flag("--no-bos", a.no_bos, "Do not add BOS to the prompt");
-  cmd->add_flag("--json", a.json_out, "Print a JSON object (ids, text) instead of streaming text");
+  cmd->add_option("--json", a.json_out, "Write a JSON object (ids, text) here ('-' = stdout, instead of the text)");
   return cmd;
 }
 
@@ -98,8 +101,21 @@ void run_generate(GenerateArgs& a, const tok::Tokenizer& tk, const GenerateFn& g
   auto ids32 = tk.encode(a.prompt, eo);
   std::vector<int64_t> ids(ids32.begin(), ids32.end());
   a.so.stop_token = tk.eos_id();
+  const int64_t prompt_len = static_cast<int64_t>(ids.size());
+  if (a.context_length > 0 && a.so.max_new_tokens > 0) {
+    LLMOPT_CHECK_INPUT(prompt_len < a.context_length,
+                       "[generate] --prompt is {} tokens: the model's context length {} leaves no room to generate",
+                       prompt_len, a.context_length);
+    if (prompt_len + a.so.max_new_tokens > a.context_length) {
+      const int64_t room = a.context_length - prompt_len;
+      log::warn("[generate] -n {}: stopping after {} tokens, at the model's context length {} ({} prompt tokens)",
+                a.so.max_new_tokens, room, a.context_length, prompt_len);
+      a.so.max_new_tokens = room;
+    }
+  }
+  const bool stream = a.json_out != "-";
   std::string generated;
-  if (!a.json_out) {
+  if (stream) {
     std::fputs(a.prompt.c_str(), stdout);
     std::fflush(stdout);
   }
@@ -107,17 +123,15 @@ void run_generate(GenerateArgs& a, const tok::Tokenizer& tk, const GenerateFn& g
     if (id == a.so.stop_token) return false;
     const std::string piece = tk.decode_token(static_cast<int32_t>(id));
     generated += piece;
-    if (!a.json_out) {
+    if (stream) {
       std::fputs(piece.c_str(), stdout);
       std::fflush(stdout);
     }
     return true;
   });
-  if (a.json_out) {
-    json j = {{"prompt", a.prompt}, {"prompt_ids", ids}, {"ids", out}, {"text", generated}};
-    std::cout << j.dump() << "\n";
-  } else {
-    std::fputs("\n", stdout);
+  if (stream) std::fputs("\n", stdout);
+  if (!a.json_out.empty()) {
+    write_json_output(a.json_out, {{"prompt", a.prompt}, {"prompt_ids", ids}, {"ids", out}, {"text", generated}});
   }
 }
 
@@ -126,6 +140,7 @@ void run_generate_native(GenerateArgs& a) {
   auto lm = infer::load_cpu_model(a.model, a.tokenizer);
   LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[model] {}: no tokenizer found with the model (give --tokenizer FILE)",
                      a.model);
+  a.context_length = lm.model->config().max_position_embeddings;
   run_generate(a, *lm.tokenizer, [&](const std::vector<int64_t>& ids, const infer::SamplingOptions& so,
                                      const std::function<bool(int64_t)>& on_token) {
     return infer::generate(*lm.model, ids, so, on_token);
@@ -191,7 +206,9 @@ void add_global_options(CLI::App& app, GlobalOptions& g, int argc, char** argv) 
   app.require_subcommand(1);
   app.fallthrough();  // global options (--threads, -q) may follow the subcommand
   app.set_version_flag("--version", std::string(LLMOPT_VERSION) + " (" LLMOPT_GIT_COMMIT ")");
-  app.add_option("--threads", g.threads, "Threads (default: LLMOPT_THREADS or all cores)")
+  // --help shows every option's default (DESIGN.md); subcommands inherit this when added.
+  app.option_defaults()->always_capture_default();
+  app.add_option("-t,--threads", g.threads, "Threads (the default 0: LLMOPT_THREADS if set, else all cores)")
       ->check(CLI::PositiveNumber);
   app.add_flag("-q,--quiet", g.quiet, "Only warnings and errors on stderr");
   for (int i = 1; i < argc; ++i) {
@@ -246,9 +263,10 @@ void maybe_exec_native(int argc, char** argv, const char* native_name) {
   int i = 1;
   while (i < argc) {  // global options before the subcommand
     const std::string s = argv[i];
-    if (s == "--threads") {
+    if (s == "--threads" || s == "-t") {
       i += 2;
-    } else if (s.rfind("--threads=", 0) == 0 || s == "-q" || s == "--quiet") {
+    } else if (s.rfind("--threads=", 0) == 0 || (s.rfind("-t", 0) == 0 && s.size() > 2) || s == "-q" ||
+               s == "--quiet") {
       ++i;
     } else {
       break;

@@ -39,8 +39,12 @@ Engine resolve_engine(const std::string& engine, const std::string& device);
 
 struct GenerateArgs {
   std::string model, tokenizer, prompt, device = "cpu", engine = "auto";
+  std::string json_out;  // --json OUT ('-' = stdout instead of the streamed text)
   infer::SamplingOptions so;
-  bool no_bos = false, json_out = false;
+  bool no_bos = false;
+  // The model's context length (max_position_embeddings), set by the caller once the model is
+  // loaded: prompt + generated tokens stop there. 0 = no limit known.
+  int64_t context_length = 0;
 };
 CLI::App* add_generate_command(CLI::App& app, GenerateArgs& a);
 // Encodes the prompt, streams (or collects) the pieces `gen` produces, prints text or JSON.

@@ -144,15 +144,16 @@ void register_pipeline_commands(CLI::App& app, GlobalOptions& g) {
 
   // ---- stages
   auto stages_md = std::make_shared<bool>(false);
-  auto stages_js = std::make_shared<bool>(false);
+  auto stages_js = std::make_shared<std::string>();
   CLI::App* stages_cmd = app.add_subcommand("stages", "List registered stages and their options");
   stages_cmd->add_flag("--markdown", *stages_md, "Print the recipe reference (docs/recipes.md)");
-  stages_cmd->add_flag("--json", *stages_js, "Print as JSON");
+  stages_cmd->add_option("--json", *stages_js, "Write the stages as JSON here ('-' = stdout, instead of the text)");
   stages_cmd->callback([=, &g]() {
     apply_threads(g);
     const auto& reg = stages::builtin_registry();
+    if (!stages_js->empty()) write_json_output(*stages_js, pipeline::stages_json(reg));
+    if (*stages_js == "-") return;
     if (*stages_md) std::fputs(pipeline::recipe_reference_markdown(reg).c_str(), stdout);
-    else if (*stages_js) std::puts(pipeline::stages_json(reg).dump(2).c_str());
     else std::fputs(pipeline::stages_text(reg).c_str(), stdout);
   });
 

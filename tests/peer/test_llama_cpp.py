@@ -55,7 +55,7 @@ def test_tokenizer_matches(llmopt, llm, stories_gguf, shared, tmp_path):
     for n, text in enumerate(all_texts):
         f = tmp_path / f"t{n}.txt"
         f.write_text(text, encoding="utf-8")
-        ours = llmopt.json("tokenize", stories_gguf, "--file", f, "--json")["ids"]
+        ours = llmopt.json("tokenize", stories_gguf, "--file", f, "--json", "-")["ids"]
         theirs = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         if ours != theirs:
             mismatches.append((text, ours, theirs))
@@ -81,7 +81,7 @@ def test_logits_match(llmopt, llm, stories_gguf, tmp_path):
 @pytest.mark.parametrize("kv_cache", ["f32", "default"])
 def test_greedy_generation_matches(llmopt, stories_gguf, kv_cache):
     llm = load_llama(stories_gguf, kv_cache)
-    ours = llmopt.json("generate", stories_gguf, "--prompt", PROMPT, "-n", N_PREDICT, "--json")
+    ours = llmopt.json("generate", stories_gguf, "--prompt", PROMPT, "-n", N_PREDICT, "--json", "-")
     prompt_ids = llm.tokenize(PROMPT.encode("utf-8"), add_bos=True)
     assert ours["prompt_ids"] == prompt_ids
     llm.reset()
@@ -114,7 +114,7 @@ def test_17m_gguf_runs_in_llama_cpp(llmopt, hf17m, shared, tmp_path):
     text = utf8_prefix((shared / "text" / "tinystories_val.txt").read_bytes(), 20_000)
     cut = tmp_path / "tinystories-20k.txt"
     cut.write_bytes(text)
-    ours = llmopt.json("tokenize", gguf_path, "--file", cut, "--json", "--no-bos")["ids"]
+    ours = llmopt.json("tokenize", gguf_path, "--file", cut, "--json", "-", "--no-bos")["ids"]
     theirs = llm.tokenize(text, add_bos=False, special=False)
     print(f"17M GGUF tokenizer: llmopt {len(ours)} ids, llama.cpp {len(theirs)} ids")
     assert ours == theirs

@@ -19,7 +19,7 @@ def test_17m_tokenizer_matches_tokenizers(llmopt, hf17m, shared, tmp_path, name)
     data = utf8_prefix((shared / "text" / name).read_bytes(), PREFIX_BYTES)
     cut = tmp_path / name
     cut.write_bytes(data)
-    ours = llmopt.json("tokenize", hf17m, "--file", cut, "--json", "--no-bos")["ids"]
+    ours = llmopt.json("tokenize", hf17m, "--file", cut, "--json", "-", "--no-bos")["ids"]
     ref = Tokenizer.from_file(str(hf17m / "tokenizer.json")).encode(
         data.decode("utf-8"), add_special_tokens=False).ids
     first_diff = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b),

@@ -104,7 +104,7 @@ def test_stories260k_hf_tokenizer_encodes_like_llmopt(llmopt, stories_hf, storie
         f.write_text(text, encoding="utf-8")
         # Default BOS handling on both sides: llama2.c and Llama tokenizers add BOS (id 1).
         ours = llmopt.json("tokenize", stories_bin, "--tokenizer", stories_tok, "--file", f,
-                           "--json")["ids"]
+                           "--json", "-")["ids"]
         via_tokenizers = raw.encode(text).ids
         via_auto = auto(text)["input_ids"]
         if not (ours == via_tokenizers == via_auto):
