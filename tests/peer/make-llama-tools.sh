@@ -25,6 +25,7 @@ if [[ ! -f "$cache/.complete" ]]; then
   t0=$(date +%s)
   echo "[llama-tools] building ${targets[*]} from llama-cpp-python $ver's vendor/llama.cpp" \
        "(one-off, ~10 min CPU on 2 cores) in $cache" >&2
+  rm -f "$here/.llama-tools"   # never leave a link to other tools behind a failed build
   rm -rf "$cache/bin" "$cache/build" "$cache/src"
   mkdir -p "$cache/sdist" "$cache/src"
   sdist="${LLAMA_CPP_SDIST:-}"
