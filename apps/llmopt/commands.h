@@ -10,6 +10,8 @@ namespace llmopt::cli {
 
 // info, tokenize, generate, eval, bench, synth, convert (cmd_model.cpp)
 void register_model_commands(CLI::App& app, GlobalOptions& g);
+// quantize (cmd_quantize.cpp)
+void register_quantize_command(CLI::App& app, GlobalOptions& g);
 // run, validate, init, stages, report, compare (cmd_pipeline.cpp)
 void register_pipeline_commands(CLI::App& app, GlobalOptions& g);
 

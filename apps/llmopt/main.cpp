@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   CLI::App app{"llmopt: make language models smaller, faster or better adapted, and measure the cost"};
   cli::add_global_options(app, g, argc, argv);
   cli::register_model_commands(app, g);
+  cli::register_quantize_command(app, g);
   cli::register_pipeline_commands(app, g);
   return cli::run_cli(app, argc, argv, g, [](const std::exception& e) {
     if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {

@@ -218,6 +218,8 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
   auto target_type = [&](const TensorView& t) {
     if (t.shape.size() == 1) return DType::F32;
     if (dtype_is_block_quantized(t.dtype)) return t.dtype;
+    // A 16-bit tensor (a quantization fallback) is not widened to f32 either.
+    if ((t.dtype == DType::F16 || t.dtype == DType::BF16) && out_type == DType::F32) return t.dtype;
     if (dtype_is_block_quantized(out_type) && t.shape.back() % dtype_block_elems(out_type) != 0) return DType::F16;
     return out_type;
   };

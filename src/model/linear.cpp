@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "infer/llama_cpu.h"
 #include "model/fast_ops.h"
+#include "model/packed_linear.h"
 
 namespace llmopt::model {
 namespace {
@@ -151,6 +152,7 @@ std::map<std::string, LinearFactory>& factories() {
       }
       return std::make_shared<DenseLinear>(w, b);
     };
+    init["packed"] = packed_linear_factory();
     return init;
   }();
   return f;

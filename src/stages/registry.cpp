@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "stages/evaluate/evaluate_stage.h"
 #include "stages/export/export_stage.h"
+#include "stages/quantize/quantize_stage.h"
 
 namespace llmopt::stages {
 
@@ -25,6 +26,7 @@ std::vector<std::string> Registry::types() const {
 
 void register_builtin_stages(Registry& registry) {
   registry.add<EvaluateStage>();
+  registry.add<QuantizeStage>();
   registry.add<ExportStage>();
 }
 

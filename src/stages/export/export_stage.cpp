@@ -10,6 +10,7 @@
 
 #include "model/loader.h"
 #include "model/save.h"
+#include "model/verify.h"
 
 namespace fs = std::filesystem;
 
@@ -39,11 +40,6 @@ static std::vector<std::string> files_under(const fs::path& dir) {
 
 namespace {
 
-struct Replay {
-  double kld_mean = 0, kld_max = 0, top1 = 0;
-  int64_t positions = 0;
-};
-
 // Sequences to replay: consecutive windows of the evaluation text when the recipe has one (and a
 // tokenizer), else seeded random token ids.
 std::vector<std::vector<int64_t>> replay_sequences(const ModelState& state, const StageContext& ctx, int64_t n,
@@ -62,34 +58,7 @@ std::vector<std::vector<int64_t>> replay_sequences(const ModelState& state, cons
     for (int64_t i = 0; i < n; ++i) out.emplace_back(ids.begin() + i * len, ids.begin() + (i + 1) * len);
     return out;
   }
-  std::mt19937_64 rng(ctx.seed ^ 0x9e3779b97f4a7c15ULL);
-  std::uniform_int_distribution<int64_t> pick(0, vocab - 1);
-  for (int64_t i = 0; i < n; ++i) {
-    out.emplace_back(static_cast<size_t>(len));
-    for (auto& t : out.back()) t = pick(rng);
-  }
-  return out;
-}
-
-// KL(model || artifact) and top-1 agreement over every position of every sequence.
-Replay replay(model::LlamaModel& ref, model::LlamaModel& art, const std::vector<std::vector<int64_t>>& seqs) {
-  torch::NoGradGuard ng;
-  Replay r;
-  double kld_sum = 0;
-  int64_t agree = 0;
-  for (const auto& s : seqs) {
-    auto ids = torch::tensor(s, torch::kLong).unsqueeze(0);
-    auto lp = torch::log_softmax(ref.forward(ids.to(ref.device())).to(torch::kCPU, torch::kFloat64)[0], -1);
-    auto lq = torch::log_softmax(art.forward(ids.to(art.device())).to(torch::kCPU, torch::kFloat64)[0], -1);
-    auto kl = (lp.exp() * (lp - lq)).sum(-1);  // [T]
-    kld_sum += kl.sum().item<double>();
-    r.kld_max = std::max(r.kld_max, kl.max().item<double>());
-    agree += lp.argmax(-1).eq(lq.argmax(-1)).sum().item<int64_t>();
-    r.positions += static_cast<int64_t>(s.size());
-  }
-  r.kld_mean = r.positions ? kld_sum / static_cast<double>(r.positions) : 0;
-  r.top1 = r.positions ? static_cast<double>(agree) / static_cast<double>(r.positions) : 1;
-  return r;
+  return model::random_sequences(n, len, vocab, ctx.seed);
 }
 
 }  // namespace
@@ -122,26 +91,12 @@ StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
         // Declared done only after the written artifact, loaded back as a user would load it,
         // computes what the in-memory model computes (optimum only warns, optimum#1755).
         if (ctx.note) ctx.note("verifying " + format_name);
-        const double max_kld = o_.verify_max_kld >= 0 ? o_.verify_max_kld
-                               : type == DType::F32   ? 1e-5
-                               : type == DType::F16   ? 1e-3
-                                                      : 1e-2;
-        const double min_top1 = o_.verify_min_top1 >= 0 ? o_.verify_min_top1
-                                : type == DType::F32    ? 0.99
-                                : type == DType::F16    ? 0.9
-                                                        : 0.8;
-        std::string load_path = (tmp / out_name).string();
-        model::ModelLoadOptions lo;
-        auto art = model::load_model(load_path, lo).model;
-        art->to(state.model->device());
-        const Replay r = replay(*state.model, *art, replay_sequences(state, ctx, o_.verify_sequences, o_.verify_tokens));
+        const model::ReplayStats r = model::verify_written_model(
+            *state.model, (tmp / out_name).string(),
+            replay_sequences(state, ctx, o_.verify_sequences, o_.verify_tokens),
+            model::replay_limits(type, o_.verify_max_kld, o_.verify_min_top1));
         result.metrics["verify_" + format_name + "_kld_mean"] = r.kld_mean;
         result.metrics["verify_" + format_name + "_top1"] = r.top1;
-        if (!(r.kld_mean <= max_kld) || !(r.top1 >= min_top1))
-          throw RunError(fmt::format(
-              "[export] {}: the written {} file does not reproduce the model: mean KLD {:.3g} (limit {:.3g}), "
-              "top-1 agreement {:.4f} (limit {:.4f}) over {} positions; nothing was written to artifacts/",
-              out_name, format_name, r.kld_mean, max_kld, r.top1, min_top1, r.positions));
       }
       for (const auto& rel : files_under(tmp)) {
         const std::string artifact_rel = (fs::path("artifacts") / rel).string();
