@@ -24,7 +24,7 @@ flock 8   # one builder at a time; a second caller waits, then finds the marker
 if [[ ! -f "$cache/.complete" ]]; then
   t0=$(date +%s)
   echo "[llama-tools] building ${targets[*]} from llama-cpp-python $ver's vendor/llama.cpp" \
-       "(one-off, ~10 min CPU on 2 cores) in $cache" >&2
+       "(one-off, ~3 min on 2 cores) in $cache" >&2
   rm -f "$here/.llama-tools"   # never leave a link to other tools behind a failed build
   rm -rf "$cache/bin" "$cache/build" "$cache/src"
   mkdir -p "$cache/sdist" "$cache/src"
@@ -34,8 +34,10 @@ if [[ ! -f "$cache/.complete" ]]; then
   fi
   if [[ -z "$sdist" ]]; then
     [[ -x "$venv/bin/pip" ]] || { echo "[llama-tools] $venv/bin/pip missing (run make-venv.sh)" >&2; exit 1; }
-    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
-        "llama-cpp-python==$ver" -d "$cache/sdist"
+    # --no-binary for this one package only: with :all:, pip would also build the sdist's build
+    # requirements (scikit-build-core...) from source to prepare its metadata (minutes, not 8 s).
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps \
+        --no-binary llama-cpp-python "llama-cpp-python==$ver" -d "$cache/sdist"
     sdist="$cache/sdist/llama_cpp_python-$ver.tar.gz"
   fi
   [[ -f "$sdist" ]] || { echo "[llama-tools] sdist $sdist not found" >&2; exit 1; }
