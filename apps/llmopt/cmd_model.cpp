@@ -17,6 +17,7 @@
 #include "core/threads.h"
 #include "eval/perplexity.h"
 #include "eval/speed.h"
+#include "io/architecture.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/mapped_file.h"
@@ -47,7 +48,13 @@ void register_info(CLI::App& app, GlobalOptions& g) {
     const auto& c = ck.config;
     json tensors = json::array();
     json by_dtype = json::object();
+    int64_t linear_bytes = 0, linear_weights = 0;  // projection weights (io::arch), as stored
     for (const auto& t : ck.tensors) {
+      const auto named = io::arch::parse_hf_name(t.name);
+      if (named && !named->bias && io::arch::describe(named->role).linear) {
+        linear_bytes += t.nbytes;
+        linear_weights += t.numel();
+      }
       tensors.push_back({{"name", t.name}, {"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape},
                          {"params", t.numel()}, {"bytes", t.nbytes}});
       auto& e = by_dtype[std::string(dtype_name(t.dtype))];
@@ -74,6 +81,7 @@ void register_info(CLI::App& app, GlobalOptions& g) {
                 {"attention_bias", c.attention_bias}}},
               {"params", ck.total_params()},
               {"bytes", ck.total_bytes()},
+              {"linear_bits_per_weight", linear_weights > 0 ? 8.0 * linear_bytes / linear_weights : 0.0},
               {"dtypes", by_dtype},
               {"tokenizer", ck.tokenizer.path},
               {"tensors", tensors},

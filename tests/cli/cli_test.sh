@@ -42,6 +42,12 @@ check synth 0 "" -- "$BIN" synth "$TMP/tiny" --preset tiny --tokenizer "$S/tok51
 check info-json 0 '"params"' -- "$BIN" info "$TMP/tiny" --json -
 check convert-gguf 0 "" -- "$BIN" convert "$TMP/tiny" "$TMP/tiny.gguf" --to gguf --type f16
 check info-gguf 0 "F16" -- "$BIN" info "$TMP/tiny.gguf"
+# info --json: linear_bits_per_weight = projection bytes as stored x 8 / their weights. stories260K
+# rtn q4_0: 30 projections at 4.5 bits, the five 172-wide down_proj in f16 -> 7.2938 (quantize's figure).
+check info-bits-f32 0 '"linear_bits_per_weight": 32\.0' -- "$BIN" info "$S/stories260K.bin" --tokenizer "$S/tok512.bin" --json -
+check quantize-q4_0 0 "7\.294 bits per linear weight" -- "$BIN" quantize "$S/stories260K.bin" "$TMP/s-q4_0.gguf" \
+  --tokenizer "$S/tok512.bin" --method rtn --format q4_0
+check info-bits-q4_0 0 '"linear_bits_per_weight": 7\.2937' -- "$BIN" info "$TMP/s-q4_0.gguf" --json -
 check tokenize-json 0 '"ids":\[1,' -- "$BIN" tokenize "$S/tok512.bin" --text "Once upon a time" --json
 check eval-json 0 '"perplexity"' -- "$BIN" eval "$S/stories260K.bin" --tokenizer "$S/tok512.bin" \
   --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 4 --json -
