@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -16,7 +17,8 @@
 #include "core/memory.h"
 #include "core/threads.h"
 #include "eval/perplexity.h"
-#include "eval/speed.h"
+#include "infer/generate.h"
+#include "infer/llama_cpu.h"
 #include "io/architecture.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
@@ -24,6 +26,7 @@
 #include "model/generate.h"
 #include "model/loader.h"
 #include "model/synth.h"
+#include "model/torch_engine.h"
 #include "core/progress.h"
 
 namespace llmopt::cli {
@@ -164,7 +167,7 @@ void register_generate(CLI::App& app, GlobalOptions& g) {
     run_generate(a, *lm.tokenizer,
                  [&](const std::vector<int64_t>& ids, const infer::SamplingOptions& so,
                      const std::function<bool(int64_t)>& on_token) {
-                   return model::generate(*lm.model, ids, so, on_token);
+                   return infer::generate(model::TorchEngine(lm.model), ids, so, on_token);
                  });
   });
 }
@@ -175,8 +178,10 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
   static std::string model, tokenizer, data, protocol = "llamacpp", baseline, json_out;
   static int64_t ctx = 512, stride = 0, limit = 0;
   static bool bos = false, no_bos = false;
-  static std::string device = "cpu";
+  static std::string device = "cpu", engine = "auto";
   add_device_option(cmd, device);
+  cmd->add_option("--engine", engine,
+                  "auto (native on the CPU, torch elsewhere) | native (torch-free CPU engine) | torch");
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
   cmd->add_option("--data", data, "Text file")->required();
@@ -185,8 +190,9 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--stride", stride, "Stride for --protocol sliding (default ctx/2)");
   cmd->add_option("--baseline", baseline, "Baseline model: adds kld_mean, kld_p99, top1_agreement, delta_p_rms");
   cmd->add_option("--limit", limit, "Evaluate at most N chunks/windows");
-  cmd->add_flag("--bos", bos, "Prepend BOS to the text even if the tokenizer does not by default");
-  cmd->add_flag("--no-bos", no_bos, "Never prepend BOS");
+  cmd->add_flag("--bos", bos,
+                "Use BOS (text and llamacpp chunks) even if the tokenizer does not add one by default");
+  cmd->add_flag("--no-bos", no_bos, "Never use BOS (llamacpp chunks then keep their first token)");
   cmd->add_option("--json", json_out, "Write JSON results here ('-' = stdout)");
   cmd->callback([&g] {
     apply_threads(g);
@@ -195,26 +201,51 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     po.ctx = ctx;
     po.stride = stride;
     po.max_chunks = limit;
-    auto lm = load_for_inference(model, tokenizer, true, device);
-    LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[eval] {}: no tokenizer found (give --tokenizer)", model);
+    // The one inference interface: the native engine on the CPU (auto), torch for --device cuda.
+    std::unique_ptr<infer::Engine> eng, base_eng;
+    std::shared_ptr<tok::Tokenizer> tk;
+    if (resolve_engine(engine, device) == Engine::Native) {
+      auto lm = infer::load_cpu_model(model, tokenizer);
+      eng = std::move(lm.model);
+      tk = std::move(lm.tokenizer);
+      if (!baseline.empty()) base_eng = infer::load_cpu_model(baseline, tokenizer).model;
+    } else {
+      auto lm = load_for_inference(model, tokenizer, true, device);
+      eng = std::make_unique<model::TorchEngine>(lm.model);
+      tk = lm.tokenizer;
+      if (!baseline.empty())
+        base_eng = std::make_unique<model::TorchEngine>(load_for_inference(baseline, tokenizer, true, device).model);
+    }
+    LLMOPT_CHECK_INPUT(tk != nullptr, "[eval] {}: no tokenizer found (give --tokenizer)", model);
+    // Before any window is evaluated (a window of ctx tokens allocates ctx x ctx attention scores).
+    const int64_t model_ctx = eng->config().max_position_embeddings;
+    LLMOPT_CHECK_INPUT(model_ctx <= 0 || ctx <= model_ctx,
+                       "[eval] --ctx {} exceeds the context length of {}: {} (max_position_embeddings)", ctx, model,
+                       model_ctx);
     const std::string text = io::read_text_file(data, "eval");
-    tok::EncodeOptions eo;
-    eo.add_bos = resolve_add_bos(bos, no_bos, *lm.tokenizer);
-    auto ids32 = lm.tokenizer->encode(text, eo);
-    std::vector<int64_t> ids(ids32.begin(), ids32.end());
-    po.bos_id = lm.tokenizer->bos_id() >= 0 ? lm.tokenizer->bos_id() : ids.front();
-    if (po.protocol == eval::PerplexityProtocol::LlamaCpp && !eo.add_bos) po.bos_id = -1;
-    model::LoadedModel base;
-    if (!baseline.empty()) base = load_for_inference(baseline, tokenizer, true, device);
+    LLMOPT_CHECK_INPUT(!(bos && no_bos), "[eval] --bos and --no-bos exclude each other");
+    std::optional<bool> force_bos;
+    if (bos || no_bos) force_bos = bos;
+    // BOS as llama-perplexity uses it (src/eval: the rule the evaluate stage applies too).
+    const std::vector<int64_t> ids = eval::tokenize_for_perplexity(*tk, text, po, force_bos);
+    LLMOPT_CHECK_INPUT(po.protocol != eval::PerplexityProtocol::LlamaCpp || static_cast<int64_t>(ids.size()) >= ctx,
+                       "[eval] --ctx {} exceeds the length of {}: {} tokens (the llamacpp protocol needs at least "
+                       "one chunk of ctx tokens)",
+                       ctx, data, ids.size());
     Progress progress(Progress::detect(g.quiet));
     progress.begin_stage("", 0, 0, "eval");
-    auto r = eval::evaluate_perplexity(*lm.model, ids, po, base.model.get(),
+    auto r = eval::evaluate_perplexity(*eng, ids, po, base_eng.get(),
                                        [&](int64_t d, int64_t t) { progress.update(d, t, "chunks"); });
     progress.end_stage();
-    json j = {{"model", model},          {"data", data},       {"protocol", protocol}, {"ctx", ctx},
-              {"perplexity", r.perplexity}, {"nll_mean", r.nll_mean}, {"nll_sd", r.nll_sd},
-              {"tokens", r.tokens},      {"chunks", r.chunks}, {"text_tokens", ids.size()},
-              {"seconds", r.seconds},    {"threads", threads()}};
+    json j = {{"model", model},
+              {"data", data},
+              {"perplexity", r.perplexity},
+              {"nll_mean", r.nll_mean},
+              {"nll_sd", r.nll_sd},
+              {"text_tokens", ids.size()},
+              {"seconds", r.seconds},
+              {"threads", threads()}};
+    j.update(eval::protocol_json(po, r, *eng));  // protocol, ctx, bos, chunks, tokens, engine
     if (r.has_baseline) {
       j["baseline"] = baseline;
       j["baseline_perplexity"] = r.baseline_perplexity;
@@ -227,8 +258,9 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     }
     if (!json_out.empty()) write_json_output(json_out, j);
     if (json_out != "-") {
-      std::printf("perplexity %.4f  nll_mean %.5f  tokens %lld  chunks %lld  (%s, ctx %lld)\n", r.perplexity,
-                  r.nll_mean, (long long)r.tokens, (long long)r.chunks, protocol.c_str(), (long long)ctx);
+      std::printf("perplexity %.4f  nll_mean %.5f  tokens %lld  chunks %lld  (%s, ctx %lld, %s, engine %s)\n",
+                  r.perplexity, r.nll_mean, (long long)r.tokens, (long long)r.chunks, protocol.c_str(),
+                  (long long)ctx, po.bos_id >= 0 ? "bos" : "no bos", eng->name().c_str());
       if (r.has_baseline)
         std::printf("baseline ppl %.4f  kld_mean %.6f  kld_p99 %.6f  top1_agreement %.4f  delta_p_rms %.5f\n",
                     r.baseline_perplexity, r.kld_mean, r.kld_p99, r.top1_agreement, r.delta_p_rms);
@@ -245,7 +277,7 @@ void register_bench(CLI::App& app, GlobalOptions& g) {
     auto lm = load_for_inference(a.model, a.tokenizer, /*need_tokenizer=*/false, a.device);
     Progress progress(Progress::detect(g.quiet));
     progress.begin_stage("", 0, 0, "bench");
-    auto r = eval::run_bench(*lm.model, a.bo, [&](const std::string& what, int64_t rep, int64_t total) {
+    auto r = infer::run_bench(model::TorchEngine(lm.model), a.bo, [&](const std::string& what, int64_t rep, int64_t total) {
       progress.update(rep, total, what);
     });
     progress.end_stage();

@@ -4,13 +4,15 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "core/timer.h"
 
 namespace llmopt::eval {
 namespace {
 
 // One forward pass over tokens[start, start+len); positions >= first_scored predict the next
-// token (targets tokens[start+p+1]). replace_first_with_bos implements llama.cpp's chunking.
+// token (targets tokens[start+p+1]). bos_first (llamacpp chunks) replaces the first token with
+// the BOS id when the text uses one.
 struct Window {
   int64_t start = 0;
   int64_t len = 0;
@@ -82,10 +84,62 @@ std::string protocol_name(PerplexityProtocol p) {
   return "?";
 }
 
-PerplexityResult evaluate_perplexity(model::LlamaModel& m, const std::vector<int64_t>& tokens,
-                                     const PerplexityOptions& o, model::LlamaModel* baseline,
+std::vector<int64_t> tokenize_for_perplexity(const tok::Tokenizer& tk, const std::string& text, PerplexityOptions& o,
+                                             std::optional<bool> force) {
+  const bool has_bos = tk.bos_id() >= 0;
+  bool use = force.value_or(tk.add_bos_default() && has_bos);
+  LLMOPT_CHECK_INPUT(!use || has_bos, "[eval] BOS was asked for but the tokenizer has no BOS token");
+  tok::EncodeOptions eo;
+  eo.add_bos = use;
+  const std::vector<int32_t> ids32 = tk.encode(text, eo);
+  o.bos_id = use ? tk.bos_id() : -1;
+  return std::vector<int64_t>(ids32.begin(), ids32.end());
+}
+
+namespace {
+
+// Per scored position: the model's NLL of the target and, with a baseline, KL(base || model),
+// whether the argmaxes agree, the baseline's NLL. Float64 from float32 logits rows.
+struct RowStats {
+  double nll = 0, base_nll = 0, kld = 0;
+  bool agree = false;
+};
+
+// log-sum-exp of a row, and its first argmax.
+double log_sum_exp(const float* l, int64_t V, int64_t* argmax) {
+  int64_t am = 0;
+  for (int64_t j = 1; j < V; ++j)
+    if (l[j] > l[am]) am = j;
+  const double mx = l[am];
+  double s = 0;
+  for (int64_t j = 0; j < V; ++j) s += std::exp(static_cast<double>(l[j]) - mx);
+  if (argmax) *argmax = am;
+  return mx + std::log(s);
+}
+
+RowStats row_stats(const float* lm, const float* lb, int64_t V, int64_t target) {
+  RowStats r;
+  int64_t am = 0, ab = 0;
+  const double lse_m = log_sum_exp(lm, V, &am);
+  r.nll = lse_m - lm[target];
+  if (lb == nullptr) return r;
+  const double lse_b = log_sum_exp(lb, V, &ab);
+  r.base_nll = lse_b - lb[target];
+  double kld = 0;
+  for (int64_t j = 0; j < V; ++j) {
+    const double lpb = lb[j] - lse_b, lpm = lm[j] - lse_m;
+    kld += std::exp(lpb) * (lpb - lpm);
+  }
+  r.kld = std::max(0.0, kld);
+  r.agree = am == ab;
+  return r;
+}
+
+}  // namespace
+
+PerplexityResult evaluate_perplexity(const infer::Engine& m, const std::vector<int64_t>& tokens,
+                                     const PerplexityOptions& o, const infer::Engine* baseline,
                                      const ProgressFn& progress) {
-  torch::NoGradGuard no_grad;
   Timer timer;
   const auto windows = make_windows(static_cast<int64_t>(tokens.size()), o);
   const int64_t vocab = m.config().vocab_size;
@@ -96,39 +150,50 @@ PerplexityResult evaluate_perplexity(model::LlamaModel& m, const std::vector<int
   }
   for (int64_t t : tokens)
     LLMOPT_CHECK_INPUT(t >= 0 && t < vocab, "[eval] token id {} out of range for vocab size {}", t, vocab);
+  LLMOPT_CHECK_INPUT(o.bos_id < vocab, "[eval] BOS id {} out of range for vocab size {}", o.bos_id, vocab);
+
+  int64_t longest = 1;
+  for (const auto& w : windows) longest = std::max(longest, w.len);
+  auto cache = m.make_cache(longest);
+  auto bcache = baseline ? baseline->make_cache(longest) : nullptr;
+  std::vector<float> logits(static_cast<size_t>(longest * vocab)), blogits;
+  if (baseline) blogits.resize(logits.size());
+  std::vector<RowStats> rows;
 
   double sum_nll = 0, sum_nll2 = 0, sum_base_nll = 0, sum_dp2 = 0;
   int64_t count = 0, agree = 0;
   std::vector<double> klds;
-  const auto dev = m.device();
   int64_t done = 0;
   for (const auto& w : windows) {
     std::vector<int64_t> ids(tokens.begin() + w.start, tokens.begin() + w.start + w.len);
-    if (w.bos_first) ids[0] = o.bos_id;
-    auto input = torch::tensor(ids, torch::kLong).view({1, -1});
-    const int64_t n_pred = w.len - 1 - w.first_scored;  // predictions at positions first..len-2
-    auto targets = torch::tensor(std::vector<int64_t>(tokens.begin() + w.start + w.first_scored + 1,
-                                                      tokens.begin() + w.start + w.len),
-                                 torch::kLong);
-    auto logits = m.forward(input.to(dev))[0].narrow(0, w.first_scored, n_pred).to(torch::kCPU);  // [n, V]
-    auto logp = torch::log_softmax(logits, -1);
-    auto nll = -logp.gather(1, targets.unsqueeze(1)).squeeze(1).to(torch::kFloat64);
-    sum_nll += nll.sum().item<double>();
-    sum_nll2 += nll.pow(2).sum().item<double>();
-    count += n_pred;
+    if (w.bos_first && o.bos_id >= 0) ids[0] = o.bos_id;
+    cache->reset();
+    m.prefill(ids.data(), w.len, *cache, logits.data(), /*all_positions=*/true);
     if (baseline) {
-      auto blogits = baseline->forward(input.to(baseline->device()))[0].narrow(0, w.first_scored, n_pred).to(torch::kCPU);
-      auto blogp = torch::log_softmax(blogits, -1);
-      // KL(base || model) per position, in nats, accumulated in float64.
-      auto kld = (blogp.exp() * (blogp - logp)).sum(-1).to(torch::kFloat64);
-      auto kacc = kld.accessor<double, 1>();
-      for (int64_t i = 0; i < n_pred; ++i) klds.push_back(std::max(0.0, kacc[i]));
-      agree += (logits.argmax(-1) == blogits.argmax(-1)).sum().item<int64_t>();
-      auto bnll = -blogp.gather(1, targets.unsqueeze(1)).squeeze(1).to(torch::kFloat64);
-      sum_base_nll += bnll.sum().item<double>();
-      auto dp = (-nll).exp() - (-bnll).exp();
-      sum_dp2 += dp.pow(2).sum().item<double>();
+      bcache->reset();
+      baseline->prefill(ids.data(), w.len, *bcache, blogits.data(), true);
     }
+    // Predictions at positions first_scored .. len-2 score targets tokens[start + p + 1].
+    const int64_t n_pred = w.len - 1 - w.first_scored;
+    rows.assign(static_cast<size_t>(n_pred), RowStats{});
+#pragma omp parallel for num_threads(threads()) schedule(static)
+    for (int64_t i = 0; i < n_pred; ++i) {
+      const int64_t p = w.first_scored + i;
+      rows[i] = row_stats(logits.data() + p * vocab, baseline ? blogits.data() + p * vocab : nullptr, vocab,
+                          tokens[w.start + p + 1]);
+    }
+    for (const RowStats& r : rows) {  // in order: sums independent of the thread count
+      sum_nll += r.nll;
+      sum_nll2 += r.nll * r.nll;
+      if (baseline) {
+        klds.push_back(r.kld);
+        agree += r.agree ? 1 : 0;
+        sum_base_nll += r.base_nll;
+        const double dp = std::exp(-r.nll) - std::exp(-r.base_nll);
+        sum_dp2 += dp * dp;
+      }
+    }
+    count += n_pred;
     ++done;
     if (progress) progress(done, static_cast<int64_t>(windows.size()));
   }
@@ -156,6 +221,19 @@ PerplexityResult evaluate_perplexity(model::LlamaModel& m, const std::vector<int
   }
   r.seconds = timer.seconds();
   return r;
+}
+
+nlohmann::json protocol_json(const PerplexityOptions& o, const PerplexityResult& r, const infer::Engine& m) {
+  nlohmann::json j = {{"protocol", protocol_name(o.protocol)},
+                      {"ctx", o.ctx},
+                      {"bos", o.bos_id >= 0},
+                      {"bos_id", o.bos_id},
+                      {"chunks", r.chunks},
+                      {"tokens", r.tokens},
+                      {"engine", m.name()}};
+  if (o.protocol == PerplexityProtocol::Sliding)
+    j["stride"] = o.stride > 0 ? o.stride : std::max<int64_t>(1, o.ctx / 2);
+  return j;
 }
 
 }  // namespace llmopt::eval

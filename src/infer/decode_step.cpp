@@ -7,8 +7,9 @@
 // the kernels::gemv row kernel (so every output is bit-identical for any thread count),
 // attention is split by key/value head, and the threads meet at barriers (which spin,
 // GOMP_SPINCOUNT) instead of forking and joining. Attention dots, softmax, SwiGLU and RMSNorm
-// use the SIMD primitives of kernels/vec_math.h. tests/model/llama_test.cpp checks it against a
-// float64 reference and across thread counts.
+// use the SIMD primitives of kernels/vec_math.h. RMSNorm, RoPE and the cache write are the blocks
+// of infer/blocks.h that CpuLlama's prefill uses too; the query's attention is blocks::attend_one.
+// tests/model/llama_test.cpp checks it against a float64 reference and across thread counts.
 #include <omp.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "infer/blocks.h"
 #include "infer/weights.h"
 #include "kernels/gemv.h"
 #include "kernels/vec_math.h"
@@ -115,34 +117,27 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
     for (int64_t li = 0; li < nl; ++li) {
       const LayerWeights& lw = w.layers[li];
       std::atomic<int64_t>* ctr = next.data() + li * kPhases;
-      kernels::rms_norm_f32(x.data(), lw.ln1, xn.data(), D, eps);
+      blocks::rms_norm_rows(x.data(), lw.ln1, xn.data(), 0, 1, D, eps);
       for (int j : {LayerWeights::Q, LayerWeights::K, LayerWeights::V}) {
         float* y = j == LayerWeights::Q ? q.data() : j == LayerWeights::K ? k.data() : v.data();
         for_rows(lw.m[j].n, t, nt, ctr[kQ + j], [&](int64_t r0, int64_t r1) { gemv_range(lw.m[j], xn.data(), y, r0, r1); });
       }
 #pragma omp barrier
       // Attention by key/value head: RoPE on k, the cache row, then the G query heads sharing it.
+      const blocks::LayerCache lc{kv.k[li], kv.v[li], cap, hd};
       for (int64_t kh = t; kh < KV; kh += nt) {
-        rope_rotate_half(k.data() + kh * hd, cos.data(), sin.data(), hd);
-        float* Kc = kv.k[li] + kh * cap * hd;
-        float* Vc = kv.v[li] + kh * cap * hd;
-        std::copy_n(k.data() + kh * hd, hd, Kc + pos * hd);
-        std::copy_n(v.data() + kh * hd, hd, Vc + pos * hd);
+        blocks::rope_heads(k.data(), kh, kh + 1, cos.data(), sin.data(), hd);
+        blocks::store_kv(lc, kh, pos, k.data(), v.data());
         for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
-          float* qh = q.data() + h * hd;
-          rope_rotate_half(qh, cos.data(), sin.data(), hd);
-          float* s = scores.data() + h * S;
-          for (int64_t j = 0; j < S; ++j) s[j] = kernels::dot_f32(qh, Kc + j * hd, hd) * scale;
-          kernels::softmax_f32(s, S);
-          float* a = att.data() + h * hd;
-          std::fill_n(a, hd, 0.0f);
-          for (int64_t j = 0; j < S; ++j) kernels::axpy_f32(s[j], Vc + j * hd, a, hd);
+          blocks::rope_heads(q.data(), h, h + 1, cos.data(), sin.data(), hd);
+          blocks::attend_one(q.data() + h * hd, lc.keys(kh), lc.values(kh), S, hd, scale, scores.data() + h * S,
+                             att.data() + h * hd);
         }
       }
 #pragma omp barrier
       add_projection(lw.m[LayerWeights::O], att.data(), ctr[kO]);
 #pragma omp barrier
-      kernels::rms_norm_f32(x.data(), lw.ln2, xn.data(), D, eps);
+      blocks::rms_norm_rows(x.data(), lw.ln2, xn.data(), 0, 1, D, eps);
       for_rows(F, t, nt, ctr[kGateUp], [&](int64_t r0, int64_t r1) {
         gemv_range(lw.m[LayerWeights::Gate], xn.data(), hb.data(), r0, r1);
         gemv_range(lw.m[LayerWeights::Up], xn.data(), hb2.data(), r0, r1);
@@ -152,7 +147,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
       add_projection(lw.m[LayerWeights::Down], hb.data(), ctr[kDown]);
 #pragma omp barrier
     }
-    kernels::rms_norm_f32(x.data(), w.final_norm, xn.data(), D, eps);
+    blocks::rms_norm_rows(x.data(), w.final_norm, xn.data(), 0, 1, D, eps);
     for_rows(V, t, nt, next[nl * kPhases], [&](int64_t r0, int64_t r1) { gemv_range(w.head, xn.data(), out, r0, r1); });
   }
 }

@@ -11,7 +11,7 @@
 
 namespace llmopt::infer {
 
-std::vector<int64_t> generate(const CpuLlama& m, const std::vector<int64_t>& prompt, const SamplingOptions& o,
+std::vector<int64_t> generate(const Engine& m, const std::vector<int64_t>& prompt, const SamplingOptions& o,
                               const std::function<bool(int64_t)>& on_token) {
   LLMOPT_CHECK_INPUT(!prompt.empty(), "[generate] the prompt is empty (no tokens)");
   const int64_t V = m.config().vocab_size;
@@ -19,14 +19,14 @@ std::vector<int64_t> generate(const CpuLlama& m, const std::vector<int64_t>& pro
   std::vector<float> logits(static_cast<size_t>(V));
   Sampler sampler(o.seed);
   std::vector<int64_t> out;
-  m.prefill(prompt.data(), static_cast<int64_t>(prompt.size()), cache, logits.data());
+  m.prefill(prompt.data(), static_cast<int64_t>(prompt.size()), *cache, logits.data());
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
     const int64_t next = sampler.sample(logits.data(), V, o);
     out.push_back(next);
     if (on_token && !on_token(next)) break;
     if (next == o.stop_token) break;
     if (step + 1 == o.max_new_tokens) break;
-    m.decode(next, cache, logits.data());
+    m.decode(next, *cache, logits.data());
   }
   return out;
 }
@@ -78,23 +78,23 @@ void run_bench_loop(const BenchOptions& o, const BenchHooks& h, BenchResult& r,
   r.peak_rss_bytes = peak_rss_bytes();
 }
 
-BenchResult run_bench(const CpuLlama& m, const BenchOptions& o,
+BenchResult run_bench(const Engine& m, const BenchOptions& o,
                       const std::function<void(const std::string&, int64_t, int64_t)>& progress) {
   BenchResult r;
-  r.engine = "native";
+  r.engine = m.name();
   r.model_bytes = m.weight_bytes();
   const int64_t V = m.config().vocab_size;
   auto cache = m.make_cache(std::max<int64_t>(1, std::max(o.prompt_tokens, o.gen_tokens + 1)));
-  r.kv_cache_bytes = cache.bytes();
+  r.kv_cache_bytes = cache->bytes();
   std::vector<float> logits(static_cast<size_t>(V));
   BenchHooks h;
   h.vocab = V;
-  h.reset = [&] { cache.length = 0; };
+  h.reset = [&] { cache->reset(); };
   h.prefill = [&](const std::vector<int64_t>& p) {
-    m.prefill(p.data(), static_cast<int64_t>(p.size()), cache, logits.data());
+    m.prefill(p.data(), static_cast<int64_t>(p.size()), *cache, logits.data());
   };
   h.decode = [&](int64_t t) {
-    m.decode(t, cache, logits.data());
+    m.decode(t, *cache, logits.data());
     return static_cast<int64_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   };
   run_bench_loop(o, h, r, progress);

@@ -1,10 +1,13 @@
-// Autoregressive generation and the speed/memory benchmark on the torch-free CPU engine.
+// Autoregressive generation and the speed/memory benchmark, on any infer::Engine (the native CPU
+// engine or model::TorchEngine): `llmopt generate|bench` and the evaluate stage's `speed` run
+// these, so their figures come from the same loop.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "infer/engine.h"
 #include "infer/llama_cpu.h"
 #include "infer/sampling.h"
 
@@ -12,7 +15,7 @@ namespace llmopt::infer {
 
 // Returns the new tokens (not the prompt). on_token(id) is called as each is produced; returning
 // false stops early. Stops after stop_token too.
-std::vector<int64_t> generate(const CpuLlama& m, const std::vector<int64_t>& prompt, const SamplingOptions& o,
+std::vector<int64_t> generate(const Engine& m, const std::vector<int64_t>& prompt, const SamplingOptions& o,
                               const std::function<bool(int64_t)>& on_token = {});
 
 struct BenchOptions {
@@ -30,13 +33,13 @@ struct BenchResult {
   int64_t model_bytes = 0;
   int64_t kv_cache_bytes = 0;
   int64_t peak_rss_bytes = 0;  // while prefilling and decoding (the peak is reset after loading)
-  std::string engine;          // "native" or "torch"
+  std::string engine;          // Engine::name(): "native" or "torch"
 };
 
 // Like llama-bench: prefill of prompt_tokens random tokens (logits of the last position), and
 // decode of gen_tokens tokens from an empty cache, warmup + repetitions times.
 // progress(label, rep, reps) is called before each repetition.
-BenchResult run_bench(const CpuLlama& m, const BenchOptions& o,
+BenchResult run_bench(const Engine& m, const BenchOptions& o,
                       const std::function<void(const std::string&, int64_t, int64_t)>& progress = {});
 
 // The measurement loop both engines share: warmup + repetitions of prefill(prompt) (random

@@ -11,40 +11,46 @@
 #include <memory>
 #include <vector>
 
+#include "infer/engine.h"
 #include "infer/weights.h"
 #include "io/checkpoint.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmopt::infer {
 
-class CpuLlama {
+class CpuLlama : public Engine {
  public:
   // Copies (F32) or converts (F16/BF16, dequantized block formats) every tensor of `ckpt` into
   // the arena: the checkpoint may be dropped afterwards. InputError naming the file for missing
   // tensors or wrong shapes.
   explicit CpuLlama(const io::Checkpoint& ckpt);
-  ~CpuLlama();
+  ~CpuLlama() override;
   CpuLlama(const CpuLlama&) = delete;
   CpuLlama& operator=(const CpuLlama&) = delete;
 
-  struct Cache {
+  // This engine's KV cache (what make_cache returns).
+  struct Cache : EngineCache {
     std::vector<std::vector<float>> k, v;  // per layer [n_kv_heads, capacity, head_dim]
-    int64_t length = 0;                    // positions filled
-    int64_t capacity = 0;
-    int64_t bytes() const;
+    int64_t filled = 0;                    // positions filled
+    int64_t cap = 0;
+    int64_t length() const override { return filled; }
+    int64_t capacity() const override { return cap; }
+    void truncate(int64_t n) override;
+    int64_t bytes() const override;
   };
-  Cache make_cache(int64_t capacity) const;
 
-  // Appends n ≥ 1 tokens at positions cache.length.. and writes the logits of the last one
-  // (vocab floats). Throws InputError for a token id out of range or a full cache.
-  void prefill(const int64_t* tokens, int64_t n, Cache& cache, float* logits) const;
-  // One token (the fused step): same contract with n = 1.
-  void decode(int64_t token, Cache& cache, float* logits) const;
+  // infer::Engine (src/infer/forward_cpu.cpp): prefill runs OpenBLAS GEMMs over the n rows
+  // (n = 1 goes through decode), decode the fused step of decode_step.cpp.
+  std::string name() const override { return "native"; }
+  std::unique_ptr<EngineCache> make_cache(int64_t capacity) const override;
+  void prefill(const int64_t* tokens, int64_t n, EngineCache& cache, float* logits,
+               bool all_positions = false) const override;
+  void decode(int64_t token, EngineCache& cache, float* logits) const override;
 
-  const ModelConfig& config() const { return w_.cfg; }
+  const ModelConfig& config() const override { return w_.cfg; }
   const Weights& weights() const { return w_; }
   // Bytes of the weights as held (float32).
-  int64_t weight_bytes() const { return weight_bytes_; }
+  int64_t weight_bytes() const override { return weight_bytes_; }
 
  private:
   Weights w_;

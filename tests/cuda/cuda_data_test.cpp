@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/perplexity.h"
+#include "model/torch_engine.h"
 #include "model/generate.h"
 #include "model/loader.h"
 #include "../model/stories_reference.h"
@@ -72,7 +73,7 @@ TEST(CudaData, TinyLlama17MLogitsAndPerplexity) {
   eval::PerplexityOptions po;
   po.protocol = eval::PerplexityProtocol::Windows;
   po.ctx = 256;
-  auto r = eval::evaluate_perplexity(*lm.model, toks, po);
+  auto r = eval::evaluate_perplexity(model::TorchEngine(lm.model), toks, po);
   const double want = pref["perplexity"];
   std::printf("17M on CUDA: perplexity %.5f (reference %.5f)\n", r.perplexity, want);
   EXPECT_LT(std::abs(r.perplexity / want - 1), 0.001);

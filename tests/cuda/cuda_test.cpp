@@ -5,7 +5,8 @@
 #include <torch/torch.h>
 
 #include "core/error.h"
-#include "eval/speed.h"
+#include "infer/generate.h"
+#include "model/torch_engine.h"
 #include "model/device.h"
 #include "model/llama.h"
 #include "model/synth.h"
@@ -105,9 +106,9 @@ TEST(Cuda, BenchRunsOnDevice) {
   auto gpu = model::synth_model(small_config(), 5);
   gpu->to(torch::kCUDA);
   gpu->eval();
-  eval::BenchOptions bo;
+  infer::BenchOptions bo;
   bo.prompt_tokens = 64, bo.gen_tokens = 16, bo.repetitions = 2, bo.warmup = 1;
-  auto r = eval::run_bench(*gpu, bo, nullptr);
+  auto r = infer::run_bench(model::TorchEngine(gpu), bo, nullptr);
   EXPECT_GT(r.pp_tok_s, 0);
   EXPECT_GT(r.tg_tok_s, 0);
   EXPECT_GT(r.model_bytes, 0);

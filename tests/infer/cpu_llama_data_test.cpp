@@ -67,9 +67,9 @@ TEST(CpuLlamaData, Tiny17mLogitsMatchReferenceThroughPrefillAndDecode) {
   auto decode_cache = lm.model->make_cache(static_cast<int64_t>(ids.size()));
   for (int64_t t = 0; t < static_cast<int64_t>(ids.size()); ++t) {
     auto cache = lm.model->make_cache(static_cast<int64_t>(ids.size()));
-    lm.model->prefill(ids.data(), t + 1, cache, logits.data());
+    lm.model->prefill(ids.data(), t + 1, *cache, logits.data());
     check(t, "prefill");
-    lm.model->decode(ids[t], decode_cache, logits.data());
+    lm.model->decode(ids[t], *decode_cache, logits.data());
     check(t, "decode");
   }
 }

@@ -12,6 +12,7 @@
 
 #include "core/threads.h"
 #include "eval/perplexity.h"
+#include "model/torch_engine.h"
 #include "model/generate.h"
 #include "model/loader.h"
 #include "stories_reference.h"
@@ -105,7 +106,7 @@ double ppl_windows(model::LoadedModel& lm, const std::string& text, int64_t ctx)
   eval::PerplexityOptions po;
   po.protocol = eval::PerplexityProtocol::Windows;
   po.ctx = ctx;
-  return eval::evaluate_perplexity(*lm.model, ids, po).perplexity;
+  return eval::evaluate_perplexity(model::TorchEngine(lm.model), ids, po).perplexity;
 }
 
 TEST(Stories260KData, Q4KMWithinThreePercentOfF32) {
@@ -150,7 +151,7 @@ TEST(TinyLlama17MData, PerplexityMatchesReference) {
   eval::PerplexityOptions po;
   po.protocol = eval::PerplexityProtocol::Windows;
   po.ctx = 256;
-  auto r = eval::evaluate_perplexity(*lm.model, ids, po);
+  auto r = eval::evaluate_perplexity(model::TorchEngine(lm.model), ids, po);
   EXPECT_EQ(r.tokens, ref["n_predicted_tokens"].get<int64_t>());
   EXPECT_EQ(r.chunks, ref["n_windows"].get<int64_t>());
   const double want = ref["perplexity"];

@@ -61,6 +61,7 @@ TEST(EvaluateStage, PerplexityAndSelfKld) {
 TEST(EvaluateStage, KldAgainstADifferentBaselineIsPositive) {
   Fixture f = make_fixture("kld");
   f.state.baseline = stages::clone_model(*f.state.model);
+  f.state.model_modified = true;  // as after a stage that changed the model
   {
     torch::NoGradGuard g;
     f.state.model->embed_tokens().mul_(3.0);  // a different model

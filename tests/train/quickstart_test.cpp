@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "eval/perplexity.h"
+#include "model/torch_engine.h"
 
 namespace llmopt::train {
 namespace {
@@ -130,8 +131,9 @@ TEST(Quickstart, DISABLED_FullBuildHeldOutPerplexity) {
   const std::vector<int32_t> ids = m.tokenizer->encode(eval_text, {.add_bos = true});
   eval::PerplexityOptions po;
   po.ctx = 128;
+  po.bos_id = m.tokenizer->bos_id();  // the text was encoded with BOS: chunks start with it too
   const eval::PerplexityResult r =
-      eval::evaluate_perplexity(*m.model, std::vector<int64_t>(ids.begin(), ids.end()), po);
+      eval::evaluate_perplexity(model::TorchEngine(m.model), std::vector<int64_t>(ids.begin(), ids.end()), po);
   std::printf("held-out perplexity (llamacpp protocol, ctx 128): %.3f over %lld tokens\n",
               r.perplexity, static_cast<long long>(r.tokens));
   std::printf("%s\n", m.source_info.dump(1).c_str());

@@ -6,7 +6,8 @@
 
 #include "core/memory.h"
 #include "eval/perplexity.h"
-#include "eval/speed.h"
+#include "infer/generate.h"
+#include "model/torch_engine.h"
 
 namespace llmopt::stages {
 
@@ -40,6 +41,10 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
   StageResult result;
   auto& m = *state.model;
   const bool need_ppl = wants("perplexity") || wants("kld");
+  // Perplexity, KLD and speed run through the one inference interface, on the engine `llmopt
+  // eval|bench` would pick for this model (native for dense float32 layers on the CPU).
+  std::unique_ptr<infer::Engine> engine;
+  if (need_ppl || wants("speed")) engine = model::make_engine(state.model, o_.engine);
   if (need_ppl) {
     LLMOPT_CHECK_INPUT(ctx.data && !ctx.data->eval.path.empty(),
                        "[evaluate] stage '{}' measures perplexity but data.eval.path is not set",
@@ -50,27 +55,23 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
     po.ctx = o_.ctx > 0 ? o_.ctx : d.ctx;
     po.stride = d.stride;
     po.max_chunks = o_.max_chunks >= 0 ? o_.max_chunks : d.max_chunks;
-    po.bos_id = state.tokenizer->bos_id() >= 0 ? state.tokenizer->bos_id() : 1;
-    const std::string text = read_text(d.path);
-    tok::EncodeOptions eo;
-    eo.add_bos = po.protocol == eval::PerplexityProtocol::LlamaCpp || state.tokenizer->add_bos_default();
-    const std::vector<int32_t> ids32 = state.tokenizer->encode(text, eo);
-    const std::vector<int64_t> ids(ids32.begin(), ids32.end());
+    const std::vector<int64_t> ids = eval::tokenize_for_perplexity(*state.tokenizer, read_text(d.path), po);
     // KL divergence needs a distinct baseline; against itself it is exactly 0 (and agreement 1),
     // so the second forward pass is skipped.
-    model::LlamaModel* baseline =
-        wants("kld") && !state.baseline_is_current() && state.baseline ? state.baseline.get() : nullptr;
+    std::unique_ptr<infer::Engine> baseline;
+    // Read back from the input file when the model was modified (no dense copy kept between stages).
+    if (wants("kld") && !state.baseline_is_current())
+      if (auto b = state.baseline_model()) baseline = model::make_engine(b, o_.engine);
     const int64_t tokens_per_chunk = po.ctx;
     const eval::PerplexityResult r = eval::evaluate_perplexity(
-        m, ids, po, baseline, [&](int64_t done, int64_t total) {
+        *engine, ids, po, baseline.get(), [&](int64_t done, int64_t total) {
           ctx.report(done * tokens_per_chunk, total * tokens_per_chunk, "tok");
         });
+    result.metrics.update(eval::protocol_json(po, r, *engine));  // protocol, ctx, bos, chunks, tokens, engine
     if (wants("perplexity")) {
       result.metrics["perplexity"] = r.perplexity;
       result.metrics["nll_mean"] = r.nll_mean;
       result.metrics["nll_sd"] = r.nll_sd;
-      result.metrics["tokens"] = r.tokens;
-      result.metrics["chunks"] = r.chunks;
     }
     if (wants("kld")) {
       if (baseline) {
@@ -91,21 +92,24 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
     }
   }
   if (wants("speed")) {
-    eval::BenchOptions bo;
+    infer::BenchOptions bo;
     bo.prompt_tokens = std::min<int64_t>(o_.bench_prompt_tokens, m.config().max_position_embeddings / 2);
     bo.gen_tokens = std::min<int64_t>(o_.bench_gen_tokens, m.config().max_position_embeddings / 2);
     bo.repetitions = o_.bench_repetitions;
     bo.seed = ctx.seed;
-    const eval::BenchResult b =
-        eval::run_bench(m, bo, [&](const std::string& label, int64_t rep, int64_t reps) {
+    // The loop of `llmopt bench` (infer::run_bench): the same figures for the same engine.
+    const infer::BenchResult b =
+        infer::run_bench(*engine, bo, [&](const std::string& label, int64_t rep, int64_t reps) {
           if (ctx.note) ctx.note(label);
           ctx.report(rep, reps, "rep");
         });
+    result.metrics["engine"] = b.engine;
     result.metrics["pp_tok_s"] = b.pp_tok_s;
     result.metrics["pp_tok_s_sd"] = b.pp_tok_s_sd;
     result.metrics["tg_tok_s"] = b.tg_tok_s;
     result.metrics["tg_tok_s_sd"] = b.tg_tok_s_sd;
     result.metrics["threads"] = b.threads;
+    result.metrics["kv_cache_bytes"] = b.kv_cache_bytes;
   }
   if (wants("memory") || wants("speed")) {
     result.metrics["model_bytes"] = m.storage_bytes();

@@ -16,6 +16,7 @@ struct EvaluateOptions {
   int64_t bench_prompt_tokens = 64;
   int64_t bench_gen_tokens = 32;
   int64_t bench_repetitions = 3;
+  std::string engine = "auto";
 
   static void describe(Schema<EvaluateOptions>& s) {
     s.field("metrics", &EvaluateOptions::metrics,
@@ -34,6 +35,10 @@ struct EvaluateOptions {
     s.field("bench_repetitions", &EvaluateOptions::bench_repetitions,
             "speed: measured repetitions (mean reported)")
         .range(1, 1000);
+    s.field("engine", &EvaluateOptions::engine,
+            "Engine for perplexity, kld and speed: auto (native for dense float32 layers on the CPU, "
+            "torch otherwise), native, torch")
+        .choices({"auto", "native", "torch"});
   }
 };
 
