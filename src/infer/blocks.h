@@ -43,10 +43,16 @@ inline void store_kv(const LayerCache& c, int64_t kv_head, int64_t pos, const fl
   std::copy_n(v + kv_head * c.hd, c.hd, c.value(kv_head, pos));
 }
 
-// Softmax of one query's scaled scores over its first n keys (causal: the rest of the row, up to
-// `row_len`, is zeroed so that a GEMM over the whole row adds nothing from later keys).
-inline void causal_softmax(float* scores, int64_t n, int64_t row_len) {
-  kernels::softmax_f32(scores, n);
+// First key a query at position `pos` sees: 0, or pos - W + 1 with a sliding window of W keys
+// (Mistral; HF's and llama.cpp's mask: key k visible when pos - W < k <= pos).
+inline int64_t first_key(int64_t pos, int64_t window) { return window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0; }
+
+// Softmax of one query's scaled scores over keys [lo, n) (causal, and a sliding window when
+// lo > 0): the rest of the row, up to `row_len`, is zeroed so that a GEMM over the whole row adds
+// nothing from hidden keys.
+inline void causal_softmax(float* scores, int64_t lo, int64_t n, int64_t row_len) {
+  std::fill(scores, scores + lo, 0.0f);
+  kernels::softmax_f32(scores + lo, n - lo);
   std::fill(scores + n, scores + row_len, 0.0f);
 }
 

@@ -87,6 +87,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
   LLMOPT_CHECK_INPUT(token >= 0 && token < V, "[model] token id {} out of range for vocab size {}", token, V);
   LLMOPT_ASSERT(pos >= 0 && pos < kv.capacity, "KV cache full: position {} of capacity {}", pos, kv.capacity);
   const int64_t S = pos + 1, cap = kv.capacity;
+  const int64_t lo = blocks::first_key(pos, c.sliding_window);  // keys lo..pos are visible
 
   std::vector<float> cos(hd), sin(hd);
   rope_angles(w.inv_freq, pos, hd, cos.data(), sin.data());
@@ -130,8 +131,8 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
         blocks::store_kv(lc, kh, pos, k.data(), v.data());
         for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
           blocks::rope_heads(q.data(), h, h + 1, cos.data(), sin.data(), hd);
-          blocks::attend_one(q.data() + h * hd, lc.keys(kh), lc.values(kh), S, hd, scale, scores.data() + h * S,
-                             att.data() + h * hd);
+          blocks::attend_one(q.data() + h * hd, lc.key(kh, lo), lc.value(kh, lo), S - lo, hd, scale,
+                             scores.data() + h * S, att.data() + h * hd);
         }
       }
 #pragma omp barrier

@@ -122,7 +122,8 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, EngineCache& ec, float*
     for (int64_t h = 0; h < H; ++h) {
       sgemm(true, T, S, hd, scale, q.data() + h * hd, H * hd, lc.keys(h / G), hd, 0.0f, scores.data(), S);
 #pragma omp parallel for if (par)
-      for (int64_t t = 0; t < T; ++t) blocks::causal_softmax(scores.data() + t * S, p0 + t + 1, S);
+      for (int64_t t = 0; t < T; ++t)
+        blocks::causal_softmax(scores.data() + t * S, blocks::first_key(p0 + t, c.sliding_window), p0 + t + 1, S);
       sgemm(false, T, hd, S, 1.0f, scores.data(), S, lc.values(h / G), hd, 0.0f, att.data() + h * hd, H * hd);
     }
     gemm(L.m[LayerWeights::O], att.data(), tmp.data(), T);

@@ -22,7 +22,7 @@
 namespace llmopt {
 namespace {
 
-ModelConfig small_config() {
+ModelConfig small_config(int64_t sliding_window = 0) {
   ModelConfig c;
   c.hidden_size = 48;
   c.intermediate_size = 100;
@@ -33,20 +33,22 @@ ModelConfig small_config() {
   c.vocab_size = 97;
   c.rope_theta = 10000;
   c.max_position_embeddings = 64;
+  c.sliding_window = sliding_window;
   return c;
 }
 
 // A synthetic model with weights scaled up from synth's N(0, 0.02) so that attention and the
 // next-token distributions are far from uniform (logits of a few units; on random text its NLL
 // is ~5.5 nats, against log 97 = 4.6 for a uniform prediction).
-std::shared_ptr<model::LlamaModel> make_model(uint64_t seed, double scale = 3) {
-  auto m = model::synth_model(small_config(), seed);
+std::shared_ptr<model::LlamaModel> make_model(uint64_t seed, double scale = 3, int64_t window = 0) {
+  auto m = model::synth_model(small_config(window), seed);
   torch::NoGradGuard ng;
   for (auto& p : m->parameters()) p.mul_(scale);
   return m;
 }
 
-// Float64 Llama forward (HF definitions: RMSNorm, rotate-half RoPE, GQA, SwiGLU).
+// Float64 Llama forward (HF definitions: RMSNorm, rotate-half RoPE, GQA, SwiGLU; with a sliding
+// window W the query at t sees keys t-W+1..t, HF's Mistral mask).
 class Reference {
  public:
   explicit Reference(model::LlamaModel& m) : c_(m.config()) {
@@ -109,16 +111,17 @@ class Reference {
       for (int64_t hh = 0; hh < H; ++hh) {
         const int64_t g = hh / (H / KV);
         for (int64_t t = 0; t < T; ++t) {
-          std::vector<double> s(t + 1);
+          std::vector<double> s(t + 1, -INFINITY);
+          const int64_t lo = c_.sliding_window > 0 ? std::max<int64_t>(0, t - c_.sliding_window + 1) : 0;
           double mx = -INFINITY, sum = 0;
-          for (int64_t j = 0; j <= t; ++j) {
+          for (int64_t j = lo; j <= t; ++j) {
             double d = 0;
             for (int64_t i = 0; i < hd; ++i) d += q[t][hh * hd + i] * k[j][g * hd + i];
             s[j] = d / std::sqrt(static_cast<double>(hd));
             mx = std::max(mx, s[j]);
           }
-          for (double& e : s) sum += (e = std::exp(e - mx));
-          for (int64_t j = 0; j <= t; ++j)
+          for (double& e : s) sum += (e = std::exp(e - mx));  // exp(-inf) = 0 for hidden keys
+          for (int64_t j = lo; j <= t; ++j)
             for (int64_t i = 0; i < hd; ++i) att[t][hh * hd + i] += s[j] / sum * v[j][g * hd + i];
         }
       }
@@ -217,6 +220,42 @@ TEST(Engine, AllPositionLogitsMatchFloat64Reference) {
     EXPECT_THROW(eng->prefill(ids.data(), 1, *cache, logits.data(), true), InputError);  // full
     EXPECT_EQ(cache->length(), T);
     EXPECT_EQ(eng->make_cache(3)->capacity(), 3);
+  }
+}
+
+// Mistral's sliding-window attention in both engines: every position's logits from one prefill,
+// a prefill continued past the window, and token-by-token decode (the fused step) all see only
+// the last W keys.
+TEST(Engine, SlidingWindowAttentionMatchesFloat64Reference) {
+  Engines e(make_model(23, 3, /*window=*/4));
+  Reference ref(*e.m);
+  const std::vector<int64_t> ids = random_tokens(13, 17, 97);
+  const auto want = ref.forward(ids);
+  const double tol = logit_tol(want);
+  const int64_t V = 97, T = static_cast<int64_t>(ids.size());
+  {  // the window matters: the reference without it differs
+    auto m0 = make_model(23, 3, 0);
+    const auto full = Reference(*m0).forward(ids);
+    double d = 0;
+    for (int64_t j = 0; j < V; ++j) d = std::max(d, std::fabs(full[T - 1][j] - want[T - 1][j]));
+    EXPECT_GT(d, 100 * tol);
+  }
+  for (const infer::Engine* eng : e.both()) {
+    SCOPED_TRACE(eng->name());
+    std::vector<float> logits(T * V);
+    auto cache = eng->make_cache(T);
+    eng->prefill(ids.data(), T, *cache, logits.data(), true);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < V; ++j) ASSERT_NEAR(logits[t * V + j], want[t][j], tol) << "prefill row " << t;
+    cache->truncate(6);
+    eng->prefill(ids.data() + 6, 5, *cache, logits.data(), true);
+    for (int64_t t = 6; t < 11; ++t)
+      for (int64_t j = 0; j < V; ++j) ASSERT_NEAR(logits[(t - 6) * V + j], want[t][j], tol) << "continued row " << t;
+    cache->reset();
+    for (int64_t t = 0; t < T; ++t) {
+      eng->decode(ids[t], *cache, logits.data());
+      for (int64_t j = 0; j < V; ++j) ASSERT_NEAR(logits[j], want[t][j], tol) << "decode at " << t;
+    }
   }
 }
 
