@@ -223,10 +223,14 @@ void write_gguf(const std::string& path, const Checkpoint& ckpt, DType out_type,
     if (dtype_is_block_quantized(out_type) && t.shape.back() % dtype_block_elems(out_type) != 0) return DType::F16;
     return out_type;
   };
-  // general.file_type: the type most 2-D weight bytes are stored in.
+  // general.file_type: the type most projection weights are stored in (llama-quantize's
+  // convention: a Q4_0 file may keep its embedding in f32).
   std::map<DType, int64_t> bytes_by_type;
-  for (const auto& t : ckpt.tensors)
-    if (t.shape.size() > 1) bytes_by_type[target_type(t)] += t.numel();
+  for (const auto& t : ckpt.tensors) {
+    const auto named = io::arch::parse_hf_name(t.name);
+    if (t.shape.size() > 1 && named && io::arch::describe(named->role).linear && named->role != io::arch::Role::Output)
+      bytes_by_type[target_type(t)] += t.numel();
+  }
   DType file_type = out_type;
   int64_t best = -1;
   for (const auto& [ty, n] : bytes_by_type)
