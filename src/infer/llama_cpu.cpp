@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "infer/blas.h"
+#include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 #include "kernels/gemv.h"
 #include "kernels/vec_math.h"
@@ -55,38 +56,33 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
     return it == offset.end() ? nullptr : base + it->second;
   };
 
-  w_.embed = at("model.embed_tokens.weight");
-  w_.final_norm = at("model.norm.weight");
+  // Bind every tensor by its role in the architecture description.
   inv_freq_ = rope_inv_freq(c);
   w_.inv_freq = inv_freq_.data();
-  auto mat = [&](const std::string& prefix, int64_t n, int64_t k, bool bias) {
-    Matrix m;
-    m.w = at(prefix + ".weight");
-    m.bias = bias ? at(prefix + ".bias") : nullptr;
-    m.n = n, m.k = k;
-    return m;
-  };
-  const int64_t D = c.hidden_size, qd = c.num_attention_heads * c.head_dim, kvd = c.kv_dim();
-  const int64_t F = c.intermediate_size;
   w_.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i);
-    LayerWeights& L = w_.layers[static_cast<size_t>(i)];
-    L.m[LayerWeights::Q] = mat(p + ".self_attn.q_proj", qd, D, c.attention_bias);
-    L.m[LayerWeights::K] = mat(p + ".self_attn.k_proj", kvd, D, c.attention_bias);
-    L.m[LayerWeights::V] = mat(p + ".self_attn.v_proj", kvd, D, c.attention_bias);
-    L.m[LayerWeights::O] = mat(p + ".self_attn.o_proj", D, qd, false);
-    L.m[LayerWeights::Gate] = mat(p + ".mlp.gate_proj", F, D, false);
-    L.m[LayerWeights::Up] = mat(p + ".mlp.up_proj", F, D, false);
-    L.m[LayerWeights::Down] = mat(p + ".mlp.down_proj", D, F, false);
-    L.ln1 = at(p + ".input_layernorm.weight");
-    L.ln2 = at(p + ".post_attention_layernorm.weight");
-  }
-  if (c.tie_word_embeddings) {
-    w_.head.w = w_.embed, w_.head.n = c.vocab_size, w_.head.k = D;
-  } else {
-    w_.head = mat("lm_head", c.vocab_size, D, false);
-  }
+  io::arch::for_each_tensor(c, [&](const io::arch::TensorInfo& t) {
+    const float* p = at(t.hf_name);
+    using io::arch::Role;
+    if (t.role == Role::TokenEmbd) {
+      w_.embed = p;
+    } else if (t.role == Role::OutputNorm) {
+      w_.final_norm = p;
+    } else if (t.role == Role::Output) {
+      w_.head.w = p, w_.head.n = t.shape[0], w_.head.k = t.shape[1];
+    } else if (t.role == Role::AttnNorm) {
+      w_.layers[static_cast<size_t>(t.layer)].ln1 = p;
+    } else if (t.role == Role::FfnNorm) {
+      w_.layers[static_cast<size_t>(t.layer)].ln2 = p;
+    } else if (const int j = io::arch::layer_linear_index(t.role); j >= 0) {
+      Matrix& m = w_.layers[static_cast<size_t>(t.layer)].m[static_cast<size_t>(j)];
+      if (t.bias) {
+        m.bias = p;
+      } else {
+        m.w = p, m.n = t.shape[0], m.k = t.shape[1];
+      }
+    }
+  });
+  if (c.tie_word_embeddings) w_.head.w = w_.embed, w_.head.n = c.vocab_size, w_.head.k = c.hidden_size;
 }
 
 CpuLlama::~CpuLlama() = default;

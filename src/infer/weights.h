@@ -21,6 +21,7 @@ struct Matrix {
 };
 
 struct LayerWeights {
+  // Indexed as io::arch::kLayerLinears lists the projections.
   enum { Q, K, V, O, Gate, Up, Down };
   std::array<Matrix, 7> m;
   const float* ln1 = nullptr;  // input_layernorm [dim]
