@@ -122,7 +122,8 @@ void register_info(CLI::App& app, GlobalOptions& g) {
 void register_tokenize(CLI::App& app, GlobalOptions& g) {
   auto* cmd = app.add_subcommand("tokenize", "Token ids (and pieces) of a text");
   static std::string model, tokenizer, text, file;
-  static bool no_bos = false, bos = false, json_out = false, parse_special = false;
+  static std::string json_out;
+  static bool no_bos = false, bos = false, parse_special = false;
   cmd->add_option("MODEL", model, "Model or tokenizer file")->required();
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (overrides the model's)");
   auto* t = cmd->add_option("--text", text, "Text to tokenize");
@@ -131,7 +132,7 @@ void register_tokenize(CLI::App& app, GlobalOptions& g) {
   cmd->add_flag("--no-bos", no_bos, "Do not add BOS");
   cmd->add_flag("--bos", bos, "Add BOS even if the tokenizer does not by default");
   cmd->add_flag("--parse-special", parse_special, "Match special tokens written in the text");
-  cmd->add_flag("--json", json_out, "JSON output with ids and pieces");
+  cmd->add_option("--json", json_out, "Write JSON with ids and pieces here ('-' = stdout, instead of the ids)");
   cmd->callback([&g] {
     apply_threads(g);
     LLMOPT_CHECK_INPUT(!text.empty() || !file.empty(), "[tokenize] give --text or --file");
@@ -141,12 +142,12 @@ void register_tokenize(CLI::App& app, GlobalOptions& g) {
     eo.add_bos = resolve_add_bos(bos, no_bos, *tk);
     eo.parse_special = parse_special;
     auto ids = tk->encode(input, eo);
-    if (json_out) {
+    if (!json_out.empty()) {
       json pieces = json::array();
       for (int32_t id : ids) pieces.push_back(tk->token_piece(id));
-      json j = {{"ids", ids}, {"pieces", pieces}, {"count", ids.size()}};
-      std::cout << j.dump() << "\n";
-    } else {
+      write_json_output(json_out, {{"ids", ids}, {"pieces", pieces}, {"count", ids.size()}});
+    }
+    if (json_out != "-") {
       std::string line;
       for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
       std::cout << line << "\n";
@@ -164,6 +165,7 @@ void register_generate(CLI::App& app, GlobalOptions& g) {
     if (resolve_engine(a.engine, a.device) == Engine::Native) return run_generate_native(a);
     auto lm = load_for_inference(a.model, a.tokenizer, true, a.device);
     LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[generate] {}: no tokenizer found (give --tokenizer)", a.model);
+    a.context_length = lm.model->config().max_position_embeddings;
     run_generate(a, *lm.tokenizer,
                  [&](const std::vector<int64_t>& ids, const infer::SamplingOptions& so,
                      const std::function<bool(int64_t)>& on_token) {
@@ -318,9 +320,21 @@ void register_synth(CLI::App& app, GlobalOptions& g) {
     }
     LLMOPT_CHECK_INPUT(cfg.vocab_size > 0, "[synth] give --vocab or --tokenizer");
     cfg.validate("synth options");
+    if (!tk) {
+      // A model that other tools and `convert --to gguf` accept needs a tokenizer: without one,
+      // ship the byte-fallback vocabulary (every text encodes byte by byte).
+      LLMOPT_CHECK_INPUT(cfg.vocab_size >= tok::kByteVocabSize,
+                         "[synth] --vocab {}: without --tokenizer the model gets a byte-fallback tokenizer, "
+                         "which needs --vocab at least {} (or give --tokenizer)",
+                         cfg.vocab_size, tok::kByteVocabSize);
+      tk = tok::make_tokenizer(tok::byte_fallback_vocab(static_cast<int32_t>(cfg.vocab_size)), "byte-fallback");
+      log::info("[synth] no --tokenizer: writing a byte-fallback tokenizer of {} tokens", cfg.vocab_size);
+    }
     auto m = model::synth_model(cfg, seed);
     save_model(*m, tk.get(), tokenizer, "hf", parse_float_type(dtype), out);
-    log::info("[synth] wrote {} ({} params)", out, m->parameters().size());
+    int64_t params = 0;
+    for (const auto& p : m->parameters()) params += p.numel();
+    log::info("[synth] wrote {} ({} params in {} tensors)", out, params, m->parameters().size());
   });
 }
 

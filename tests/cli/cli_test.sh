@@ -48,7 +48,7 @@ check info-bits-f32 0 '"linear_bits_per_weight": 32\.0' -- "$BIN" info "$S/stori
 check quantize-q4_0 0 "7\.294 bits per linear weight" -- "$BIN" quantize "$S/stories260K.bin" "$TMP/s-q4_0.gguf" \
   --tokenizer "$S/tok512.bin" --method rtn --format q4_0
 check info-bits-q4_0 0 '"linear_bits_per_weight": 7\.2937' -- "$BIN" info "$TMP/s-q4_0.gguf" --json -
-check tokenize-json 0 '"ids":\[1,' -- "$BIN" tokenize "$S/tok512.bin" --text "Once upon a time" --json
+check tokenize-json 0 '"pieces"' -- "$BIN" tokenize "$S/tok512.bin" --text "Once upon a time" --json -
 check eval-json 0 '"perplexity"' -- "$BIN" eval "$S/stories260K.bin" --tokenizer "$S/tok512.bin" \
   --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 4 --json -
 check eval-baseline 0 '"kld_p99"' -- "$BIN" eval "$S/stories260K.llamacpp-Q4_K_M.gguf" --baseline "$S/stories260K.llamacpp-f32.gguf" \
@@ -69,6 +69,35 @@ check unavailable-device 2 "'cuda:99' requested" -- "$BIN" generate "$S/stories2
   --prompt hi -n 1 --device cuda:99
 check no-half-written 2 "" -- "$BIN" convert "$TMP/tiny" "$TMP/out.gguf" --to gguf --type q9_9
 if [[ -e "$TMP/out.gguf" ]]; then echo "FAIL no-half-written: output exists after a failed convert"; fail=$((fail + 1)); fi
+
+# Issue 8: limits, defaults in --help, -t, --json OUT everywhere, output paths, synth's tokenizer.
+check eval-ctx-over-model 2 "--ctx 100000 exceeds the context length of .*stories260K.bin: 512" -- "$BIN" eval \
+  "$S/stories260K.bin" --tokenizer "$S/tok512.bin" --data "$SHARED/text/tinystories_val.txt" --ctx 100000
+printf 'Once upon a time\n' >"$TMP/short.txt"
+check eval-ctx-over-text 2 "--ctx 256 exceeds the length of .*short.txt: [0-9]+ tokens" -- "$BIN" eval \
+  "$S/stories260K.bin" --tokenizer "$S/tok512.bin" --data "$TMP/short.txt" --ctx 256
+check generate-stops-at-ctx 0 "stopping after [0-9]+ tokens, at the model's context length 512" -- "$BIN" generate \
+  "$S/stories260K.bin" --tokenizer "$S/tok512.bin" --prompt "Once upon a time" -n 100000
+check generate-stops-at-ctx-torch 0 "context length 512" -- "$BIN" generate "$S/stories260K.bin" \
+  --tokenizer "$S/tok512.bin" --prompt "Once upon a time" -n 600 --engine torch
+check help-defaults 0 "--ctx INT:POSITIVE=512" -- "$BIN" eval --help
+check help-defaults-native 0 "--n-predict INT:NONNEGATIVE=128" -- "$BIN" generate --help
+check threads-alias 0 '"threads": 3' -- "$BIN" -t 3 bench "$TMP/tiny" -p 4 -n 2 -r 1 --json -
+check threads-alias-after 0 '"threads": 3' -- "$BIN" bench "$TMP/tiny" -p 4 -n 2 -r 1 -t 3 --json -
+check generate-json-file 0 "^Once upon a time" -- "$BIN" generate "$S/stories260K.bin" --tokenizer "$S/tok512.bin" \
+  --prompt "Once upon a time" -n 4 --json "$TMP/gen.json"
+check generate-json-file-keys 0 '"prompt_ids"' -- cat "$TMP/gen.json"
+check stages-json 0 '"evaluate"' -- "$BIN" stages --json -
+check out-in-missing-dir 2 "$TMP/nodir/x.gguf" -- "$BIN" convert "$TMP/tiny" "$TMP/nodir/x.gguf" --to gguf
+check json-in-missing-dir 2 "$TMP/nodir/r.json" -- "$BIN" info "$TMP/tiny" --json "$TMP/nodir/r.json"
+# tiny preset, vocab 300, untied: 2 x 300 x 64 + 2 x 45440 (layers) + 64 = 129344 parameters.
+check synth-bare 0 "129344 params in 21 tensors" -- "$BIN" synth "$TMP/bare" --preset tiny --vocab 300 --seed 1
+check synth-bare-gguf 0 "" -- "$BIN" convert "$TMP/bare" "$TMP/bare.gguf" --to gguf
+check synth-bare-tokenize 0 "^1( [0-9]+){6}$" -- "$BIN" tokenize "$TMP/bare.gguf" --text "hi yo"
+check synth-bare-generate 0 "^hi" -- "$BIN" generate "$TMP/bare.gguf" --prompt "hi" -n 4
+check synth-vocab-too-small 2 "at least 260" -- "$BIN" synth "$TMP/bare2" --preset tiny --vocab 100
+(umask 027 && "$BIN" convert "$TMP/tiny" "$TMP/mode.gguf" --to gguf >/dev/null 2>&1)
+check output-mode 0 "^640$" -- stat -c %a "$TMP/mode.gguf"
 
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]
