@@ -47,8 +47,11 @@ ReplayLimits replay_limits(DType t, double max_kld, double min_top1) {
 }
 
 ReplayStats verify_written_model(LlamaModel& ref, const std::string& path,
-                                 const std::vector<std::vector<int64_t>>& sequences, const ReplayLimits& limits) {
-  auto written = load_model(path).model;
+                                 const std::vector<std::vector<int64_t>>& sequences, const ReplayLimits& limits,
+                                 const std::string& tokenizer_path) {
+  ModelLoadOptions lo;
+  lo.tokenizer_path = tokenizer_path;
+  auto written = load_model(path, lo).model;
   written->to(ref.device());
   const ReplayStats r = replay(ref, *written, sequences);
   if (!(r.kld_mean <= limits.max_kld) || !(r.top1 >= limits.min_top1))

@@ -30,7 +30,8 @@ ReplayLimits replay_limits(DType export_type, double max_kld_override = -1, doub
 
 // Loads `path` (what was just written), replays `sequences` against `ref` and throws RunError
 // naming the file and both figures when the limits are not met.
+// `tokenizer_path` is given to the loader (llama2.c files need one; "" = found with the model).
 ReplayStats verify_written_model(LlamaModel& ref, const std::string& path, const std::vector<std::vector<int64_t>>& sequences,
-                                 const ReplayLimits& limits);
+                                 const ReplayLimits& limits, const std::string& tokenizer_path = "");
 
 }  // namespace llmopt::model

@@ -38,7 +38,7 @@ std::vector<BadRecipe> bad_recipes() {
       {"out_of_range", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\ndata:\n  eval:\n    ctx: 1\npipeline:\n  - {type: evaluate}\n"}}, {}, "r.yaml", 6, 10, {"data.eval.ctx: value 1 is out of range"}},
       {"bad_choice", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\ndata:\n  eval:\n    protocol: llama\npipeline:\n  - {type: evaluate}\n"}}, {}, "r.yaml", 6, 15, {"'llama' is not one of", "did you mean 'llamacpp'"}},
       {"missing_file", {{"r.yaml", "seed: 0\nmodel:\n  path: /nonexistent/llmopt-model.bin\npipeline:\n  - {type: evaluate}\n"}}, {}, "r.yaml", 3, 9, {"file not found: '/nonexistent/llmopt-model.bin'"}},
-      {"unknown_stage_type", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - {type: quantise}\n"}}, {}, "r.yaml", 5, 12, {"unknown stage type 'quantise'", "valid types: evaluate, export"}},
+      {"unknown_stage_type", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - {type: quantise}\n"}}, {}, "r.yaml", 5, 12, {"unknown stage type 'quantise' (did you mean 'quantize'?)", "valid types: evaluate, quantize, export"}},
       {"missing_stage_type", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - {name: x}\n"}}, {}, "r.yaml", 5, 5, {"missing required key 'type'"}},
       {"stage_not_mapping", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - evaluate\n"}}, {}, "r.yaml", 5, 5, {"expected a stage mapping"}},
       {"empty_pipeline", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline: []\n"}}, {}, "r.yaml", 4, 11, {"non-empty list of stages"}},

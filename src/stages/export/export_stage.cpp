@@ -91,10 +91,15 @@ StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
         // Declared done only after the written artifact, loaded back as a user would load it,
         // computes what the in-memory model computes (optimum only warns, optimum#1755).
         if (ctx.note) ctx.note("verifying " + format_name);
+        // A llama2.c file is read with the tokenizer.bin written next to it (or the model's own).
+        std::string tokenizer_path;
+        if (format == model::ExportFormat::Llama2c)
+          tokenizer_path = fs::exists(tmp / "tokenizer.bin") ? (tmp / "tokenizer.bin").string()
+                                                              : state.provenance.tokenizer_path;
         const model::ReplayStats r = model::verify_written_model(
             *state.model, (tmp / out_name).string(),
             replay_sequences(state, ctx, o_.verify_sequences, o_.verify_tokens),
-            model::replay_limits(type, o_.verify_max_kld, o_.verify_min_top1));
+            model::replay_limits(type, o_.verify_max_kld, o_.verify_min_top1), tokenizer_path);
         result.metrics["verify_" + format_name + "_kld_mean"] = r.kld_mean;
         result.metrics["verify_" + format_name + "_top1"] = r.top1;
       }
