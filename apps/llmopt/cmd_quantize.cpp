@@ -37,7 +37,7 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     const std::string fmt_name = !to.empty() ? to : (std::filesystem::path(out).extension() == ".gguf" ? "gguf" : "hf");
     auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/fmt_name == "gguf");
     const model::QuantizeReport rep = model::quantize_rtn(*lm.model, spec);
-    save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, fmt_name, DType::F32, out);
+    save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, fmt_name, DType::F32, out, /*keep_packed=*/true);
     // The written file, loaded back, must compute what the packed model computes (GGUF holds the
     // same blocks; HF their dequantized f32 values): f32 limits.
     const model::ReplayStats r = model::verify_written_model(

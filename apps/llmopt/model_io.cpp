@@ -58,8 +58,9 @@ ModelConfig synth_config(const std::string& preset, const ModelConfig& e) {
 }
 
 void save_model(model::LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file,
-                const std::string& format, DType type, const std::string& out) {
-  model::save_model(m, tk, tokenizer_file, model::parse_export_format(format), type, out);
+                const std::string& format, DType type, const std::string& out, bool keep_packed) {
+  model::save_model(m, tk, tokenizer_file, model::parse_export_format(format), type, out,
+                    keep_packed ? model::CheckpointWeights::AsStored : model::CheckpointWeights::Dense);
 }
 
 }  // namespace llmopt::cli

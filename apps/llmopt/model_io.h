@@ -24,7 +24,9 @@ void add_device_option(CLI::App* cmd, std::string& device);
 ModelConfig synth_config(const std::string& preset, const ModelConfig& explicit_opts);
 
 inline DType parse_float_type(const std::string& s) { return model::parse_float_type(s); }
+// keep_packed = false: every weight written at `type` (convert --type); true: packed projections
+// keep their blocks where the format holds them (quantize).
 void save_model(model::LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file,
-                const std::string& format, DType type, const std::string& out);
+                const std::string& format, DType type, const std::string& out, bool keep_packed = false);
 
 }  // namespace llmopt::cli

@@ -12,6 +12,7 @@
 #include "infer/blocks.h"
 #include "infer/llama_cpu.h"
 #include "kernels/gemv.h"
+#include "kernels/quant_formats.h"
 #include "kernels/vec_math.h"
 
 namespace llmopt::infer {
@@ -22,9 +23,33 @@ namespace {
 // (the same threshold as the torch engine's, model/llama.cpp).
 constexpr int64_t kParallelElems = int64_t{1} << 20;
 
-// Y[T×n] = X[T×k]·Wᵀ (+ bias): W [n×k] row-major f32.
+// Rows of a packed weight dequantized per GEMM tile (about 1 MiB of f32 in cache).
+constexpr int64_t kTileFloats = int64_t{1} << 18;
+
+// Y[T×n] = X[T×k]·Wᵀ (+ bias): W [n×k] row-major, f32 or packed (ggml blocks, f16, bf16).
 void gemm(const Matrix& m, const float* x, float* y, int64_t T) {
-  sgemm(true, T, m.n, m.k, 1.0f, x, m.k, static_cast<const float*>(m.w), m.k, 0.0f, y, m.n);
+  if (m.type != DType::F32 && T <= kernels::kMaxGemvBatch) {
+    // A few rows: stream the packed weight once (bandwidth-bound, like decode).
+    kernels::gemv_batch(m.type, m.w, x, m.bias, y, T, m.n, m.k);
+    return;
+  }
+  if (m.type == DType::F32) {
+    sgemm(true, T, m.n, m.k, 1.0f, x, m.k, static_cast<const float*>(m.w), m.k, 0.0f, y, m.n);
+  } else {
+    // Packed: dequantize a tile of rows, multiply it into the tile's output columns, move on; no
+    // f32 copy of the weight is kept (the dequantization is amortized over the T rows of X).
+    const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(m.n, kTileFloats / m.k));
+    const int64_t row_bytes = dtype_bytes_for(m.type, m.k);
+    std::vector<float> tile(static_cast<size_t>(rows * m.k));
+    const auto* w = static_cast<const uint8_t*>(m.w);
+    for (int64_t r0 = 0; r0 < m.n; r0 += rows) {
+      const int64_t nr = std::min(rows, m.n - r0);
+#pragma omp parallel for if (nr * m.k > kParallelElems / 4)
+      for (int64_t r = 0; r < nr; ++r)
+        kernels::dequantize_row(m.type, w + (r0 + r) * row_bytes, tile.data() + r * m.k, m.k);
+      sgemm(true, T, nr, m.k, 1.0f, x, m.k, tile.data(), m.k, 0.0f, y + r0, m.n);
+    }
+  }
   if (m.bias != nullptr)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t j = 0; j < m.n; ++j) y[t * m.n + j] += m.bias[j];

@@ -23,7 +23,7 @@ namespace llmopt::infer {
 namespace {
 
 constexpr size_t kHuge = size_t{2} << 20;
-constexpr int64_t kAlignFloats = 16;  // 64-byte alignment of every tensor in the arena
+constexpr int64_t kAlignBytes = 64;  // alignment of every tensor in the arena
 
 }  // namespace
 
@@ -38,23 +38,43 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
   io::validate_checkpoint_tensors(ckpt, "infer");
   const ModelConfig& c = ckpt.config;
   w_.cfg = c;
-  // Arena layout: every expected tensor at a 64-byte aligned offset, in the order listed.
-  std::unordered_map<std::string, int64_t> offset;  // tensor name -> float offset in the arena
-  int64_t total = 0;
-  io::for_each_expected_tensor(c, [&](const io::ExpectedTensor& e) {
-    const int64_t n = ckpt.get(e.name).numel();
-    offset[e.name] = total;
-    weight_bytes_ += n * 4;
-    total += (n + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
-  });
-  arena_.reset(static_cast<float*>(hugepage_alloc(static_cast<size_t>(total) * sizeof(float))));
-  if (!arena_) throw std::bad_alloc();
-  float* base = arena_.get();
-  for (const auto& [name, off] : offset) io::tensor_to_f32_into(ckpt.get(name), base + off);
-  auto at = [&](const std::string& name) -> const float* {
-    const auto it = offset.find(name);
-    return it == offset.end() ? nullptr : base + it->second;
+  // Arena layout: every tensor at a 64-byte aligned offset, in the architecture description's
+  // order. Projections stored in a type the packed GEMV reads (ggml blocks, f16, bf16) stay in that
+  // type: a 4-bit model runs at 4-bit size and bandwidth. Everything else is converted to f32.
+  struct Slot {
+    int64_t offset = 0;  // bytes
+    DType type = DType::F32;
   };
+  std::unordered_map<std::string, Slot> slots;
+  int64_t total = 0;
+  io::arch::for_each_tensor(c, [&](const io::arch::TensorInfo& t) {
+    const io::TensorView& v = ckpt.get(t.hf_name);
+    Slot s;
+    s.offset = total;
+    const bool packed = io::arch::describe(t.role).linear && !t.bias && v.dtype != DType::F32 &&
+                        kernels::gemv_supports(v.dtype);
+    s.type = packed ? v.dtype : DType::F32;
+    const int64_t bytes = packed ? v.nbytes : v.numel() * 4;
+    weight_bytes_ += bytes;
+    total += (bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
+    slots.emplace(t.hf_name, s);
+  });
+  arena_.reset(static_cast<float*>(hugepage_alloc(static_cast<size_t>(total))));
+  if (!arena_) throw std::bad_alloc();
+  uint8_t* base = reinterpret_cast<uint8_t*>(arena_.get());
+  for (const auto& [name, slot] : slots) {
+    const io::TensorView& v = ckpt.get(name);
+    if (slot.type == DType::F32) {
+      io::tensor_to_f32_into(v, reinterpret_cast<float*>(base + slot.offset));
+    } else {
+      std::memcpy(base + slot.offset, v.data, static_cast<size_t>(v.nbytes));
+    }
+  }
+  auto at = [&](const std::string& name) -> const float* {
+    const auto it = slots.find(name);
+    return it == slots.end() ? nullptr : reinterpret_cast<const float*>(base + it->second.offset);
+  };
+  auto type_of = [&](const std::string& name) { return slots.at(name).type; };
 
   // Bind every tensor by its role in the architecture description.
   inv_freq_ = rope_inv_freq(c);
@@ -68,7 +88,7 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
     } else if (t.role == Role::OutputNorm) {
       w_.final_norm = p;
     } else if (t.role == Role::Output) {
-      w_.head.w = p, w_.head.n = t.shape[0], w_.head.k = t.shape[1];
+      w_.head.w = p, w_.head.n = t.shape[0], w_.head.k = t.shape[1], w_.head.type = type_of(t.hf_name);
     } else if (t.role == Role::AttnNorm) {
       w_.layers[static_cast<size_t>(t.layer)].ln1 = p;
     } else if (t.role == Role::FfnNorm) {
@@ -78,7 +98,7 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
       if (t.bias) {
         m.bias = p;
       } else {
-        m.w = p, m.n = t.shape[0], m.k = t.shape[1];
+        m.w = p, m.n = t.shape[0], m.k = t.shape[1], m.type = type_of(t.hf_name);
       }
     }
   });

@@ -4,11 +4,14 @@
 
 #include <filesystem>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
+#include "kernels/gemv.h"
+#include "model/packed_linear.h"
 
 namespace llmopt::model {
 namespace {
@@ -24,10 +27,31 @@ std::string shape_str(const std::vector<int64_t>& s) {
 std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt) {
   torch::NoGradGuard no_grad;
   auto m = std::make_shared<LlamaModel>(ckpt.config);
+  // Projections stored in ggml blocks stay packed (model::PackedLinear): a 4-bit file is a 4-bit
+  // model in memory too, and exports write its blocks back unchanged.
+  std::unordered_set<std::string> packed;
+  for (const auto& li : io::arch::linears(ckpt.config)) {
+    const io::TensorView* w = ckpt.find(li.path + ".weight");
+    if (w == nullptr || !dtype_is_block_quantized(w->dtype) || !kernels::gemv_supports(w->dtype)) continue;
+    LLMOPT_CHECK_INPUT(w->shape == std::vector<int64_t>({li.out, li.in}),
+                       "[model] {}: tensor '{}' has shape {}, config expects [{}, {}]", ckpt.path, w->name,
+                       shape_str(w->shape), li.out, li.in);
+    torch::Tensor bias;
+    if (li.bias) {
+      const io::TensorView& b = ckpt.get(li.path + ".bias");
+      std::vector<float> values = io::tensor_to_f32(b);
+      bias = torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kFloat32).clone();
+      packed.insert(b.name);
+    }
+    m->set_linear(li.path, std::make_shared<PackedLinear>(w->dtype, li.out, li.in,
+                                                          std::vector<uint8_t>(w->data, w->data + w->nbytes), bias));
+    packed.insert(w->name);
+  }
   std::unordered_map<std::string, torch::Tensor> params;
   for (auto& p : m->named_parameters()) params.emplace(p.key(), p.value());
   size_t assigned = 0;
   for (const auto& t : ckpt.tensors) {
+    if (packed.count(t.name)) continue;
     auto it = params.find(t.name);
     if (it == params.end()) {
       log::debug("[model] {}: ignoring tensor '{}'", ckpt.path, t.name);

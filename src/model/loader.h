@@ -26,7 +26,8 @@ struct LoadedModel {
 };
 
 LoadedModel load_model(const std::string& path, const ModelLoadOptions& opts = {});
-// Builds a LlamaModel from a checkpoint (dequantizing block formats to f32).
+// Builds a LlamaModel from a checkpoint: projections in ggml block formats stay packed
+// (PackedLinear); everything else becomes f32.
 std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt);
 // Dense: every tensor as F32 (dequantized / merged). AsStored: each projection whose
 // LinearLayer::file_weight() exists keeps its storage (packed ggml blocks are not re-rounded).

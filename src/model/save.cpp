@@ -28,10 +28,10 @@ DType parse_float_type(const std::string& name) {
 }
 
 void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file, ExportFormat fmt,
-                DType type, const std::string& out) {
+                DType type, const std::string& out, CheckpointWeights weights) {
   // Projections keep their storage where the format can hold it (GGUF writes packed ggml blocks
   // as they are); HF and llama2.c convert to their float types.
-  io::Checkpoint ck = model_to_checkpoint(m, CheckpointWeights::AsStored);
+  io::Checkpoint ck = model_to_checkpoint(m, weights);
   switch (fmt) {
     case ExportFormat::Hf: {
       fs::create_directories(out);

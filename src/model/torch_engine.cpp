@@ -67,9 +67,11 @@ void TorchEngine::decode(int64_t token, infer::EngineCache& cache, float* logits
 bool native_equivalent(LlamaModel& m) {
   if (!m.device().is_cpu()) return false;
   for (auto& [name, layer] : m.linear_layers()) {
-    if (layer->kind() != "dense") return false;
+    // Plain and packed (ggml blocks, f16, bf16) matrices: the native engine holds them as stored.
+    if (layer->kind() != "dense" && layer->kind() != "packed") return false;
     DType type = DType::BF16;
-    if (layer->gemv_weights(&type) == nullptr || type != DType::F32) return false;
+    if (layer->gemv_weights(&type) == nullptr || !layer->file_weight()) return false;
+    if (layer->file_weight()->dtype != type) return false;
   }
   return true;
 }
@@ -81,10 +83,10 @@ std::unique_ptr<infer::Engine> make_engine(const std::shared_ptr<LlamaModel>& m,
   const bool native = native_equivalent(*m);
   if (choice == "auto" && !native) return std::make_unique<TorchEngine>(m);
   LLMOPT_CHECK_INPUT(native,
-                     "[engine] the native engine runs CPU models of dense float32 layers only; this model has "
+                     "[engine] the native engine runs CPU models of dense or packed layers only; this model has "
                      "other layers or lives on {} (use engine torch)",
                      m->device().str());
-  return std::make_unique<infer::CpuLlama>(model_to_checkpoint(*m));
+  return std::make_unique<infer::CpuLlama>(model_to_checkpoint(*m, CheckpointWeights::AsStored));
 }
 
 }  // namespace llmopt::model

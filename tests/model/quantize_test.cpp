@@ -17,6 +17,7 @@
 #include "model/quantize.h"
 #include "model/state_io.h"
 #include "model/synth.h"
+#include "model/torch_engine.h"
 
 namespace llmopt {
 namespace {
@@ -125,6 +126,64 @@ TEST(Quantize, QuantizedModelKeepsItsBlocksThroughStateAndGguf) {
   // Loaded back (dequantized) the GGUF computes what the packed model computes.
   auto lg = model::model_from_checkpoint(g);
   EXPECT_LT((lg->forward(ids) - m->forward(ids)).abs().max().item<float>(), 1e-4f);
+  fs::remove_all(dir);
+}
+
+
+TEST(Quantize, BothEnginesRunThePackedModelAndAgree) {
+  // The native engine holds the packed blocks (no f32 copy) and must compute what the torch
+  // engine's PackedLinear computes: both are matmuls on the same dequantized values, so they agree
+  // to float32 reassociation (logits of magnitude ~1: 1e-4).
+  for (const char* fmt : {"q8_0", "q4_0", "q5_1"}) {
+    auto m = model::synth_model(config(), 13);
+    model::QuantizeSpec spec;
+    spec.format = fmt;
+    model::quantize_rtn(*m, spec);
+    auto native = model::make_engine(m, "native");
+    auto torch_engine = model::make_engine(m, "torch");
+    EXPECT_EQ(native->name(), "native");
+    EXPECT_EQ(model::make_engine(m, "auto")->name(), "native");
+    // Packed bytes, not f32: smaller than the f32 model's weights.
+    auto dense = model::synth_model(config(), 13);
+    EXPECT_LT(native->weight_bytes(), model::make_engine(dense, "native")->weight_bytes() * 6 / 10) << fmt;
+    const std::vector<int64_t> ids = {1, 2, 3, 40, 79, 5, 6, 7, 8, 9, 10, 11, 12, 13};
+    const int64_t V = config().vocab_size, T = static_cast<int64_t>(ids.size());
+    std::vector<float> a(static_cast<size_t>(T * V)), b(a.size());
+    auto ca = native->make_cache(32), cb = torch_engine->make_cache(32);
+    native->prefill(ids.data(), T, *ca, a.data(), true);
+    torch_engine->prefill(ids.data(), T, *cb, b.data(), true);
+    float diff = 0;
+    for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::abs(a[i] - b[i]));
+    EXPECT_LT(diff, 1e-4f) << fmt << " prefill";
+    // Short prefill (the packed GEMV path) and decode continue from the cache.
+    std::vector<float> da(static_cast<size_t>(V)), db(da.size());
+    native->prefill(ids.data(), 3, *ca, da.data(), false);
+    torch_engine->prefill(ids.data(), 3, *cb, db.data(), false);
+    native->decode(17, *ca, da.data());
+    torch_engine->decode(17, *cb, db.data());
+    diff = 0;
+    for (size_t i = 0; i < da.size(); ++i) diff = std::max(diff, std::abs(da[i] - db[i]));
+    EXPECT_LT(diff, 1e-4f) << fmt << " decode";
+  }
+}
+
+TEST(Quantize, GgufBlocksLoadPacked) {
+  auto m = model::synth_model(config(), 9);
+  model::QuantizeSpec spec;
+  spec.format = "q8_0";
+  model::quantize_rtn(*m, spec);
+  const fs::path dir = fs::temp_directory_path() / ("llmopt-quant-load-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  io::write_gguf((dir / "m.gguf").string(), model::model_to_checkpoint(*m, model::CheckpointWeights::AsStored), DType::F32);
+  auto back = model::model_from_checkpoint(io::load_checkpoint((dir / "m.gguf").string()));
+  std::map<std::string, std::string> kinds;
+  for (auto& [n, l] : back->linear_layers()) kinds[n] = l->kind();
+  EXPECT_EQ(kinds.at("model.layers.0.self_attn.q_proj"), "packed");
+  EXPECT_EQ(kinds.at("model.layers.0.mlp.down_proj"), "dense");  // the f16 fallback becomes f32
+  EXPECT_EQ(kinds.at("lm_head"), "dense");
+  torch::NoGradGuard ng;
+  auto ids = torch::tensor({{1, 2, 3, 40, 79, 5}}, torch::kLong);
+  EXPECT_LT((back->forward(ids) - m->forward(ids)).abs().max().item<float>(), 1e-4f);
   fs::remove_all(dir);
 }
 
