@@ -98,8 +98,9 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
   std::vector<float> scores(H * S);
   std::copy_n(w.embed + token * D, D, x.data());
 
-  // Per layer, 5 barriers: after q/k/v, after attention, after o_proj (+ residual), after
-  // gate/up (+ SwiGLU), after down_proj (+ residual). Every thread computes the RMSNorm of the
+  // Per layer, 5 barriers: after q/k/v, after attention, after the attention output projection
+  // (+ residual), after gate/up (+ SwiGLU), after the down projection (+ residual). Every thread
+  // computes the RMSNorm of the
   // complete x into its own buffer instead of waiting for one thread to do it. One row counter
   // per projection phase (for_rows): q, k, v, o, gate+up, down per layer, and the head.
   enum { kQ, kK, kV, kO, kGateUp, kDown, kPhases };
@@ -108,7 +109,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     std::vector<float> xn(D);  // this thread's copy of the normalized x
-    // x += m·in (o_proj, down_proj): each thread adds the rows it computed.
+    // x += m·in (attention output and down projections): each thread adds the rows it computed.
     auto add_projection = [&](const Matrix& m, const float* in, std::atomic<int64_t>& ctr) {
       for_rows(D, t, nt, ctr, [&](int64_t r0, int64_t r1) {
         gemv_range(m, in, tmp.data(), r0, r1);

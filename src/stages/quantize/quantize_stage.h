@@ -26,7 +26,7 @@ struct QuantizeOptions {
         .choices({"q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "f16", "bf16"});
     s.field("skip", &QuantizeOptions::skip,
             "Projections kept as they are: regular expressions searched in module paths "
-            "(model.layers.3.mlp.down_proj, lm_head)");
+            "(e.g. lm_head, \"layers\\.0\\.\", \"mlp\")");
     s.field("fallback", &QuantizeOptions::fallback,
             "Type for projections whose rows are not whole blocks of `format` (error: refuse)")
         .choices({"f16", "bf16", "f32", "q8_0", "error"});
