@@ -34,7 +34,7 @@ void* hugepage_alloc(size_t bytes) {
   return p;
 }
 
-CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
+CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr, std::free) {
   io::validate_checkpoint_tensors(ckpt, "infer");
   const ModelConfig& c = ckpt.config;
   w_.cfg = c;
@@ -44,6 +44,7 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
   struct Slot {
     int64_t offset = 0;  // bytes
     DType type = DType::F32;
+    const uint8_t* borrowed = nullptr;  // used where it lies (Borrow)
   };
   std::unordered_map<std::string, Slot> slots;
   int64_t total = 0;
@@ -56,14 +57,25 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
     s.type = packed ? v.dtype : DType::F32;
     const int64_t bytes = packed ? v.nbytes : v.numel() * 4;
     weight_bytes_ += bytes;
-    total += (bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
+    // Borrowed when already in the engine's type and aligned for its loads (f32: 4 bytes; blocks
+    // are read bytewise / with unaligned loads).
+    if (storage == Storage::Borrow && v.dtype == s.type &&
+        (s.type != DType::F32 || reinterpret_cast<uintptr_t>(v.data) % alignof(float) == 0)) {
+      s.borrowed = v.data;
+    } else {
+      s.offset = total;
+      total += (bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
+    }
     slots.emplace(t.hf_name, s);
   });
+  arena_bytes_ = total;
+  if (storage == Storage::Borrow) borrowed_ = ckpt.storage;
   arena_.reset(static_cast<float*>(hugepage_alloc(static_cast<size_t>(total))));
   if (!arena_) throw std::bad_alloc();
   uint8_t* base = reinterpret_cast<uint8_t*>(arena_.get());
   for (const auto& [name, slot] : slots) {
     const io::TensorView& v = ckpt.get(name);
+    if (slot.borrowed != nullptr) continue;
     if (slot.type == DType::F32) {
       io::tensor_to_f32_into(v, reinterpret_cast<float*>(base + slot.offset));
     } else {
@@ -72,7 +84,8 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt) : arena_(nullptr, std::free) {
   }
   auto at = [&](const std::string& name) -> const float* {
     const auto it = slots.find(name);
-    return it == slots.end() ? nullptr : reinterpret_cast<const float*>(base + it->second.offset);
+    if (it == slots.end()) return nullptr;
+    return reinterpret_cast<const float*>(it->second.borrowed ? it->second.borrowed : base + it->second.offset);
   };
   auto type_of = [&](const std::string& name) { return slots.at(name).type; };
 

@@ -20,10 +20,14 @@ namespace llmopt::infer {
 
 class CpuLlama : public Engine {
  public:
-  // Copies (F32) or converts (F16/BF16, dequantized block formats) every tensor of `ckpt` into
-  // the arena: the checkpoint may be dropped afterwards. InputError naming the file for missing
-  // tensors or wrong shapes.
-  explicit CpuLlama(const io::Checkpoint& ckpt);
+  // Copy: every tensor of `ckpt` goes into the engine's arena (projections stored as ggml
+  // blocks / f16 / bf16 kept in that type, everything else converted to f32); the checkpoint may
+  // be dropped afterwards. Borrow: tensors already in the type the engine computes with are used
+  // where they lie (a memory-mapped file, an in-memory model's tensors), only the others are
+  // converted into the arena; the engine keeps the checkpoint's storage alive. InputError naming
+  // the file for missing tensors or wrong shapes.
+  enum class Storage { Copy, Borrow };
+  explicit CpuLlama(const io::Checkpoint& ckpt, Storage storage = Storage::Copy);
   ~CpuLlama() override;
   CpuLlama(const CpuLlama&) = delete;
   CpuLlama& operator=(const CpuLlama&) = delete;
@@ -49,14 +53,18 @@ class CpuLlama : public Engine {
 
   const ModelConfig& config() const override { return w_.cfg; }
   const Weights& weights() const { return w_; }
-  // Bytes of the weights as held (float32).
+  // Bytes of the weights as held (f32 or packed), borrowed ones included.
   int64_t weight_bytes() const override { return weight_bytes_; }
+  // Bytes of the engine's own arena (what Borrow saves is weight_bytes() - arena_bytes()).
+  int64_t arena_bytes() const { return arena_bytes_; }
 
  private:
   Weights w_;
   std::vector<float> inv_freq_;
   std::unique_ptr<float, void (*)(void*)> arena_;
+  std::vector<std::shared_ptr<const void>> borrowed_;  // the checkpoint's storage (Borrow)
   int64_t weight_bytes_ = 0;
+  int64_t arena_bytes_ = 0;
 };
 
 // Memory for `bytes` aligned to 2 MiB whose whole 2 MiB pages are advised as transparent huge

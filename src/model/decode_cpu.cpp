@@ -35,8 +35,6 @@ torch::Tensor LlamaModel::try_decode_fused(int64_t token, KVCache& cache) {
       cache.length >= cache.capacity)
     return {};
   if (!cpu_f32(embed_tokens_) || !cpu_f32(norm_) || !cpu_f32(rope_inv_freq_)) return {};
-  // The fused step attends over the whole cache; past a sliding window, take the masked path.
-  if (cfg_.sliding_window > 0 && cache.length + 1 > cfg_.sliding_window) return {};
   infer::Weights w;
   w.cfg = cfg_;
   w.layers.resize(static_cast<size_t>(nl));

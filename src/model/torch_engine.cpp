@@ -86,7 +86,9 @@ std::unique_ptr<infer::Engine> make_engine(const std::shared_ptr<LlamaModel>& m,
                      "[engine] the native engine runs CPU models of dense or packed layers only; this model has "
                      "other layers or lives on {} (use engine torch)",
                      m->device().str());
-  return std::make_unique<infer::CpuLlama>(model_to_checkpoint(*m, CheckpointWeights::AsStored));
+  // Borrowed: the engine reads the model's own f32 and packed tensors (no second copy).
+  return std::make_unique<infer::CpuLlama>(model_to_checkpoint(*m, CheckpointWeights::AsStored),
+                                           infer::CpuLlama::Storage::Borrow);
 }
 
 }  // namespace llmopt::model

@@ -2,7 +2,9 @@
 
 #include <filesystem>
 
+#include "infer/llama_cpu.h"
 #include "model/state_io.h"
+#include "model/torch_engine.h"
 
 namespace llmopt::stages {
 
@@ -24,6 +26,20 @@ std::shared_ptr<model::LlamaModel> ModelState::baseline_model() const {
   auto m = model::load_model(provenance.source_path, lo).model;
   if (model && m) m->to(model->device());
   return m;
+}
+
+std::unique_ptr<infer::Engine> ModelState::baseline_engine(const std::string& choice) const {
+  if (!model_modified) return nullptr;
+  if (baseline) return model::make_engine(baseline, choice);
+  if (!input_on_disk(provenance)) return nullptr;
+  const bool on_cpu = !model || model->device().is_cpu();
+  if (choice == "native" || (choice == "auto" && on_cpu)) {
+    io::LoadOptions lo;
+    lo.tokenizer_path = provenance.tokenizer_path;
+    return std::make_unique<infer::CpuLlama>(io::load_checkpoint(provenance.source_path, lo),
+                                             infer::CpuLlama::Storage::Borrow);
+  }
+  return model::make_engine(baseline_model(), choice);
 }
 
 void ModelState::before_modification() {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/model_config.h"
+#include "infer/engine.h"
 #include "model/llama.h"
 #include "model/loader.h"
 #include "tokenizer/tokenizer.h"
@@ -43,6 +44,10 @@ struct ModelState {
   // The baseline model: `model` while unmodified, else the in-memory copy or the input file read
   // now (not kept). Null when there is none.
   std::shared_ptr<model::LlamaModel> baseline_model() const;
+  // An engine over the baseline for KL divergence (null while the model is unmodified: the
+  // baseline is the model). The native engine reads the input file memory-mapped where it is
+  // stored in the types it computes with, rather than a dense copy; "torch" loads baseline_model().
+  std::unique_ptr<infer::Engine> baseline_engine(const std::string& engine_choice) const;
   // Called before a stage modifies `model` in place: drops the baseline's alias of it (keeping a
   // storage-preserving copy only when the input cannot be read back from a file).
   void before_modification();

@@ -18,6 +18,7 @@
 #include "model/state_io.h"
 #include "model/synth.h"
 #include "model/torch_engine.h"
+#include "infer/llama_cpu.h"
 
 namespace llmopt {
 namespace {
@@ -184,6 +185,34 @@ TEST(Quantize, GgufBlocksLoadPacked) {
   torch::NoGradGuard ng;
   auto ids = torch::tensor({{1, 2, 3, 40, 79, 5}}, torch::kLong);
   EXPECT_LT((back->forward(ids) - m->forward(ids)).abs().max().item<float>(), 1e-4f);
+  fs::remove_all(dir);
+}
+
+
+TEST(NativeEngine, BorrowUsesTheFileInPlaceAndComputesTheSame) {
+  // A checkpoint read from disk (memory-mapped safetensors, GGUF with packed blocks): Borrow reads
+  // the tensors already in the engine's types where they lie, Copy makes its own arena; the
+  // logits are bit-identical and the borrowing engine's own arena holds none of those tensors.
+  auto m = model::synth_model(config(), 23);
+  model::QuantizeSpec spec;
+  spec.format = "q4_0";
+  model::quantize_rtn(*m, spec);
+  const fs::path dir = fs::temp_directory_path() / ("llmopt-borrow-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  io::write_gguf((dir / "m.gguf").string(), model::model_to_checkpoint(*m, model::CheckpointWeights::AsStored), DType::F32);
+  infer::CpuLlama copy(io::load_checkpoint((dir / "m.gguf").string()));
+  infer::CpuLlama borrow(io::load_checkpoint((dir / "m.gguf").string()), infer::CpuLlama::Storage::Borrow);
+  EXPECT_EQ(copy.weight_bytes(), borrow.weight_bytes());
+  EXPECT_GE(copy.arena_bytes(), copy.weight_bytes());
+  // Everything is already f32 (norms, embedding, lm_head) or packed (q4_0, the f16 fallback).
+  EXPECT_EQ(borrow.arena_bytes(), 0);
+  const std::vector<int64_t> ids = {1, 2, 3, 40, 79, 5, 6, 7, 8, 9, 10, 11, 12, 13};
+  const int64_t V = config().vocab_size, T = static_cast<int64_t>(ids.size());
+  std::vector<float> a(static_cast<size_t>(T * V)), b(a.size());
+  auto ca = copy.make_cache(32), cb = borrow.make_cache(32);
+  copy.prefill(ids.data(), T, *ca, a.data(), true);
+  borrow.prefill(ids.data(), T, *cb, b.data(), true);
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
   fs::remove_all(dir);
 }
 

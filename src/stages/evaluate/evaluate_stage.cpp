@@ -60,8 +60,7 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
     // so the second forward pass is skipped.
     std::unique_ptr<infer::Engine> baseline;
     // Read back from the input file when the model was modified (no dense copy kept between stages).
-    if (wants("kld") && !state.baseline_is_current())
-      if (auto b = state.baseline_model()) baseline = model::make_engine(b, o_.engine);
+    if (wants("kld") && !state.baseline_is_current()) baseline = state.baseline_engine(o_.engine);
     const int64_t tokens_per_chunk = po.ctx;
     const eval::PerplexityResult r = eval::evaluate_perplexity(
         *engine, ids, po, baseline.get(), [&](int64_t done, int64_t total) {
