@@ -50,43 +50,19 @@ import pytest
 
 from conftest import utf8_prefix
 
-TOOLS = Path(__file__).resolve().parent / ".llama-tools"
-PERPLEXITY = TOOLS / "llama-perplexity"
-QUANTIZE = TOOLS / "llama-quantize"
+from llama_tools import PERPLEXITY, QUANTIZE, THREADS, TOOLS, grab, llama_perplexity, run_tool
 
 PPL_RTOL = 0.005
 KLD_RTOL = 0.02
 KLD_QUANT_RTOL = 0.05  # the quantized file: llama.cpp rounds activations to Q8_0 (see above)
 TOP1_RTOL = 0.02
 TEXT_BYTES = 60_000
-THREADS = 2
 
 # ctx, chunks, whether the vocab adds BOS, llama-quantize's arguments for the perturbed model
 MODELS = {
     "stories260K": dict(ctx=256, chunks=8, bos=True, quant=["Q4_K_M"]),
     "17m": dict(ctx=256, chunks=4, bos=False, quant=["--pure", "Q4_0"]),
 }
-
-
-def run_tool(exe, *args, timeout=600):
-    cmd = [str(exe), *[str(a) for a in args]]
-    p = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
-    if p.returncode != 0:
-        raise AssertionError(f"{exe.name} failed (exit {p.returncode}): {' '.join(cmd)}\n{out[-4000:]}")
-    return out
-
-
-def llama_perplexity(model, ctx, *args):
-    # -b CTX: one sequence per batch; -ctk/-ctv f32: an f32 KV cache instead of the default f16.
-    return run_tool(PERPLEXITY, "-m", model, "-c", ctx, "-b", ctx, "-t", THREADS,
-                    "-ctk", "f32", "-ctv", "f32", *args)
-
-
-def grab(pattern, text, what):
-    m = re.search(pattern, text)
-    assert m, f"llama-perplexity printed no {what} line:\n{text[-3000:]}"
-    return float(m.group(1))
 
 
 def kld_file_tokens(path):

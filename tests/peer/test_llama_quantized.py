@@ -49,14 +49,11 @@ from safetensors.numpy import load_file
 
 from conftest import utf8_prefix
 
-TOOLS = Path(__file__).resolve().parent / ".llama-tools"
-PERPLEXITY = TOOLS / "llama-perplexity"
-QUANTIZE = TOOLS / "llama-quantize"
+from llama_tools import PERPLEXITY, QUANTIZE, THREADS, TOOLS, grab, llama_perplexity, run_tool
 
 PPL_RTOL = 0.005
 KLD_VS_LLAMA_QUANTIZE_RTOL = 0.05
 TEXT_BYTES = 60_000
-THREADS = 2
 FORMATS = ["q8_0", "q4_0"]
 QK = 32  # values per block of q8_0 and q4_0
 GT = gguf.GGMLQuantizationType
@@ -99,26 +96,6 @@ def permute_rope(w, heads):
     """HF q/k rows [heads * d] with rotary halves (i, i + d/2) -> GGUF interleaved (2i, 2i+1)."""
     rows = w.shape[0]
     return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def run_tool(exe, *args, timeout=600):
-    cmd = [str(exe), *[str(a) for a in args]]
-    p = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
-    if p.returncode != 0:
-        raise AssertionError(f"{exe.name} failed (exit {p.returncode}): {' '.join(cmd)}\n{out[-4000:]}")
-    return out
-
-
-def llama_perplexity(model, ctx, *args):
-    return run_tool(PERPLEXITY, "-m", model, "-c", ctx, "-b", ctx, "-t", THREADS,
-                    "-ctk", "f32", "-ctv", "f32", *args)
-
-
-def grab(pattern, text, what):
-    m = re.search(pattern, text)
-    assert m, f"no {what} line in:\n{text[-3000:]}"
-    return float(m.group(1))
 
 
 class Setup:
