@@ -345,12 +345,20 @@ void register_convert(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("OUT", out, "Output path (directory for hf)")->required();
   cmd->add_option("--to", to, "hf | gguf | llama2c")->required();
-  cmd->add_option("--type", type, "f32 | f16 | bf16");
+  cmd->add_option("--type", type, "f32 | f16 | bf16 (| q8_0 with --to llama2c: v2 int8 groups of 32)");
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
   cmd->callback([&g] {
     apply_threads(g);
+    DType t = DType::F32;
+    if (type == "q8_0") {
+      LLMOPT_CHECK_INPUT(to == "llama2c", "[convert] --type q8_0 is for --to llama2c (v2 int8); for a q8_0 {} use "
+                         "`llmopt quantize MODEL OUT --format q8_0`", to);
+      t = DType::Q8_0;
+    } else {
+      t = parse_float_type(type);
+    }
     auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false);
-    save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, to, parse_float_type(type), out);
+    save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, to, t, out);
     log::info("[convert] wrote {}", out);
   });
 }

@@ -54,8 +54,15 @@ void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& toke
       break;
     }
     case ExportFormat::Llama2c: {
-      LLMOPT_CHECK_INPUT(type == DType::F32, "[export] llama2c export is fp32 only (got {})", dtype_name(type));
-      io::write_llama2c_legacy(out, ck);
+      // llama2.c holds fp32 (legacy) or int8 groups (v2, export.py's version 2): q8_0 writes v2 with
+      // ggml's block of 32 values per scale.
+      LLMOPT_CHECK_INPUT(type == DType::F32 || type == DType::Q8_0,
+                         "[export] llama2c export is f32 or q8_0 (v2 int8, groups of 32), got {}", dtype_name(type));
+      if (type == DType::Q8_0) {
+        io::write_llama2c_v2(out, ck, 32);
+      } else {
+        io::write_llama2c_legacy(out, ck);
+      }
       if (tk) {
         const std::string tok_path = (fs::path(out).parent_path() / "tokenizer.bin").string();
         tok::write_file_atomic(tok_path, tok::export_llama2c_tokenizer(tk->vocab()));

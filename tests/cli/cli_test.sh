@@ -48,6 +48,13 @@ check info-bits-f32 0 '"linear_bits_per_weight": 32\.0' -- "$BIN" info "$S/stori
 check quantize-q4_0 0 "7\.294 bits per linear weight" -- "$BIN" quantize "$S/stories260K.bin" "$TMP/s-q4_0.gguf" \
   --tokenizer "$S/tok512.bin" --method rtn --format q4_0
 check info-bits-q4_0 0 '"linear_bits_per_weight": 7\.2937' -- "$BIN" info "$TMP/s-q4_0.gguf" --json -
+# llama2.c v2 int8 (q8_0, groups of 32) through the model: byte for byte the reference file (issue 9).
+mkdir -p "$TMP/q80"
+check convert-llama2c-q8_0 0 "" -- "$BIN" convert "$S/stories260K.bin" "$TMP/q80/stories260K_q80.bin" \
+  --tokenizer "$S/tok512.bin" --to llama2c --type q8_0
+check convert-llama2c-q8_0-bytes 0 "" -- cmp "$TMP/q80/stories260K_q80.bin" "$S/stories260K_q80_v2.bin"
+check convert-q8_0-not-gguf 2 "llmopt quantize" -- "$BIN" convert "$S/stories260K.bin" "$TMP/x.gguf" \
+  --tokenizer "$S/tok512.bin" --to gguf --type q8_0
 check tokenize-json 0 '"pieces"' -- "$BIN" tokenize "$S/tok512.bin" --text "Once upon a time" --json -
 check eval-json 0 '"perplexity"' -- "$BIN" eval "$S/stories260K.bin" --tokenizer "$S/tok512.bin" \
   --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 4 --json -
