@@ -2,6 +2,9 @@
 // [--to gguf|hf]`: packs the projections (model/quantize.h) and writes OUT. GGUF keeps the
 // packed blocks as they are (llama.cpp reads them); HF gets the dequantized weights. The written
 // file is loaded back and replayed as the export stage does.
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 
 #include "apps/llmopt/commands.h"
@@ -37,11 +40,30 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     const std::string fmt_name = !to.empty() ? to : (std::filesystem::path(out).extension() == ".gguf" ? "gguf" : "hf");
     auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/fmt_name == "gguf");
     const model::QuantizeReport rep = model::quantize_rtn(*lm.model, spec);
-    save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, fmt_name, DType::F32, out, /*keep_packed=*/true);
-    // The written file, loaded back, must compute what the packed model computes (GGUF holds the
-    // same blocks; HF their dequantized f32 values): f32 limits.
-    const model::ReplayStats r = model::verify_written_model(
-        *lm.model, out, model::random_sequences(4, 64, lm.model->config().vocab_size, 0), model::replay_limits(DType::F32));
+    // Written under a temporary name beside OUT and renamed only once the file, loaded back,
+    // computes what the packed model computes (GGUF holds the same blocks; HF their dequantized
+    // f32 values: f32 limits). A failed check leaves nothing behind.
+    namespace fs = std::filesystem;
+    const fs::path dest(out);
+    const fs::path parent = dest.has_parent_path() ? dest.parent_path() : fs::path(".");
+    LLMOPT_CHECK_INPUT(fs::is_directory(parent), "[quantize] {}: output directory '{}' does not exist", out,
+                       parent.string());
+    const fs::path tmp = parent / fmt::format(".{}.tmp-{}", dest.filename().string(), ::getpid());
+    model::ReplayStats r;
+    try {
+      save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, fmt_name, DType::F32, tmp.string(),
+                 /*keep_packed=*/true);
+      const int64_t len = std::min<int64_t>(64, lm.model->config().max_position_embeddings);
+      r = model::verify_written_model(*lm.model, tmp.string(),
+                                      model::random_sequences(4, len, lm.model->config().vocab_size, 0),
+                                      model::replay_limits(DType::F32));
+    } catch (...) {
+      std::error_code ec;
+      fs::remove_all(tmp, ec);
+      throw;
+    }
+    if (fs::is_directory(tmp)) fs::remove_all(dest);
+    fs::rename(tmp, dest);
     log::info("[quantize] verified {}: mean KLD {:.2g}, top-1 {:.4f} vs the packed model", out, r.kld_mean, r.top1);
     log::info("[quantize] {} projections as {}, {} fallback ({}), {} skipped: {:.3f} bits per linear weight; wrote {}",
               rep.quantized, format, rep.fallback, fallback, rep.skipped, rep.linear_bits_per_weight, out);

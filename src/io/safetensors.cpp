@@ -47,6 +47,12 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
 }  // namespace
 
+bool safetensors_can_hold(DType t) {
+  for (const auto& d : kStDtypes)
+    if (d.dtype == t) return true;
+  return false;
+}
+
 std::string_view safetensors_dtype_name(DType t) {
   for (const auto& d : kStDtypes)
     if (d.dtype == t) return d.name;

@@ -73,5 +73,7 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsOut
 // Name of a DType in safetensors headers ("F32", "BF16", "I8", "BOOL"...); InputError for
 // block-quantized types, which safetensors cannot hold.
 std::string_view safetensors_dtype_name(DType t);
+// Whether safetensors has a dtype name for `t` (block-quantized types: no).
+bool safetensors_can_hold(DType t);
 
 }  // namespace llmopt::io

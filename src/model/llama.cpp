@@ -72,7 +72,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg) : cfg_(cfg) {
     std::shared_ptr<torch::nn::Module> parent = module_at(*this, parent_path);
     torch::nn::Module& holder = parent ? *parent : *this;
     if (d.linear) {
-      const bool with_bias = d.biased && cfg_.attention_bias;
+      const bool with_bias = io::arch::find_linear(cfg_, io::arch::module_path(t.role, t.layer))->bias;
       auto lin = holder.register_module(
           child, std::static_pointer_cast<LinearLayer>(std::make_shared<DenseLinear>(t.shape[0], t.shape[1], with_bias)));
       if (t.role == Role::Output) {

@@ -24,16 +24,6 @@ constexpr const char* kStateTensors = "state.safetensors";
 constexpr const char* kFormat = "llmopt-state";
 constexpr int kVersion = 1;
 
-bool safetensors_can_hold(DType t) {
-  switch (t) {
-    case DType::F32: case DType::F16: case DType::BF16: case DType::F64: case DType::I8:
-    case DType::I16: case DType::I32: case DType::I64: case DType::U8: case DType::BOOL:
-      return true;
-    default:
-      return false;
-  }
-}
-
 int64_t numel_of(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -98,7 +88,7 @@ void save_model_state(LlamaModel& m, const std::string& dir) {
     auto add = [&](const std::string& key, const StoredTensor& t) {
       io::SafetensorsOutTensor o;
       o.name = key;
-      if (safetensors_can_hold(t.dtype)) {
+      if (io::safetensors_can_hold(t.dtype)) {
         o.dtype = t.dtype;
         o.shape = t.shape;
       } else {

@@ -124,6 +124,9 @@ TEST(Quantize, QuantizedModelKeepsItsBlocksThroughStateAndGguf) {
     EXPECT_EQ(std::memcmp(t.data, packed.blocks().data(), packed.blocks().size()), 0) << p;
   }
   EXPECT_EQ(g.get("model.layers.0.mlp.down_proj.weight").dtype, DType::F16);  // the fallback
+  // general.file_type names the projections' type as llama-quantize does: 2 = MOSTLY_Q4_0 (the
+  // f32 lm_head, embedding and f16 fallbacks notwithstanding).
+  EXPECT_EQ(g.metadata["gguf_kv"]["general.file_type"].get<int64_t>(), 2);
   // Loaded back (dequantized) the GGUF computes what the packed model computes.
   auto lg = model::model_from_checkpoint(g);
   EXPECT_LT((lg->forward(ids) - m->forward(ids)).abs().max().item<float>(), 1e-4f);

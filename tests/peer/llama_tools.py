@@ -5,6 +5,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 TOOLS = Path(__file__).resolve().parent / ".llama-tools"
 PERPLEXITY = TOOLS / "llama-perplexity"
 QUANTIZE = TOOLS / "llama-quantize"
@@ -30,3 +32,11 @@ def grab(pattern, text, what):
     m = re.search(pattern, text)
     assert m, f"llama-perplexity printed no {what} line:\n{text[-3000:]}"
     return float(m.group(1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def llama_tools():
+    """Exit 77 (ctest: skipped) without the tools, as run-pytest.sh does without the venv."""
+    if not (PERPLEXITY.is_file() and QUANTIZE.is_file()):
+        pytest.exit(f"[peer] {TOOLS}/llama-perplexity or llama-quantize missing: run "
+                    "tests/peer/make-venv.sh (skipping)", returncode=77)

@@ -50,7 +50,7 @@ import pytest
 
 from conftest import utf8_prefix
 
-from llama_tools import PERPLEXITY, QUANTIZE, THREADS, TOOLS, grab, llama_perplexity, run_tool
+from llama_tools import QUANTIZE, THREADS, grab, llama_perplexity, llama_tools, run_tool  # noqa: F401 (fixture)
 
 PPL_RTOL = 0.005
 KLD_RTOL = 0.02
@@ -107,14 +107,6 @@ class Setup:
         llmopt.run("eval", model, "--data", self.text, "--ctx", self.ctx, "--limit", self.chunks,
                    "--json", out, *args)
         return json.loads(out.read_text())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def llama_tools():
-    """Exit 77 (ctest: skipped) without the tools, as run-pytest.sh does without the venv."""
-    if not (PERPLEXITY.is_file() and QUANTIZE.is_file()):
-        pytest.exit(f"[peer] {TOOLS}/llama-perplexity or llama-quantize missing: run "
-                    "tests/peer/make-venv.sh (skipping)", returncode=77)
 
 
 @pytest.fixture(scope="module", params=list(MODELS))

@@ -49,7 +49,7 @@ from safetensors.numpy import load_file
 
 from conftest import utf8_prefix
 
-from llama_tools import PERPLEXITY, QUANTIZE, THREADS, TOOLS, grab, llama_perplexity, run_tool
+from llama_tools import QUANTIZE, THREADS, grab, llama_perplexity, llama_tools, run_tool  # noqa: F401 (fixture)
 
 PPL_RTOL = 0.005
 KLD_VS_LLAMA_QUANTIZE_RTOL = 0.05
@@ -136,14 +136,6 @@ class Setup:
                                self.kld_base)
         return (grab(r"Mean\s+KLD:\s+([-0-9.]+)", log, "Mean KLD"),
                 grab(r"Same top p:\s+([0-9.]+)", log, "Same top p") / 100.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def llama_tools():
-    """Exit 77 (ctest: skipped) without the tools, as run-pytest.sh does without the venv."""
-    if not (PERPLEXITY.is_file() and QUANTIZE.is_file()):
-        pytest.exit(f"[peer] {TOOLS}/llama-perplexity or llama-quantize missing: run "
-                    "tests/peer/make-venv.sh (skipping)", returncode=77)
 
 
 @pytest.fixture(scope="module", params=list(MODELS))

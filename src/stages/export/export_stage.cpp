@@ -68,6 +68,10 @@ StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
   StageResult result;
   const DType type = model::parse_float_type(o_.dtype);
   const fs::path artifacts(ctx.artifacts_dir);
+  // The sequences every written format is replayed on (read and tokenized once).
+  const std::vector<std::vector<int64_t>> replay =
+      o_.verify ? replay_sequences(state, ctx, o_.verify_sequences, o_.verify_tokens)
+                : std::vector<std::vector<int64_t>>{};
   int64_t done = 0;
   for (const auto& format_name : o_.formats) {
     ctx.check_interrupted();
@@ -98,7 +102,7 @@ StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
                                                               : state.provenance.tokenizer_path;
         const model::ReplayStats r = model::verify_written_model(
             *state.model, (tmp / out_name).string(),
-            replay_sequences(state, ctx, o_.verify_sequences, o_.verify_tokens),
+            replay,
             model::replay_limits(type, o_.verify_max_kld, o_.verify_min_top1), tokenizer_path);
         result.metrics["verify_" + format_name + "_kld_mean"] = r.kld_mean;
         result.metrics["verify_" + format_name + "_top1"] = r.top1;

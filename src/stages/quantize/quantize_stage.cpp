@@ -1,29 +1,26 @@
 #include "stages/quantize/quantize_stage.h"
 
-#include <regex>
-
 #include "core/error.h"
-#include "model/packed_linear.h"
 #include "model/quantize.h"
 
 namespace llmopt::stages {
 
+model::QuantizeSpec QuantizeStage::spec() const {
+  model::QuantizeSpec s;
+  s.format = o_.format;
+  s.fallback = o_.fallback;
+  s.skip = o_.skip;
+  return s;
+}
+
 void QuantizeStage::validate(const ModelState& state) const {
   LLMOPT_CHECK_INPUT(state.has_model(), "[quantize] no model to quantize");
-  model::QuantizeSpec spec;
-  spec.format = o_.format;
-  spec.fallback = o_.fallback;
-  spec.skip = o_.skip;
-  model::check_quantize_spec(spec);
+  model::check_quantize_spec(spec());
 }
 
 StageResult QuantizeStage::run(ModelState& state, StageContext& ctx) {
   torch::NoGradGuard no_grad;
-  model::QuantizeSpec spec;
-  spec.format = o_.format;
-  spec.fallback = o_.fallback;
-  spec.skip = o_.skip;
-  const model::QuantizeReport rep = model::quantize_rtn(*state.model, spec, [&](int64_t done, int64_t total) {
+  const model::QuantizeReport rep = model::quantize_rtn(*state.model, spec(), [&](int64_t done, int64_t total) {
     ctx.report(done, total, "layers");
   });
   StageResult r;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "model/quantize.h"
 #include "stages/options.h"
 #include "stages/stage.h"
 
@@ -47,6 +48,7 @@ class QuantizeStage : public Stage {
   nlohmann::json options_json() const override { return schema_of<Options>().json(o_); }
 
  private:
+  model::QuantizeSpec spec() const;
   Options o_;
 };
 
