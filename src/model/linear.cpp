@@ -8,6 +8,9 @@
 #include "core/error.h"
 #include "infer/llama_cpu.h"
 #include "model/fast_ops.h"
+#include "model/lora_linear.h"
+#include "model/intn_linear.h"
+#include "model/nf4_linear.h"
 #include "model/packed_linear.h"
 
 namespace llmopt::model {
@@ -153,6 +156,9 @@ std::map<std::string, LinearFactory>& factories() {
       return std::make_shared<DenseLinear>(w, b);
     };
     init["packed"] = packed_linear_factory();
+    init["intn"] = intn_linear_factory();
+    init["nf4"] = nf4_linear_factory();
+    init["lora"] = lora_linear_factory();
     return init;
   }();
   return f;
