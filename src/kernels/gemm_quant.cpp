@@ -1,0 +1,595 @@
+// Integer-dot kernels (see gemm_quant.h), Highway dynamic dispatch. The integer sums on the
+// AVX2 / AVX3 targets use x86 intrinsics on 256-bit vectors (Highway 1.0.3, Debian 12's, has no
+// u8×i8 pairwise multiply-add op): vpmaddubsw (u8×i8 → pairwise i16) then vpmaddwd (→ i32).
+// The unsigned operand is the weight code (Q4_0/Q4_K nibbles) or |w| with the sign moved onto
+// the activation (vpsignb; Q8_0 and Q6_K's q - 32). i16 lanes never saturate: a nibble pair
+// gives ≤ 2·15·127 = 3810 (8 of them summed: 30480), a |q - 32| ≤ 32 pair ≤ 8128 (4 summed:
+// 32512), a Q8_0 pair ≤ 2·128·127 = 32512 (widened at once).
+#include "kernels/gemm_quant.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "core/threads.h"
+#include "kernels/quant_formats.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/gemm_quant.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+namespace llmopt::kernels::gemm_quant_detail {
+#ifndef LLMOPT_KERNELS_GEMM_QUANT_ONCE
+#define LLMOPT_KERNELS_GEMM_QUANT_ONCE
+
+// Activation rows interleaved by 8 for the GEMM: block j of rows 8p..8p+7. qs[g][r] holds
+// elements 4g..4g+3 of row r's block, so one 32-byte load gives 4 codes of each of the 8 rows.
+struct alignas(32) Panel {
+  int8_t qs[8][8][4];
+  float d[8];
+  int32_t sumi[8];
+  float sumf[8];
+};
+static_assert(sizeof(Panel) == 352);
+
+// A weight block of 32 as integer codes (natural element order) and its scalars:
+// Σ_i c_i·q_i = mul[0]·Σ_{i<16} code_i·q_i + mul[1]·Σ_{i≥16} code_i·q_i - offset·Σ q_i.
+struct RefBlock {
+  int8_t code[32];
+  int mul[2] = {1, 1};
+  int offset = 0;
+  float s = 0.0f;  // step
+  float m = 0.0f;  // Q4_K: dmin·min (subtracted per unit of x), else 0
+};
+
+// Q4_K / Q5_K 6-bit scale and min of sub-block j (ggml's get_scale_min_k4).
+inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& mn) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    mn = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+inline void ref_block(DType t, const void* row, int64_t j, RefBlock& b) {
+  switch (t) {
+    case DType::Q4_0: {
+      const auto& blk = static_cast<const BlockQ4_0*>(row)[j];
+      for (int i = 0; i < 16; ++i) {
+        b.code[i] = static_cast<int8_t>(blk.qs[i] & 0x0f);
+        b.code[i + 16] = static_cast<int8_t>(blk.qs[i] >> 4);
+      }
+      b.offset = 8;
+      b.s = f16_to_f32(blk.d);
+      return;
+    }
+    case DType::Q8_0: {
+      const auto& blk = static_cast<const BlockQ8_0*>(row)[j];
+      std::memcpy(b.code, blk.qs, 32);
+      b.s = f16_to_f32(blk.d);
+      return;
+    }
+    case DType::Q4_K: {
+      const auto& blk = static_cast<const BlockQ4_K*>(row)[j / 8];
+      const int i = static_cast<int>(j % 8);
+      const uint8_t* q = blk.qs + 32 * (i / 2);
+      for (int l = 0; l < 32; ++l) b.code[l] = static_cast<int8_t>(i % 2 ? q[l] >> 4 : q[l] & 0x0f);
+      int sc, mn;
+      scale_min_k4(i, blk.scales, sc, mn);
+      b.s = f16_to_f32(blk.d) * static_cast<float>(sc);
+      b.m = f16_to_f32(blk.dmin) * static_cast<float>(mn);
+      return;
+    }
+    default: {  // Q6_K
+      const auto& blk = static_cast<const BlockQ6_K*>(row)[j / 8];
+      const int g = static_cast<int>(j % 8), h = g / 4, gg = g % 4;
+      const uint8_t* ql = blk.ql + 64 * h + 32 * (gg & 1);
+      const uint8_t* qh = blk.qh + 32 * h;
+      for (int l = 0; l < 32; ++l)
+        b.code[l] = static_cast<int8_t>((((ql[l] >> (4 * (gg >> 1))) & 0xF) | (((qh[l] >> (2 * gg)) & 3) << 4)) - 32);
+      b.mul[0] = blk.scales[8 * h + 2 * gg];
+      b.mul[1] = blk.scales[8 * h + 2 * gg + 1];
+      b.s = f16_to_f32(blk.d);
+      return;
+    }
+  }
+}
+
+inline int32_t ref_isum(const RefBlock& b, const int8_t* q, int32_t qsum) {
+  int32_t lo = 0, hi = 0;
+  for (int i = 0; i < 16; ++i) lo += b.code[i] * q[i];
+  for (int i = 16; i < 32; ++i) hi += b.code[i] * q[i];
+  return b.mul[0] * lo + b.mul[1] * hi - b.offset * qsum;
+}
+
+inline int64_t row_bytes(DType t, int64_t k) { return dtype_bytes_for(t, k); }
+
+#endif  // LLMOPT_KERNELS_GEMM_QUANT_ONCE
+}  // namespace llmopt::kernels::gemm_quant_detail
+
+#undef LLMOPT_GQ_X86
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+#include <immintrin.h>
+#define LLMOPT_GQ_X86 1
+#else
+#define LLMOPT_GQ_X86 0
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace llmopt::kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using gemm_quant_detail::Panel;
+using gemm_quant_detail::ref_block;
+using gemm_quant_detail::ref_isum;
+using gemm_quant_detail::RefBlock;
+
+// ---------------------------------------------------------------- activation quantization
+// One block of 32: amax by vector max, then q = NearestInt(x·id) (ties to even, as nearbyint).
+HWY_INLINE void QuantBlock(const float* HWY_RESTRICT x, int8_t* HWY_RESTRICT qs, float& d_out,
+                           int32_t& sum_out) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<int8_t, decltype(df)> d8;
+  const int L = static_cast<int>(hn::Lanes(df));
+  auto vmax = hn::Zero(df);
+  for (int j = 0; j < kActBlock; j += L) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + j)));
+  const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const auto vid = hn::Set(df, id);
+  auto vsum = hn::Zero(di);
+  for (int j = 0; j < kActBlock; j += L) {
+    const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + j), vid));
+    vsum = hn::Add(vsum, q);
+    hn::StoreU(hn::DemoteTo(d8, q), d8, qs + j);
+  }
+  d_out = d;
+  sum_out = hn::GetLane(hn::SumOfLanes(di, vsum));
+}
+
+void QuantizeAct(const float* x, ActBlock* out, int64_t k) {
+  for (int64_t b = 0; b < k / kActBlock; ++b) {
+    int32_t s;
+    QuantBlock(x + b * kActBlock, out[b].qs, out[b].d, s);
+    out[b].sum = static_cast<float>(s);
+  }
+}
+
+// Rows [r0, r1) of X (m rows) into panels; rows ≥ m of the last panel are zero.
+void QuantizePanels(const float* x, Panel* panels, int64_t m, int64_t k, int64_t p0, int64_t p1) {
+  const int64_t nb = k / kActBlock;
+  alignas(32) int8_t tmp[kActBlock];
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int r = 0; r < 8; ++r) {
+      const int64_t row = p * 8 + r;
+      for (int64_t j = 0; j < nb; ++j) {
+        Panel& P = panels[p * nb + j];
+        float d = 0.0f;
+        int32_t s = 0;
+        if (row < m) {
+          QuantBlock(x + row * k + j * kActBlock, tmp, d, s);
+        } else {
+          std::memset(tmp, 0, sizeof(tmp));
+        }
+        for (int g = 0; g < 8; ++g) std::memcpy(P.qs[g][r], tmp + 4 * g, 4);
+        P.d[r] = d;
+        P.sumi[r] = s;
+        P.sumf[r] = static_cast<float>(s);
+      }
+    }
+  }
+}
+
+#if LLMOPT_GQ_X86
+// ---------------------------------------------------------------- x86 (256-bit) kernels
+HWY_INLINE float F16(uint16_t h) { return f16_to_f32(h); }
+
+// A weight block in registers: u = unsigned operand of maddubs, s = signed codes (signed kinds),
+// mul = i16 multipliers for vpmaddwd (ones, or Q6_K's two sub-block scales), s/m as in RefBlock.
+struct XBlock {
+  __m256i u, s, mul;
+  float step, m;
+};
+
+HWY_INLINE __m256i Ones16() { return _mm256_set1_epi16(1); }
+
+template <DType T>
+HWY_INLINE void LoadBlock(const void* row, int64_t j, XBlock& b) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  if constexpr (T == DType::Q4_0) {
+    const auto& blk = static_cast<const BlockQ4_0*>(row)[j];
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
+    const __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
+    b.u = _mm256_set_m128i(hi, lo);
+    b.mul = Ones16();
+    b.step = F16(blk.d);
+    b.m = 0.0f;
+  } else if constexpr (T == DType::Q8_0) {
+    const auto& blk = static_cast<const BlockQ8_0*>(row)[j];
+    b.s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs));
+    b.u = _mm256_abs_epi8(b.s);
+    b.mul = Ones16();
+    b.step = F16(blk.d);
+    b.m = 0.0f;
+  } else if constexpr (T == DType::Q4_K) {
+    const auto& blk = static_cast<const BlockQ4_K*>(row)[j / 8];
+    const int i = static_cast<int>(j % 8);
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * (i / 2)));
+    b.u = _mm256_and_si256(i % 2 ? _mm256_srli_epi16(raw, 4) : raw, m4);
+    b.mul = Ones16();
+    int sc, mn;
+    gemm_quant_detail::scale_min_k4(i, blk.scales, sc, mn);
+    b.step = F16(blk.d) * static_cast<float>(sc);
+    b.m = F16(blk.dmin) * static_cast<float>(mn);
+  } else {  // Q6_K
+    const auto& blk = static_cast<const BlockQ6_K*>(row)[j / 8];
+    const int g = static_cast<int>(j % 8), h = g / 4, gg = g % 4;
+    const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h + 32 * (gg & 1)));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h));
+    const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (gg >> 1))), m4);
+    const __m256i hi = _mm256_slli_epi16(
+        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * gg)), _mm256_set1_epi8(3)), 4);
+    b.s = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
+    b.u = _mm256_abs_epi8(b.s);
+    b.mul = _mm256_set_m128i(_mm_set1_epi16(blk.scales[8 * h + 2 * gg + 1]),
+                             _mm_set1_epi16(blk.scales[8 * h + 2 * gg]));
+    b.step = F16(blk.d);
+    b.m = 0.0f;
+  }
+}
+
+template <DType T>
+constexpr bool kSigned = T == DType::Q8_0 || T == DType::Q6_K;
+
+HWY_INLINE float HSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+// Decode: one row against one natural-order activation row. Blocks alternate between two
+// accumulators; the offset (Q4_0) and min (Q4_K) terms are summed as scalars.
+template <DType T>
+float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, int64_t k) {
+  const int64_t nb = k / kActBlock;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float corr = 0.0f;
+  for (int64_t j = 0; j < nb; ++j) {
+    XBlock b;
+    LoadBlock<T>(row, j, b);
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[j].qs));
+    const __m256i p = kSigned<T> ? _mm256_maddubs_epi16(b.u, _mm256_sign_epi8(q, b.s))
+                                 : _mm256_maddubs_epi16(b.u, q);
+    const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, b.mul));
+    const float s = x[j].d * b.step;
+    if (j & 1)
+      acc1 = _mm256_fmadd_ps(f, _mm256_set1_ps(s), acc1);
+    else
+      acc0 = _mm256_fmadd_ps(f, _mm256_set1_ps(s), acc0);
+    if constexpr (T == DType::Q4_0) corr = std::fma(s, x[j].sum, corr);
+    if constexpr (T == DType::Q4_K) corr = std::fma(x[j].d * b.m, x[j].sum, corr);
+  }
+  const float sum = HSum(_mm256_add_ps(acc0, acc1));
+  if constexpr (T == DType::Q4_0) return sum - 8.0f * corr;
+  return sum - corr;
+}
+
+// GEMM microkernel: NR weight rows × one panel of 8 activation rows; out[r] gets the 8 lanes.
+template <DType T, int NR>
+HWY_INLINE void PanelRows(const uint8_t* const* rows, const Panel* HWY_RESTRICT panel, int64_t nb,
+                          __m256* out) {
+  __m256 acc[NR], accm[NR];
+  for (int r = 0; r < NR; ++r) acc[r] = accm[r] = _mm256_setzero_ps();
+  alignas(32) uint8_t ub[NR][32];
+  alignas(32) int8_t sb[NR][32];
+  int mul0[NR], mul1[NR];
+  float step[NR], mn[NR];
+  const __m256i ones = Ones16();
+  for (int64_t j = 0; j < nb; ++j) {
+    for (int r = 0; r < NR; ++r) {
+      XBlock b;
+      LoadBlock<T>(rows[r], j, b);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(ub[r]), b.u);
+      if constexpr (kSigned<T>) _mm256_store_si256(reinterpret_cast<__m256i*>(sb[r]), b.s);
+      if constexpr (T == DType::Q6_K) {
+        mul0[r] = static_cast<int16_t>(_mm256_extract_epi16(b.mul, 0));
+        mul1[r] = static_cast<int16_t>(_mm256_extract_epi16(b.mul, 8));
+      }
+      step[r] = b.step;
+      mn[r] = b.m;
+    }
+    const Panel& P = panel[j];
+    __m256i i16a[NR], i16b[NR], i32[NR];
+    for (int r = 0; r < NR; ++r) i16a[r] = i16b[r] = i32[r] = _mm256_setzero_si256();
+    for (int g = 0; g < 8; ++g) {
+      const __m256i q = _mm256_load_si256(reinterpret_cast<const __m256i*>(P.qs[g]));
+      for (int r = 0; r < NR; ++r) {
+        int32_t w4;
+        std::memcpy(&w4, ub[r] + 4 * g, 4);
+        const __m256i wu = _mm256_set1_epi32(w4);
+        __m256i p;
+        if constexpr (kSigned<T>) {
+          int32_t s4;
+          std::memcpy(&s4, sb[r] + 4 * g, 4);
+          p = _mm256_maddubs_epi16(wu, _mm256_sign_epi8(q, _mm256_set1_epi32(s4)));
+        } else {
+          p = _mm256_maddubs_epi16(wu, q);
+        }
+        if constexpr (T == DType::Q8_0) {
+          i32[r] = _mm256_add_epi32(i32[r], _mm256_madd_epi16(p, ones));
+        } else if constexpr (T == DType::Q6_K) {
+          if (g < 4)
+            i16a[r] = _mm256_add_epi16(i16a[r], p);
+          else
+            i16b[r] = _mm256_add_epi16(i16b[r], p);
+        } else {
+          i16a[r] = _mm256_add_epi16(i16a[r], p);
+        }
+      }
+    }
+    const __m256 dx = _mm256_load_ps(P.d);
+    for (int r = 0; r < NR; ++r) {
+      __m256i isum;
+      if constexpr (T == DType::Q8_0) {
+        isum = i32[r];
+      } else if constexpr (T == DType::Q6_K) {
+        isum = _mm256_add_epi32(_mm256_madd_epi16(i16a[r], _mm256_set1_epi16(static_cast<int16_t>(mul0[r]))),
+                                _mm256_madd_epi16(i16b[r], _mm256_set1_epi16(static_cast<int16_t>(mul1[r]))));
+      } else {
+        isum = _mm256_madd_epi16(i16a[r], ones);
+      }
+      if constexpr (T == DType::Q4_0)
+        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(P.sumi)), 3));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dx, _mm256_set1_ps(step[r])), acc[r]);
+      if constexpr (T == DType::Q4_K)
+        accm[r] = _mm256_fmadd_ps(_mm256_load_ps(P.sumf), _mm256_mul_ps(dx, _mm256_set1_ps(mn[r])), accm[r]);
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[r] = T == DType::Q4_K ? _mm256_sub_ps(acc[r], accm[r]) : acc[r];
+}
+
+// Output rows [r0, r1) of Y for all panels.
+template <DType T>
+void GemmRowsT(const void* w, const Panel* panels, const float* bias, float* y, int64_t m, int64_t n,
+               int64_t k, int64_t r0, int64_t r1) {
+  const int64_t nb = k / kActBlock, np = (m + 7) / 8;
+  const int64_t rb = gemm_quant_detail::row_bytes(T, k);
+  const auto* base = static_cast<const uint8_t*>(w);
+  alignas(32) float lanes[8];
+  auto store = [&](int64_t r, int64_t p, __m256 v) {
+    _mm256_store_ps(lanes, v);
+    const float b = bias ? bias[r] : 0.0f;
+    for (int i = 0; i < 8 && p * 8 + i < m; ++i) y[(p * 8 + i) * n + r] = bias ? lanes[i] + b : lanes[i];
+  };
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const uint8_t* rows[4] = {base + r * rb, base + (r + 1) * rb, base + (r + 2) * rb, base + (r + 3) * rb};
+    for (int64_t p = 0; p < np; ++p) {
+      __m256 out[4];
+      PanelRows<T, 4>(rows, panels + p * nb, nb, out);
+      for (int i = 0; i < 4; ++i) store(r + i, p, out[i]);
+    }
+  }
+  for (; r < r1; ++r) {
+    const uint8_t* rows[1] = {base + r * rb};
+    for (int64_t p = 0; p < np; ++p) {
+      __m256 out[1];
+      PanelRows<T, 1>(rows, panels + p * nb, nb, out);
+      store(r, p, out[0]);
+    }
+  }
+}
+
+float DotActQ8(DType t, const void* row, const ActBlock* x, int64_t k) {
+  switch (t) {
+    case DType::Q4_0: return DotRow<DType::Q4_0>(row, x, k);
+    case DType::Q8_0: return DotRow<DType::Q8_0>(row, x, k);
+    case DType::Q4_K: return DotRow<DType::Q4_K>(row, x, k);
+    default: return DotRow<DType::Q6_K>(row, x, k);
+  }
+}
+
+void GemmRows(DType t, const void* w, const Panel* panels, const float* bias, float* y, int64_t m,
+              int64_t n, int64_t k, int64_t r0, int64_t r1) {
+  switch (t) {
+    case DType::Q4_0: return GemmRowsT<DType::Q4_0>(w, panels, bias, y, m, n, k, r0, r1);
+    case DType::Q8_0: return GemmRowsT<DType::Q8_0>(w, panels, bias, y, m, n, k, r0, r1);
+    case DType::Q4_K: return GemmRowsT<DType::Q4_K>(w, panels, bias, y, m, n, k, r0, r1);
+    default: return GemmRowsT<DType::Q6_K>(w, panels, bias, y, m, n, k, r0, r1);
+  }
+}
+
+#else  // ---------------------------------------------------------------- other targets: scalar
+
+float DotActQ8(DType t, const void* row, const ActBlock* x, int64_t k) {
+  float acc = 0.0f, accm = 0.0f;
+  for (int64_t j = 0; j < k / kActBlock; ++j) {
+    RefBlock b;
+    ref_block(t, row, j, b);
+    const int32_t isum = ref_isum(b, x[j].qs, static_cast<int32_t>(x[j].sum));
+    acc = std::fma(static_cast<float>(isum), x[j].d * b.s, acc);
+    accm = std::fma(x[j].sum, x[j].d * b.m, accm);
+  }
+  return acc - accm;
+}
+
+void GemmRows(DType t, const void* w, const Panel* panels, const float* bias, float* y, int64_t m,
+              int64_t n, int64_t k, int64_t r0, int64_t r1) {
+  const int64_t nb = k / kActBlock, rb = gemm_quant_detail::row_bytes(t, k);
+  const auto* base = static_cast<const uint8_t*>(w);
+  std::vector<RefBlock> blocks(static_cast<size_t>(nb));
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t j = 0; j < nb; ++j) ref_block(t, base + r * rb, j, blocks[j]);
+    for (int64_t row = 0; row < m; ++row) {
+      const int64_t p = row / 8, l = row % 8;
+      float acc = 0.0f, accm = 0.0f;
+      for (int64_t j = 0; j < nb; ++j) {
+        const Panel& P = panels[p * nb + j];
+        int8_t q[32];
+        for (int g = 0; g < 8; ++g) std::memcpy(q + 4 * g, P.qs[g][l], 4);
+        const int32_t isum = ref_isum(blocks[j], q, P.sumi[l]);
+        acc = std::fma(static_cast<float>(isum), P.d[l] * blocks[j].s, acc);
+        accm = std::fma(P.sumf[l], P.d[l] * blocks[j].m, accm);
+      }
+      const float v = acc - accm;
+      y[row * n + r] = bias ? v + bias[r] : v;
+    }
+  }
+}
+#endif
+
+void GemvActRows(DType t, const void* w, const ActBlock* x, const float* bias, float* y, int64_t r0,
+                 int64_t r1, int64_t k) {
+  const int64_t rb = gemm_quant_detail::row_bytes(t, k);
+  const auto* base = static_cast<const uint8_t*>(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float v = DotActQ8(t, base + r * rb, x, k);
+    y[r] = bias ? v + bias[r] : v;
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace llmopt::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace llmopt::kernels {
+HWY_EXPORT(QuantizeAct);
+HWY_EXPORT(QuantizePanels);
+HWY_EXPORT(DotActQ8);
+HWY_EXPORT(GemvActRows);
+HWY_EXPORT(GemmRows);
+
+using gemm_quant_detail::Panel;
+
+namespace {
+constexpr int64_t kRowsPerChunk = 16;
+
+void check(const char* name, DType t, int64_t m, int64_t n, int64_t k) {
+  LLMOPT_CHECK_INPUT(act_q8_supports(t),
+                     "[kernels.{}] weight type {} has no int8-activation kernel (expected Q8_0, "
+                     "Q4_0, Q4_K or Q6_K)",
+                     name, dtype_name(t));
+  LLMOPT_CHECK_INPUT(m >= 0 && n >= 0 && k >= 0, "[kernels.{}] sizes must be >= 0, got m={} n={} k={}",
+                     name, m, n, k);
+  const int64_t block = dtype_block_elems(t);
+  LLMOPT_CHECK_INPUT(k % block == 0, "[kernels.{}] {} rows must hold whole blocks: k={} is not a multiple of {}",
+                     name, dtype_name(t), k, block);
+}
+
+int resolve(int num_threads, int64_t work) {
+  if (work < (int64_t{1} << 15)) return 1;
+  return num_threads > 0 ? num_threads : llmopt::threads();
+}
+}  // namespace
+
+bool act_q8_supports(DType t) {
+  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q6_K;
+}
+
+void quantize_act(const float* x, ActBlock* out, int64_t k) {
+  HWY_DYNAMIC_DISPATCH(QuantizeAct)(x, out, k);
+}
+
+void quantize_act_ref(const float* x, ActBlock* out, int64_t k) {
+  for (int64_t b = 0; b < k / kActBlock; ++b, x += kActBlock) {
+    float amax = 0.0f;
+    for (int i = 0; i < kActBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32_t s = 0;
+    for (int i = 0; i < kActBlock; ++i) {
+      const int q = static_cast<int>(std::nearbyint(x[i] * id));
+      out[b].qs[i] = static_cast<int8_t>(q);
+      s += q;
+    }
+    out[b].d = d;
+    out[b].sum = static_cast<float>(s);
+  }
+}
+
+void dequantize_act(const ActBlock* in, float* out, int64_t k) {
+  for (int64_t b = 0; b < k / kActBlock; ++b)
+    for (int i = 0; i < kActBlock; ++i) out[b * kActBlock + i] = static_cast<float>(in[b].qs[i]) * in[b].d;
+}
+
+float dot_act_q8(DType t, const void* w_row, const ActBlock* x, int64_t k) {
+  return HWY_DYNAMIC_DISPATCH(DotActQ8)(t, w_row, x, k);
+}
+
+float dot_act_q8_ref(DType t, const void* w_row, const ActBlock* x, int64_t k) {
+  float acc = 0.0f, accm = 0.0f;
+  for (int64_t j = 0; j < k / kActBlock; ++j) {
+    gemm_quant_detail::RefBlock b;
+    gemm_quant_detail::ref_block(t, w_row, j, b);
+    const int32_t isum = gemm_quant_detail::ref_isum(b, x[j].qs, static_cast<int32_t>(x[j].sum));
+    acc = std::fma(static_cast<float>(isum), x[j].d * b.s, acc);
+    accm = std::fma(x[j].sum, x[j].d * b.m, accm);
+  }
+  return acc - accm;
+}
+
+void gemv_act_q8_rows(DType t, const void* w, const ActBlock* x, const float* bias, float* y, int64_t r0,
+                      int64_t r1, int64_t k) {
+  if (r1 > r0) HWY_DYNAMIC_DISPATCH(GemvActRows)(t, w, x, bias, y, r0, r1, k);
+}
+
+void gemv_act_q8(DType t, const void* w, const float* x, const float* bias, float* y, int64_t n, int64_t k,
+                 int num_threads) {
+  check("gemv_act_q8", t, 1, n, k);
+  std::vector<ActBlock> xa(static_cast<size_t>(k / kActBlock));
+  quantize_act(x, xa.data(), k);
+  const int threads = resolve(num_threads, n * k);
+  const int64_t chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
+  auto* rows = HWY_DYNAMIC_DISPATCH(GemvActRows);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    rows(t, w, xa.data(), bias, y, c * kRowsPerChunk, std::min(n, (c + 1) * kRowsPerChunk), k);
+}
+
+void gemm_quant(DType t, const void* w, const float* x, const float* bias, float* y, int64_t m, int64_t n,
+                int64_t k, int num_threads) {
+  check("gemm_quant", t, m, n, k);
+  if (m == 0 || n == 0) return;
+  const int64_t nb = k / kActBlock, np = (m + 7) / 8;
+  std::vector<Panel> panels(static_cast<size_t>(np * nb));
+  const int threads = resolve(num_threads, m * n * k);
+  const int64_t chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
+  auto* quant = HWY_DYNAMIC_DISPATCH(QuantizePanels);
+  auto* rows = HWY_DYNAMIC_DISPATCH(GemmRows);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < np; ++p) quant(x, panels.data(), m, k, p, p + 1);
+#pragma omp for schedule(dynamic)
+    for (int64_t c = 0; c < chunks; ++c)
+      rows(t, w, panels.data(), bias, y, m, n, k, c * kRowsPerChunk, std::min(n, (c + 1) * kRowsPerChunk));
+  }
+}
+
+void gemm_quant_ref(DType t, const void* w, const float* x, const float* bias, float* y, int64_t m, int64_t n,
+                    int64_t k) {
+  check("gemm_quant_ref", t, m, n, k);
+  const int64_t rb = dtype_bytes_for(t, k);
+  std::vector<ActBlock> xa(static_cast<size_t>(k / kActBlock));
+  for (int64_t i = 0; i < m; ++i) {
+    quantize_act_ref(x + i * k, xa.data(), k);
+    for (int64_t r = 0; r < n; ++r) {
+      const float v = dot_act_q8_ref(t, static_cast<const uint8_t*>(w) + r * rb, xa.data(), k);
+      y[i * n + r] = bias ? v + bias[r] : v;
+    }
+  }
+}
+
+}  // namespace llmopt::kernels
+#endif  // HWY_ONCE
