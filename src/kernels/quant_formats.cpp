@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "kernels/convert.h"
+#include "kernels/quant_k.h"
 
 namespace llmopt::kernels {
 namespace {
@@ -388,18 +389,23 @@ void quantize_q8_1(const float* x, void* dst, int64_t n) {
 }
 
 constexpr std::array<QuantTraits, 12> kTraits = {{
-    {DType::Q4_0, kQK, sizeof(BlockQ4_0), dequantize_q4_0, quantize_q4_0},
-    {DType::Q4_1, kQK, sizeof(BlockQ4_1), dequantize_q4_1, quantize_q4_1},
-    {DType::Q5_0, kQK, sizeof(BlockQ5_0), dequantize_q5_0, quantize_q5_0},
-    {DType::Q5_1, kQK, sizeof(BlockQ5_1), dequantize_q5_1, quantize_q5_1},
-    {DType::Q8_0, kQK, sizeof(BlockQ8_0), dequantize_q8_0, quantize_q8_0},
-    {DType::Q8_1, kQK, sizeof(BlockQ8_1), dequantize_q8_1, quantize_q8_1},
-    {DType::Q2_K, kQK_K, sizeof(BlockQ2_K), dequantize_q2_k, nullptr},
-    {DType::Q3_K, kQK_K, sizeof(BlockQ3_K), dequantize_q3_k, nullptr},
-    {DType::Q4_K, kQK_K, sizeof(BlockQ4_K), dequantize_q4_k, nullptr},
-    {DType::Q5_K, kQK_K, sizeof(BlockQ5_K), dequantize_q5_k, nullptr},
-    {DType::Q6_K, kQK_K, sizeof(BlockQ6_K), dequantize_q6_k, nullptr},
-    {DType::Q8_K, kQK_K, sizeof(BlockQ8_K), dequantize_q8_k, nullptr},
+    {DType::Q4_0, kQK, sizeof(BlockQ4_0), dequantize_q4_0, quantize_q4_0, detail::quantize_q4_0_weighted},
+    {DType::Q4_1, kQK, sizeof(BlockQ4_1), dequantize_q4_1, quantize_q4_1, detail::quantize_q4_1_weighted},
+    {DType::Q5_0, kQK, sizeof(BlockQ5_0), dequantize_q5_0, quantize_q5_0, detail::quantize_q5_0_weighted},
+    {DType::Q5_1, kQK, sizeof(BlockQ5_1), dequantize_q5_1, quantize_q5_1, detail::quantize_q5_1_weighted},
+    {DType::Q8_0, kQK, sizeof(BlockQ8_0), dequantize_q8_0, quantize_q8_0, nullptr},
+    {DType::Q8_1, kQK, sizeof(BlockQ8_1), dequantize_q8_1, quantize_q8_1, nullptr},
+    {DType::Q2_K, kQK_K, sizeof(BlockQ2_K), dequantize_q2_k, detail::quantize_q2_k_ref,
+     detail::quantize_q2_k_weighted},
+    {DType::Q3_K, kQK_K, sizeof(BlockQ3_K), dequantize_q3_k, detail::quantize_q3_k_ref,
+     detail::quantize_q3_k_weighted},
+    {DType::Q4_K, kQK_K, sizeof(BlockQ4_K), dequantize_q4_k, detail::quantize_q4_k_ref,
+     detail::quantize_q4_k_weighted},
+    {DType::Q5_K, kQK_K, sizeof(BlockQ5_K), dequantize_q5_k, detail::quantize_q5_k_ref,
+     detail::quantize_q5_k_weighted},
+    {DType::Q6_K, kQK_K, sizeof(BlockQ6_K), dequantize_q6_k, detail::quantize_q6_k_ref,
+     detail::quantize_q6_k_weighted},
+    {DType::Q8_K, kQK_K, sizeof(BlockQ8_K), dequantize_q8_k, detail::quantize_q8_k_ref, nullptr},
 }};
 
 void check_multiple(const char* what, DType t, int64_t n, int64_t block) {
@@ -451,11 +457,29 @@ bool has_quantize_ref(DType t) {
 void quantize_row_ref(DType t, const float* src, void* dst, int64_t n) {
   LLMOPT_CHECK_INPUT(has_quantize_ref(t),
                      "[kernels.quantize_row_ref] no reference quantizer for dtype {} (available: "
-                     "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1)",
+                     "every ggml block type: Q4_0..Q8_1, Q2_K..Q8_K)",
                      dtype_name(t));
   const QuantTraits* traits = find_quant_traits(t);
   check_multiple("quantize_row_ref", t, n, traits->block_elems);
   traits->quantize_ref(src, dst, n);
+}
+
+bool has_quantize_weighted(DType t) {
+  const QuantTraits* traits = find_quant_traits(t);
+  return traits != nullptr && traits->quantize_weighted != nullptr;
+}
+
+void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* importance) {
+  LLMOPT_CHECK_INPUT(has_quantize_ref(t),
+                     "[kernels.quantize_row_weighted] no quantizer for dtype {} (expected a ggml "
+                     "block type)",
+                     dtype_name(t));
+  const QuantTraits* traits = find_quant_traits(t);
+  check_multiple("quantize_row_weighted", t, n, traits->block_elems);
+  if (importance == nullptr || traits->quantize_weighted == nullptr || n == 0)
+    traits->quantize_ref(src, dst, n);
+  else
+    traits->quantize_weighted(src, dst, n, importance);
 }
 
 }  // namespace llmopt::kernels

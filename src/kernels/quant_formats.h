@@ -1,7 +1,7 @@
 // ggml block quantization formats: packed block structs (byte layouts of ggml's ggml-common.h),
 // dequantizers for all of them, reference quantizers that reproduce ggml's *_ref rounding bit for
-// bit (so the files we write equal llama.cpp's), and one traits table that tests, loaders and the
-// CLI loop over. Half-precision fields are IEEE binary16 bit patterns (core/half.h).
+// bit (so the files we write equal llama.cpp's), importance-weighted quantizers that reproduce
+// llama-quantize with an imatrix, and one traits table that tests, loaders and the CLI loop over. Half-precision fields are IEEE binary16 bit patterns (core/half.h).
 //
 // Layout summary (QK = 32 elements per block, QK_K = 256 per super-block):
 //   Q4_0 {d; qs[16]}          x = (q - 8)·d,  q = nibble; low nibbles are elements 0..15,
@@ -113,12 +113,15 @@ static_assert(sizeof(BlockQ8_K) == 292);
 
 // One row of the traits table. `dequantize` and `quantize_ref` take n elements (a multiple of
 // block_elems; the table functions do not check, the dequantize_row/quantize_row_ref wrappers do).
+// `quantize_weighted` takes one row and a non-null importance (see quantize_row_weighted).
 struct QuantTraits {
   DType type;
   int64_t block_elems;
   int64_t block_bytes;
   void (*dequantize)(const void* src, float* dst, int64_t n);
   void (*quantize_ref)(const float* src, void* dst, int64_t n);  // nullptr: not available yet
+  // nullptr: the format ignores importance (Q8_0, Q8_1, Q8_K: llama.cpp rounds them plainly).
+  void (*quantize_weighted)(const float* src, void* dst, int64_t n, const float* importance);
 };
 
 // Every block-quantized DType, in DType order.
@@ -134,5 +137,26 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // the block size.
 void quantize_row_ref(DType t, const float* src, void* dst, int64_t n);
 bool has_quantize_ref(DType t);
+
+// Importance-weighted quantization of ONE row of n values (n a multiple of the block size),
+// producing the bytes of llama.cpp's quantize_<type> (llama-quantize --imatrix) given the same
+// importance vector: importance[j] ≥ 0 is the weight of input column j, e.g. the mean squared
+// activation E[a_j²] from calibration (llama.cpp's imatrix values divided by their call count).
+// nullptr = llama.cpp without an imatrix, i.e. quantize_row_ref.
+//
+// Each block picks its scale (and offset) minimizing Σ_j w_j·(x_j - x̂_j)², searching a few
+// dozen candidate steps around the range-derived one and refitting by weighted least squares,
+// with
+//     w_j = importance_j · sqrt(σ² + x_j²),
+// σ² = Σx²/n over the row for Q4_0/Q4_1/Q5_0/Q5_1, Σx²/256 over the super-block for Q2_K and
+// 2·Σx²/256 for Q3_K/Q4_K/Q5_K (the sqrt term keeps large weights from being rounded to zero
+// where the importance alone is small); Q6_K uses w_j = importance_j itself. The K formats'
+// sub-block scales and mins are then rounded by the same kind of search, each sub-block weighted
+// by its Σw. Q8_0, Q8_1 and Q8_K ignore importance (as llama.cpp). The row matters: the 32-value
+// formats take σ² over the whole row, so quantizing a row in pieces gives different bytes.
+// InputError if t has no reference quantizer or n is not a multiple of the block size.
+void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* importance);
+// True if importance changes t's quantization (a search-based weighted quantizer exists).
+bool has_quantize_weighted(DType t);
 
 }  // namespace llmopt::kernels

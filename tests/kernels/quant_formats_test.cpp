@@ -43,8 +43,13 @@ TEST(QuantFormats, TableCoversEveryBlockDTypeWithCoreSizes) {
     ++listed;
   }
   EXPECT_EQ(listed, static_cast<int>(quant_traits_table().size()));
-  for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0})
-    EXPECT_TRUE(has_quantize_ref(t)) << dtype_name(t);
+  for (const auto& traits : quant_traits_table()) {
+    EXPECT_TRUE(has_quantize_ref(traits.type)) << dtype_name(traits.type);
+    // Importance matters for every format llama.cpp's imatrix path searches (all but the 8-bit).
+    const bool eight_bit = traits.type == DType::Q8_0 || traits.type == DType::Q8_1 ||
+                           traits.type == DType::Q8_K;
+    EXPECT_EQ(has_quantize_weighted(traits.type), !eight_bit) << dtype_name(traits.type);
+  }
 }
 
 TEST(QuantFormats, Q4_0HandBuilt) {
@@ -243,7 +248,8 @@ std::vector<float> test_rows(int64_t blocks, std::mt19937& rng) {
   return x;
 }
 
-// Error bound per element for the round-to-nearest formats, from the quantizer definitions:
+// Error bound per element for the round-to-nearest 32-value formats, from the quantizer
+// definitions (the K formats' search-based quantizers are bounded in quant_k_test.cpp):
 // with d the f32 step, |x - q·d| ≤ d/2 when x/d lies in the representable range (plus one f32
 // rounding of x·id: ≤ 2·u·|x|/d steps), and clamped elements (the positive end of Q4_0/Q5_0,
 // whose range is [-8, 7]·d resp. [-16, 15]·d) err by their distance to the range, at most d.
@@ -252,7 +258,7 @@ TEST(QuantFormats, QuantizeDequantizeWithinHalfStep) {
   std::mt19937 rng(5);
   const double u = std::ldexp(1.0, -24);
   for (const QuantTraits& traits : quant_traits_table()) {
-    if (!traits.quantize_ref) continue;
+    if (!traits.quantize_ref || traits.block_elems != kQK) continue;
     SCOPED_TRACE(dtype_name(traits.type));
     for (int64_t blocks : {1, 4, 33}) {
       const auto x = test_rows(blocks, rng);
@@ -307,7 +313,8 @@ TEST(QuantFormats, RejectsBadArguments) {
   uint8_t buf[256];
   EXPECT_THROW(dequantize_row(DType::Q4_0, buf, x, 33), InputError);
   EXPECT_THROW(dequantize_row(DType::I32, buf, x, 4), InputError);
-  EXPECT_THROW(quantize_row_ref(DType::Q4_K, x, buf, 256), InputError);
+  EXPECT_THROW(quantize_row_ref(DType::F16, x, buf, 64), InputError);
+  EXPECT_THROW(quantize_row_ref(DType::Q4_K, x, buf, 64), InputError);
   EXPECT_THROW(quantize_row_ref(DType::Q8_0, x, buf, 31), InputError);
   try {
     dequantize_row(DType::Q6_K, buf, x, 100);
