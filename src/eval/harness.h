@@ -1,0 +1,107 @@
+// Task evaluation in the manner of lm-evaluation-harness (lm-eval 0.4, HF backend), run through
+// the one inference interface (infer::Engine) so that it needs no Python and no torch:
+//  - loglikelihood of a continuation given a context (multiple choice: acc, acc_norm; LAMBADA:
+//    acc = greedy continuation, perplexity),
+//  - rolling loglikelihood of a whole text (word/byte perplexity, bits per byte),
+//  - greedy generation until a stop sequence (exact match, SQuAD F1, regex extraction).
+// Tokenization follows lm-eval's HFLM: no BOS (add_special_tokens=False) unless asked, trailing
+// whitespace of a context moved to the continuation, context+continuation encoded whole and split
+// at the length of the encoded context (`_encode_pair`), an empty context replaced by BOS (or EOS
+// when there is no BOS), inputs left-truncated to the model's context length.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "eval/perplexity.h"
+#include "eval/tasks.h"
+#include "infer/engine.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmopt::eval {
+
+struct LoglikelihoodRequest {
+  std::vector<int64_t> context;       // ≥ 1 token
+  std::vector<int64_t> continuation;  // ≥ 1 token, at most the model's context length
+};
+struct LoglikelihoodResult {
+  double logprob = 0;      // sum of log p(continuation token | prefix), float64 log-softmax
+  bool is_greedy = false;  // every continuation token is the argmax (first maximum on ties)
+};
+
+// The model's context length for task requests (max_position_embeddings; 2048 when unset).
+int64_t task_max_length(const infer::Engine& m);
+
+// Scores requests `batch_size` at a time. Within a batch, requests whose (truncated) context is
+// the same token sequence share one prefill of it; each continuation then runs on the cache
+// truncated back to the context. The arithmetic of a request does not depend on which other
+// requests share its batch: every context is prefilled into an empty cache of the same capacity
+// and every continuation appended to exactly that context, so scores do not depend on batch_size.
+std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
+                                                     const std::vector<LoglikelihoodRequest>& requests,
+                                                     int64_t batch_size = 16, const ProgressFn& progress = {});
+
+// lm-eval `_encode_pair` (causal LM): context's trailing whitespace moved to the continuation,
+// the continuation's tokens = encode(context + continuation) after the first len(encode(context)).
+// An empty context becomes [BOS] (or [EOS] without BOS) and the continuation is encoded alone.
+// add_bos: BOS first in every context (lm-eval's add_bos_token=True).
+std::pair<std::vector<int64_t>, std::vector<int64_t>> encode_pair(const tok::Tokenizer& tk, const std::string& context,
+                                                                  const std::string& continuation, bool add_bos);
+
+// lm-eval get_rolling_token_windows(context_len=1) + make_disjoint_window: (context,
+// continuation) pairs that score every token of `tokens` once, the first one after `prefix`.
+std::vector<LoglikelihoodRequest> rolling_windows(const std::vector<int64_t>& tokens, int64_t prefix,
+                                                  int64_t max_length);
+
+// Greedy generation: the context left-truncated to max_length - max_gen_toks, tokens appended until
+// EOS, max_gen_toks or the context is full, or the decoded text contains a stop sequence; the text
+// is cut before the first occurrence of each stop sequence (lm-eval's generate_until).
+std::string generate_until(const infer::Engine& m, const tok::Tokenizer& tk, const std::vector<int64_t>& context,
+                           const std::vector<std::string>& until, int max_gen_toks);
+
+// ---- metrics (as lm-eval computes them) ----
+// Sample standard deviation (n - 1) over sqrt(n): lm-eval's mean_stderr. 0 for n < 2.
+double mean_stderr(const std::vector<double>& values);
+// lm-eval regex filter + take_first.
+std::string apply_regex_filter(const std::string& text, const RegexFilter& f);
+// lm-eval exact_match (HF evaluate's exact_match).
+bool exact_match(const std::string& prediction, const std::string& reference, const ExactMatchOptions& o);
+// SQuAD normalize_answer: lower case, ASCII punctuation removed, articles (a, an, the) removed,
+// whitespace collapsed.
+std::string squad_normalize(const std::string& s);
+// SQuAD v2 token F1 / exact match against the best reference; no references = unanswerable, where
+// only an empty (normalized) prediction scores 1.
+double squad_f1(const std::string& prediction, const std::vector<std::string>& references);
+double squad_exact(const std::string& prediction, const std::vector<std::string>& references);
+
+struct TaskRunOptions {
+  int num_fewshot = -1;  // -1 = the task's num_fewshot
+  int64_t limit = 0;     // 0 = every document
+  uint64_t seed = 1234;  // few-shot sampling
+  int64_t batch_size = 16;
+  bool add_bos = false;  // lm-eval's add_bos_token
+  std::string log_samples_dir;  // DIR/<task>.jsonl when not empty
+};
+
+struct TaskResult {
+  std::string name;
+  std::string output_type;
+  int64_t samples = 0;
+  int num_fewshot = 0;
+  nlohmann::json metrics = nlohmann::json::object();  // "acc", "acc_stderr", ... ("exact_match,strict-match")
+  nlohmann::json chance;                              // number or null
+  double seconds = 0;
+  std::string samples_file;  // the jsonl written, if any
+};
+
+TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const TaskSpec& spec, const TaskRunOptions& o,
+                    const ProgressFn& progress = {});
+
+nlohmann::json task_result_json(const TaskResult& r);
+// "arc_easy  acc 0.4200 ± 0.0101  acc_norm 0.3900 ± 0.0100  (n=2376, 0-shot, chance 0.2500)"
+std::string task_result_line(const TaskResult& r);
+
+}  // namespace llmopt::eval

@@ -1,0 +1,98 @@
+// Evaluation tasks defined in YAML (configs/tasks/*.yaml), in the shape of lm-evaluation-harness
+// task configs: where the documents are, how a document becomes a prompt (doc_to_text), its
+// choices or target, the request kind (output_type) and the metrics. Adding a task is adding a
+// YAML file; nothing here knows a task by name. Torch-free.
+//
+// Templates: text with "{{path}}" placeholders, path = field names joined by '.', with list
+// indexes "[0]" or "[field]" (an index read from the document): "{{query}}\nAnswer:",
+// "{{choices[gold]}}". A template that is exactly one placeholder yields the field's JSON value
+// (a list for doc_to_choice, a number for gold, a list of references for doc_to_target).
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace llmopt::eval {
+
+enum class OutputType { MultipleChoice, Loglikelihood, LoglikelihoodRolling, GenerateUntil };
+std::string output_type_name(OutputType t);
+
+// lm-eval's "regex" filter followed by "take_first": the group_select-th match of `regex` in the
+// generated text (of the first non-empty group when the pattern has groups), stripped;
+// `fallback` when nothing matches.
+struct RegexFilter {
+  std::string name;
+  std::string regex;
+  int group_select = 0;  // negative counts from the end, as in Python
+  std::string fallback = "[invalid]";
+};
+
+// lm-eval's exact_match (HF evaluate): each regex in regexes_to_ignore removed from prediction and
+// reference, then optional lower-casing and removal of ASCII punctuation; equal strings score 1.
+struct ExactMatchOptions {
+  bool ignore_case = false;
+  bool ignore_punctuation = false;
+  std::vector<std::string> regexes_to_ignore;
+};
+
+struct TaskSpec {
+  std::string name;
+  std::string file;         // the YAML file it came from
+  std::string data;         // resolved path of the documents
+  std::string format = "jsonl";  // jsonl | tsv | squad_v2 | text
+  std::string fewshot_data;      // resolved path; empty = the evaluated documents (the doc itself excluded)
+  std::string text_split;        // format text: separator between documents (empty = one document)
+  OutputType output_type = OutputType::MultipleChoice;
+  std::string doc_to_text;
+  std::string doc_to_target;
+  std::string doc_to_choice;                // template (a list-valued placeholder) ...
+  std::vector<std::string> choice_list;     // ... or a list of templates, one per choice
+  std::string gold;                         // multiple_choice: index (or text) of the right choice
+  bool multiple_input = false;  // choices are contexts, doc_to_target the shared continuation (Winogrande)
+  std::string target_delimiter = " ";
+  std::string fewshot_delimiter = "\n\n";
+  int num_fewshot = 0;
+  std::vector<std::string> metrics;
+  std::vector<std::string> until;  // generate_until: stop sequences (default: fewshot_delimiter)
+  int max_gen_toks = 256;
+  std::vector<RegexFilter> filters;  // generate_until: empty = the raw generation ("none")
+  ExactMatchOptions exact_match;
+  std::optional<double> chance;  // chance level; default 1/choices (multiple_choice) or none
+};
+
+// Metrics each output type can report (the first ones are the defaults).
+std::vector<std::string> supported_metrics(OutputType t);
+
+// Parses a task file. Relative `data` / `fewshot_data` paths starting with "./" or "../" are taken
+// from the YAML file's directory, other relative ones from `shared_dir`. InputError
+// "[tasks] FILE:LINE: ..." for a missing or unknown field, a bad value or a missing data file.
+TaskSpec load_task_file(const std::string& path, const std::string& shared_dir);
+
+// The directory of the shipped task files: `override` if given, else $LLMOPT_TASKS_DIR, else
+// configs/tasks under the current directory or above the executable. Empty if none.
+std::string find_tasks_dir(const std::string& override_dir = "");
+// The shared data directory: $LLMOPT_SHARED_DIR, else ../shared beside the repository that holds
+// `tasks_dir` (configs/tasks → ../../../shared), else ../shared from the current directory.
+std::string find_shared_dir(const std::string& tasks_dir);
+// Task names (file stems) of the YAML files in `dir`, sorted.
+std::vector<std::string> list_tasks(const std::string& dir);
+// A task name (a file in tasks_dir) or a path to a YAML file. InputError listing the known tasks.
+TaskSpec resolve_task(const std::string& name_or_path, const std::string& tasks_dir, const std::string& shared_dir);
+
+struct DocSet {
+  std::vector<nlohmann::json> docs;
+  std::vector<std::string> where;  // "FILE:LINE" (or "FILE#id") of each document, for errors and logs
+};
+// Reads documents: jsonl (one object per line), tsv (header line, one row per document, values as
+// strings), squad_v2 (queries.json beside ground_truth.json, joined by id: fields id, context,
+// question, answers (list, empty when is_impossible), is_impossible) or text (field "text").
+DocSet load_docs(const std::string& path, const std::string& format, const std::string& text_split = "");
+
+// Template rendering (see the top of this file). `what` names the template in errors.
+std::string render_template(const std::string& tmpl, const nlohmann::json& doc, const std::string& what);
+nlohmann::json render_value(const std::string& tmpl, const nlohmann::json& doc, const std::string& what);
+
+}  // namespace llmopt::eval
