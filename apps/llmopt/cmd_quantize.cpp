@@ -17,12 +17,28 @@
 namespace llmopt::cli {
 
 void register_quantize_command(CLI::App& app, GlobalOptions& g) {
-  auto* cmd = app.add_subcommand("quantize", "Quantize a model's projections (rtn to ggml q8_0/q5_x/q4_x) and write it");
+  auto* cmd = app.add_subcommand("quantize", "Quantize a model's projections (rtn, gptq, awq into ggml blocks) and write it");
   static std::string model, out, tokenizer, method = "rtn", format = "q8_0", fallback = "f16", to;
   static std::vector<std::string> skip = {"lm_head"};
+  static std::string calibration;
+  static int64_t cal_samples = 128, cal_seq_len = 256, cal_offset = 0, cal_bytes = 0, cal_seed = 0;
+  static double damp = 0.01;
+  static bool act_order = false;
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("OUT", out, "Output path (a .gguf file, or a directory for --to hf)")->required();
-  cmd->add_option("--method", method, "rtn")->check(CLI::IsMember({"rtn"}))->capture_default_str();
+  cmd->add_option("--method", method,
+                  "rtn (importance-weighted with --calibration) | gptq | awq | awq_gptq (these need --calibration)")
+      ->check(CLI::IsMember({"rtn", "gptq", "awq", "awq_gptq"}))
+      ->capture_default_str();
+  cmd->add_option("--calibration", calibration, "Calibration text (.txt) or jsonl ({\"text\": ...} per line)");
+  cmd->add_option("--calibration-samples", cal_samples, "Calibration windows")->capture_default_str();
+  cmd->add_option("--calibration-seq-len", cal_seq_len, "Tokens per calibration window")->capture_default_str();
+  cmd->add_option("--calibration-offset", cal_offset, "First byte of the calibration file used")->capture_default_str();
+  cmd->add_option("--calibration-bytes", cal_bytes, "Bytes of the calibration file used (0 = to the end)")
+      ->capture_default_str();
+  cmd->add_option("--calibration-seed", cal_seed, "Which windows are drawn")->capture_default_str();
+  cmd->add_option("--damp", damp, "GPTQ dampening (fraction of the mean Hessian diagonal)")->capture_default_str();
+  cmd->add_flag("--act-order", act_order, "GPTQ: columns by decreasing Hessian diagonal");
   cmd->add_option("--format", format, "q8_0 | q5_0 | q5_1 | q4_0 | q4_1 | f16 | bf16")->capture_default_str();
   cmd->add_option("--skip", skip, "Regular expression of module paths kept as they are (repeatable)")
       ->capture_default_str();
@@ -36,10 +52,21 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     spec.format = format;
     spec.fallback = fallback;
     spec.skip = skip;
+    spec.method = method;
+    spec.gptq.damp = damp;
+    spec.gptq.act_order = act_order;
+    spec.calibration.where = "--calibration";
+    spec.calibration.path = calibration;
+    spec.calibration.samples = cal_samples;
+    spec.calibration.seq_len = cal_seq_len;
+    spec.calibration.offset = cal_offset;
+    spec.calibration.max_bytes = cal_bytes;
+    spec.calibration.seed = static_cast<uint64_t>(cal_seed);
     model::check_quantize_spec(spec);
     const std::string fmt_name = !to.empty() ? to : (std::filesystem::path(out).extension() == ".gguf" ? "gguf" : "hf");
-    auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/fmt_name == "gguf");
-    const model::QuantizeReport rep = model::quantize_rtn(*lm.model, spec);
+    auto lm = load_for_inference(model, tokenizer,
+                                 /*need_tokenizer=*/fmt_name == "gguf" || model::method_needs_calibration(spec));
+    const model::QuantizeReport rep = model::quantize_model(*lm.model, lm.tokenizer.get(), spec);
     // Written under a temporary name beside OUT and renamed only once the file, loaded back,
     // computes what the packed model computes (GGUF holds the same blocks; HF their dequantized
     // f32 values: f32 limits). A failed check leaves nothing behind.

@@ -136,8 +136,6 @@ torch::Tensor LlamaModel::logits_from_hidden(const torch::Tensor& hidden) {
 torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* cache) {
   LLMOPT_CHECK_INPUT(tokens.dim() == 2, "[model] tokens must be [batch, time], got {} dims", tokens.dim());
   const int64_t B = tokens.size(0), T = tokens.size(1);
-  const int64_t H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads, hd = cfg_.head_dim;
-  const int64_t G = H / KV;
   const int64_t pos0 = cache ? cache->length : 0;
   if (cache) {
     LLMOPT_CHECK_INPUT(pos0 + T <= cache->capacity, "[model] KV cache overflow: {} + {} tokens > capacity {}", pos0,
@@ -160,61 +158,84 @@ torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* c
     intra_op.saved = at::get_num_threads();
     at::set_num_threads(1);
   }
+  const LayerInputs in = layer_inputs(T, pos0);
+  auto x = embed(tokens);  // [B, T, dim]
+  for (int64_t li = 0; li < num_layers(); ++li) x = forward_layer(li, x, in, cache);
+  if (cache) cache->length = pos0 + T;
+  return rms_norm(x, norm_, cfg_.rms_norm_eps);
+}
+
+torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) {
+  return torch::embedding(embed_tokens_, tokens.to(embed_tokens_.device()));
+}
+
+LlamaModel::LayerInputs LlamaModel::layer_inputs(int64_t T, int64_t pos0) const {
+  const auto dev = embed_tokens_.device();
+  LayerInputs in;
+  in.T = T;
+  in.pos0 = pos0;
   // RoPE tables for positions pos0 .. pos0+T-1: cos/sin [T, hd] (halves duplicated as in HF).
   auto inv = rope_inv_freq_.to(dev);
   auto pos = torch::arange(pos0, pos0 + T, torch::TensorOptions().dtype(torch::kFloat32).device(dev));
   auto freqs = torch::outer(pos, inv);
   auto emb = torch::cat({freqs, freqs}, -1);
-  auto cos = emb.cos(), sin = emb.sin();
-
+  in.cos = emb.cos();
+  in.sin = emb.sin();
   // Causal mask over keys 0 .. pos0+T-1 for queries at pos0 .. pos0+T-1 (only needed when T > 1,
   // or when a sliding window (Mistral) hides keys: query q sees keys k with q - W < k <= q, as HF's
   // sliding-window mask and llama.cpp's SWA mask define it).
   const int64_t S = pos0 + T;
   const int64_t W = cfg_.sliding_window;
-  torch::Tensor mask;
   if (T > 1 || (W > 0 && S > W)) {
     auto qpos = torch::arange(pos0, pos0 + T, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(1);
     auto kpos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0);
     auto hidden = kpos > qpos;
     if (W > 0) hidden = hidden.logical_or(qpos - kpos >= W);
-    mask = torch::zeros({T, S}, torch::TensorOptions().dtype(torch::kFloat32).device(dev))
-               .masked_fill(hidden, -std::numeric_limits<float>::infinity());
+    in.mask = torch::zeros({T, S}, torch::TensorOptions().dtype(torch::kFloat32).device(dev))
+                  .masked_fill(hidden, -std::numeric_limits<float>::infinity());
   }
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-
-  auto x = torch::embedding(embed_tokens_, tokens.to(dev));  // [B, T, dim]
-  using io::arch::Role;
-  for (size_t li = 0; li < layers_.size(); ++li) {
-    const Layer& L = *layers_[li];
-    auto h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
-    auto q = L.at(Role::AttnQ).forward(h).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
-    auto k = L.at(Role::AttnK).forward(h).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
-    auto v = L.at(Role::AttnV).forward(h).view({B, T, KV, hd}).transpose(1, 2);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
-    torch::Tensor K = k, V = v;
-    if (cache) {
-      cache->k[li].narrow(2, pos0, T).copy_(k);
-      cache->v[li].narrow(2, pos0, T).copy_(v);
-      K = cache->k[li].narrow(2, 0, S);
-      V = cache->v[li].narrow(2, 0, S);
-    }
-    // Grouped-query attention: queries [B, KV, G*T, hd] against keys [B, KV, S, hd].
-    auto qg = q.reshape({B, KV, G * T, hd});
-    auto scores = torch::matmul(qg, K.transpose(-1, -2)) * scale;  // [B, KV, G*T, S]
-    if (mask.defined()) scores = (scores.view({B, KV, G, T, S}) + mask).view({B, KV, G * T, S});
-    auto probs = torch::softmax(scores, -1);
-    auto att = torch::matmul(probs, V).view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
-    x = x + L.at(Role::AttnOut).forward(att);
-    h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
-    auto g = L.at(Role::FfnGate).forward(h);
-    auto u = L.at(Role::FfnUp).forward(h);
-    x = x + L.at(Role::FfnDown).forward(torch::silu(g) * u);
-  }
-  if (cache) cache->length = S;
-  return rms_norm(x, norm_, cfg_.rms_norm_eps);
+  return in;
 }
+
+torch::Tensor LlamaModel::forward_layer(int64_t li, const torch::Tensor& x_in, const LayerInputs& in,
+                                        KVCache* cache) {
+  const int64_t B = x_in.size(0), T = in.T, pos0 = in.pos0, S = pos0 + T;
+  const int64_t H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads, hd = cfg_.head_dim;
+  const int64_t G = H / KV;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  using io::arch::Role;
+  const Layer& L = *layers_[static_cast<size_t>(li)];
+  auto x = x_in;
+  auto h = rms_norm(x, L.attn_norm, cfg_.rms_norm_eps);
+  auto q = L.at(Role::AttnQ).forward(h).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
+  auto k = L.at(Role::AttnK).forward(h).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
+  auto v = L.at(Role::AttnV).forward(h).view({B, T, KV, hd}).transpose(1, 2);
+  q = q * in.cos + rotate_half(q) * in.sin;
+  k = k * in.cos + rotate_half(k) * in.sin;
+  torch::Tensor K = k, V = v;
+  if (cache) {
+    cache->k[static_cast<size_t>(li)].narrow(2, pos0, T).copy_(k);
+    cache->v[static_cast<size_t>(li)].narrow(2, pos0, T).copy_(v);
+    K = cache->k[static_cast<size_t>(li)].narrow(2, 0, S);
+    V = cache->v[static_cast<size_t>(li)].narrow(2, 0, S);
+  }
+  // Grouped-query attention: queries [B, KV, G*T, hd] against keys [B, KV, S, hd].
+  auto qg = q.reshape({B, KV, G * T, hd});
+  auto scores = torch::matmul(qg, K.transpose(-1, -2)) * scale;  // [B, KV, G*T, S]
+  if (in.mask.defined()) scores = (scores.view({B, KV, G, T, S}) + in.mask).view({B, KV, G * T, S});
+  auto probs = torch::softmax(scores, -1);
+  auto att = torch::matmul(probs, V).view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
+  x = x + L.at(Role::AttnOut).forward(att);
+  h = rms_norm(x, L.ffn_norm, cfg_.rms_norm_eps);
+  auto g = L.at(Role::FfnGate).forward(h);
+  auto u = L.at(Role::FfnUp).forward(h);
+  return x + L.at(Role::FfnDown).forward(torch::silu(g) * u);
+}
+
+int64_t LlamaModel::num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+torch::Tensor& LlamaModel::attn_norm(int64_t li) { return layers_.at(static_cast<size_t>(li))->attn_norm; }
+torch::Tensor& LlamaModel::ffn_norm(int64_t li) { return layers_.at(static_cast<size_t>(li))->ffn_norm; }
 
 std::vector<std::pair<std::string, std::shared_ptr<LinearLayer>>> LlamaModel::linear_layers() {
   std::vector<std::pair<std::string, std::shared_ptr<LinearLayer>>> out;

@@ -35,6 +35,22 @@ class LlamaModel : public torch::nn::Module {
   torch::Tensor forward_hidden(const torch::Tensor& tokens, KVCache* cache = nullptr);
   torch::Tensor logits_from_hidden(const torch::Tensor& hidden);
 
+  // The forward pass one decoder layer at a time (calibration runs it so, to keep only one
+  // layer's activations in memory): x = embed(tokens); for each li: x = forward_layer(li, x, in);
+  // forward_hidden = final norm of x. `in` holds RoPE tables and the causal mask for T positions
+  // starting at pos0 (the cache's length when a cache is passed).
+  struct LayerInputs {
+    torch::Tensor cos, sin, mask;  // mask undefined when nothing is hidden
+    int64_t T = 0, pos0 = 0;
+  };
+  LayerInputs layer_inputs(int64_t T, int64_t pos0 = 0) const;
+  torch::Tensor embed(const torch::Tensor& tokens);
+  torch::Tensor forward_layer(int64_t li, const torch::Tensor& x, const LayerInputs& in, KVCache* cache = nullptr);
+  int64_t num_layers() const;
+  // RMSNorm weights before attention / MLP of layer li (AWQ folds input scales into them).
+  torch::Tensor& attn_norm(int64_t li);
+  torch::Tensor& ffn_norm(int64_t li);
+
   KVCache make_cache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const { return cfg_; }
 

@@ -1,10 +1,13 @@
 #include "model/quantize.h"
 
+#include <map>
 #include <regex>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/architecture.h"
 #include "kernels/quant_formats.h"
+#include "model/awq.h"
 #include "model/packed_linear.h"
 
 namespace llmopt::model {
@@ -35,9 +38,24 @@ std::vector<std::regex> compile(const std::vector<std::string>& patterns) {
 }  // namespace
 
 void check_quantize_spec(const QuantizeSpec& spec) {
-  packable_type(spec.format, "format");
+  const DType t = packable_type(spec.format, "format");
   if (spec.fallback != "error") packable_type(spec.fallback, "fallback");
   compile(spec.skip);
+  LLMOPT_CHECK_INPUT(spec.method == "rtn" || spec.method == "gptq" || spec.method == "awq" || spec.method == "awq_gptq",
+                     "[quantize] method: expected rtn, gptq, awq or awq_gptq, got '{}'", spec.method);
+  if (method_needs_calibration(spec)) {
+    LLMOPT_CHECK_INPUT(!spec.calibration.path.empty(),
+                       "[quantize] {}.path: method {} needs calibration text (data.calibration in a recipe, "
+                       "--calibration FILE on the command line)", spec.calibration.where, spec.method);
+    LLMOPT_CHECK_INPUT(ggml_column_quantizer_supports(t) || t == DType::F16 || t == DType::BF16 || t == DType::F32,
+                       "[quantize] format: method {} cannot write '{}' yet", spec.method, spec.format);
+    LLMOPT_CHECK_INPUT(spec.gptq.damp > 0 && spec.gptq.damp < 1, "[quantize] damp: expected (0, 1), got {}",
+                       spec.gptq.damp);
+  }
+}
+
+bool method_needs_calibration(const QuantizeSpec& spec) {
+  return spec.method != "rtn" || !spec.calibration.path.empty();
 }
 
 QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
@@ -81,6 +99,140 @@ QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
     bits += 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
     weights += n;
     if (progress) progress(++done, static_cast<int64_t>(layers.size()));
+  }
+  rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
+  return rep;
+}
+
+namespace {
+
+// Rounds w [out, in] to type t and back (AWQ's search).
+torch::Tensor fake_quantize(const torch::Tensor& w, DType t) {
+  if (t == DType::F32) return w;
+  if (t == DType::F16) return w.to(torch::kFloat16).to(torch::kFloat32);
+  if (t == DType::BF16) return w.to(torch::kBFloat16).to(torch::kFloat32);
+  auto src = w.to(torch::kFloat32).contiguous();
+  const int64_t out = src.size(0), in = src.size(1);
+  std::vector<uint8_t> row(static_cast<size_t>(dtype_bytes_for(t, in)));
+  auto res = torch::empty_like(src);
+  for (int64_t r = 0; r < out; ++r) {
+    kernels::quantize_row_ref(t, src.data_ptr<float>() + r * in, row.data(), in);
+    kernels::dequantize_row(t, row.data(), res.data_ptr<float>() + r * in, in);
+  }
+  return res;
+}
+
+}  // namespace
+
+QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
+                              const std::function<void(int64_t, int64_t)>& progress) {
+  if (!method_needs_calibration(spec)) {
+    auto rep = quantize_rtn(m, spec, progress);
+    return rep;
+  }
+  torch::NoGradGuard no_grad;
+  check_quantize_spec(spec);
+  LLMOPT_CHECK_INPUT(tk != nullptr, "[quantize] method {} needs the model's tokenizer to read the calibration text",
+                     spec.method);
+  const DType type = packable_type(spec.format, "format");
+  const auto skip = compile(spec.skip);
+  auto skipped = [&](const std::string& path) {
+    for (const auto& re : skip)
+      if (std::regex_search(path, re)) return true;
+    return false;
+  };
+  // The stored type of a projection with rows of `in` values.
+  auto type_for = [&](const std::string& path, int64_t in, bool* fell_back) {
+    *fell_back = false;
+    if (in % dtype_block_elems(type) == 0) return type;
+    LLMOPT_CHECK_INPUT(spec.fallback != "error",
+                       "[quantize] {}: rows of {} values are not whole {} blocks of {} (set fallback)", path, in,
+                       spec.format, dtype_block_elems(type));
+    const DType fb = packable_type(spec.fallback, "fallback");
+    LLMOPT_CHECK_INPUT(in % dtype_block_elems(fb) == 0, "[quantize] {}: rows of {} values fit neither format {} nor fallback {}",
+                       path, in, spec.format, spec.fallback);
+    *fell_back = true;
+    return fb;
+  };
+
+  const torch::Tensor tokens = load_calibration_tokens(spec.calibration, *tk);
+  QuantizeReport rep;
+  rep.calibration_tokens = tokens.numel();
+  const bool awq = spec.method == "awq" || spec.method == "awq_gptq";
+  const bool propagate = spec.method == "gptq" || spec.method == "awq_gptq";
+  CalibrateOptions co;
+  co.stats.hessian = true;
+  co.stats.sample_rows = awq ? spec.awq_sample_rows : 0;
+  co.batch = spec.calibration_batch;
+  co.progress = progress;
+  co.include_head = false;
+  for (auto& [path, layer] : m.linear_layers())
+    if (io::arch::parse_hf_name(path + ".weight") && io::arch::parse_hf_name(path + ".weight")->layer < 0 &&
+        !skipped(path))
+      co.include_head = true;
+
+  std::map<std::string, double> alpha_of;
+  calibrate_layerwise(m, tokens, co, [&](LayerCalibration& lc) {
+    if (awq) {
+      auto fq = [&](const torch::Tensor& w, const std::string& path) {
+        bool fb = false;
+        return fake_quantize(w, type_for(path, w.size(1), &fb));
+      };
+      const auto choices = awq_scale_layer(m, lc, fq, skipped, AwqOptions{spec.awq_grid});
+      for (const auto& c : choices)
+        for (const auto& p : c.paths) alpha_of[p] = c.alpha;
+      lc.recapture();
+    }
+    std::map<std::string, std::shared_ptr<LinearLayer>> current;
+    for (auto& [p, l] : m.linear_layers()) current[p] = l;
+    for (const auto& path : lc.paths) {
+      if (skipped(path)) continue;
+      auto layer = current.at(path);
+      bool fell_back = false;
+      const DType t = type_for(path, layer->in_features(), &fell_back);
+      QuantizedLayer ql;
+      ql.path = path;
+      ql.type = std::string(dtype_name(t));
+      ql.method = spec.method;
+      if (alpha_of.count(path)) ql.awq_alpha = alpha_of[path];
+      if (auto cq = make_ggml_column_quantizer(t, layer->out_features(), layer->in_features())) {
+        GptqOptions go = spec.gptq;
+        go.propagate = propagate;
+        auto res = gptq_quantize(*layer, *lc.stats.at(path), *cq, go, path);
+        ql.rel_error = res.rel_error;
+        m.set_linear(path, res.layer);
+      } else {
+        m.set_linear(path, PackedLinear::pack(layer->dense_weight(), layer->bias(), t));
+      }
+      if (fell_back) {
+        log::info("[quantize] {}: rows of {} values are not whole {} blocks: stored as {}", path,
+                  layer->in_features(), spec.format, spec.fallback);
+      }
+      rep.layers.push_back(ql);
+    }
+  });
+  // Totals over every projection (skipped ones as they are).
+  double bits = 0, weights = 0;
+  std::map<std::string, const QuantizedLayer*> by_path;
+  for (const auto& l : rep.layers) by_path[l.path] = &l;
+  for (auto& [path, layer] : m.linear_layers()) {
+    const double n = static_cast<double>(layer->in_features() * layer->out_features());
+    const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
+    const double b = 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
+    bits += b;
+    weights += n;
+    if (!by_path.count(path)) {
+      ++rep.skipped;
+      continue;
+    }
+    auto& ql = const_cast<QuantizedLayer&>(*by_path[path]);
+    ql.bits_per_weight = b / n;
+    if (ql.type == dtype_name(type)) {
+      ++rep.quantized;
+    } else {
+      ++rep.fallback;
+      rep.fallback_layers.push_back(path);
+    }
   }
   rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
   return rep;

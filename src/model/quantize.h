@@ -6,14 +6,34 @@
 #include <string>
 #include <vector>
 
+#include "model/calibration.h"
+#include "model/gptq.h"
 #include "model/llama.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmopt::model {
 
 struct QuantizeSpec {
+  // rtn: round to nearest (importance-weighted when calibration data is given);
+  // gptq: Hessian-compensated rounding; awq: activation-aware scales folded in, then rounding
+  // (awq_gptq: then GPTQ). Every method but plain rtn needs calibration.path.
+  std::string method = "rtn";
   std::string format = "q8_0";               // ggml block type or f16/bf16
   std::string fallback = "f16";              // for rows that are not whole blocks; "error" refuses
   std::vector<std::string> skip = {"lm_head"};  // regexes searched in module paths
+  CalibrationOptions calibration;  // path empty: none
+  GptqOptions gptq;
+  int64_t awq_grid = 20;
+  int64_t calibration_batch = 8;
+  int64_t awq_sample_rows = 4096;  // calibration input rows kept per projection input for AWQ's search
+};
+
+// What happened to one projection.
+struct QuantizedLayer {
+  std::string path, type, method;
+  double bits_per_weight = 0;
+  double rel_error = -1;  // GPTQ/calibrated: relative output error on the calibration inputs
+  double awq_alpha = -1;  // AWQ: exponent chosen for this projection's input scales
 };
 
 struct QuantizeReport {
@@ -21,6 +41,8 @@ struct QuantizeReport {
   // Bits per weight over every projection's weight as stored (scales included, biases not).
   double linear_bits_per_weight = 0;
   std::vector<std::string> fallback_layers;
+  std::vector<QuantizedLayer> layers;
+  int64_t calibration_tokens = 0;
 };
 
 // InputError naming the option for an unknown format, a format without a quantizer, or a bad
@@ -28,5 +50,10 @@ struct QuantizeReport {
 void check_quantize_spec(const QuantizeSpec& spec);
 QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
                             const std::function<void(int64_t, int64_t)>& progress = {});
+// Every method: plain rtn without calibration data goes to quantize_rtn; the others load the
+// calibration sample with `tk` and run layer by layer (model/calibration.h).
+QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
+                              const std::function<void(int64_t, int64_t)>& progress = {});
+bool method_needs_calibration(const QuantizeSpec& spec);
 
 }  // namespace llmopt::model

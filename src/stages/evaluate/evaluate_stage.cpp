@@ -28,12 +28,16 @@ void EvaluateStage::validate(const ModelState& state) const {
   }
 }
 
-static std::string read_text(const std::string& path) {
+// Bytes [offset, offset + max_bytes) of the file (max_bytes 0: to the end).
+static std::string read_text(const std::string& path, int64_t offset = 0, int64_t max_bytes = 0) {
   std::ifstream in(path, std::ios::binary);
   LLMOPT_CHECK_INPUT(in.good(), "[evaluate] cannot read data.eval.path '{}'", path);
   std::stringstream ss;
   ss << in.rdbuf();
-  return ss.str();
+  std::string all = ss.str();
+  LLMOPT_CHECK_INPUT(offset >= 0 && offset < static_cast<int64_t>(all.size()),
+                     "[evaluate] data.eval.offset: {} is not inside '{}' ({} bytes)", offset, path, all.size());
+  return all.substr(static_cast<size_t>(offset), max_bytes > 0 ? static_cast<size_t>(max_bytes) : std::string::npos);
 }
 
 StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
@@ -55,7 +59,7 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
     po.ctx = o_.ctx > 0 ? o_.ctx : d.ctx;
     po.stride = d.stride;
     po.max_chunks = o_.max_chunks >= 0 ? o_.max_chunks : d.max_chunks;
-    const std::vector<int64_t> ids = eval::tokenize_for_perplexity(*state.tokenizer, read_text(d.path), po);
+    const std::vector<int64_t> ids = eval::tokenize_for_perplexity(*state.tokenizer, read_text(d.path, d.offset, d.max_bytes), po);
     // KL divergence needs a distinct baseline; against itself it is exactly 0 (and agreement 1),
     // so the second forward pass is skipped.
     std::unique_ptr<infer::Engine> baseline;

@@ -1,26 +1,58 @@
 #include "stages/quantize/quantize_stage.h"
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "model/quantize.h"
 
 namespace llmopt::stages {
 
-model::QuantizeSpec QuantizeStage::spec() const {
+model::QuantizeSpec QuantizeStage::spec(const DataOptions* data) const {
   model::QuantizeSpec s;
+  s.method = o_.method;
   s.format = o_.format;
   s.fallback = o_.fallback;
   s.skip = o_.skip;
+  s.gptq.damp = o_.damp;
+  s.gptq.act_order = o_.act_order;
+  s.gptq.block = o_.block;
+  s.awq_grid = o_.awq_grid;
+  s.calibration.where = "data.calibration";
+  // Plain rtn stays uncalibrated unless asked for a calibrated method.
+  if (data && o_.method != "rtn") {
+    const auto& c = data->calibration;
+    s.calibration.path = c.path;
+    s.calibration.samples = c.samples;
+    s.calibration.seq_len = c.seq_len;
+    s.calibration.seed = static_cast<uint64_t>(c.seed);
+    s.calibration.offset = c.offset;
+    s.calibration.max_bytes = c.max_bytes;
+    s.calibration.format = c.format;
+    s.calibration.field = c.field;
+  }
   return s;
+}
+
+std::vector<std::string> QuantizeStage::input_files(const DataOptions& data) const {
+  if (o_.method == "rtn" || data.calibration.path.empty()) return {};
+  return {data.calibration.path};
 }
 
 void QuantizeStage::validate(const ModelState& state) const {
   LLMOPT_CHECK_INPUT(state.has_model(), "[quantize] no model to quantize");
-  model::check_quantize_spec(spec());
+  auto s = spec();
+  if (o_.method != "rtn") s.calibration.path = "(checked when the stage runs)";
+  model::check_quantize_spec(s);
 }
 
 StageResult QuantizeStage::run(ModelState& state, StageContext& ctx) {
   torch::NoGradGuard no_grad;
-  const model::QuantizeReport rep = model::quantize_rtn(*state.model, spec(), [&](int64_t done, int64_t total) {
+  const model::QuantizeSpec sp = spec(ctx.data);
+  if (ctx.data && model::method_needs_calibration(sp)) {
+    const auto& e = ctx.data->eval;
+    model::check_calibration_overlap(sp.calibration, e.path, e.offset, e.max_bytes, "data.eval");
+  }
+  const model::QuantizeReport rep = model::quantize_model(*state.model, state.tokenizer.get(), sp,
+                                                          [&](int64_t done, int64_t total) {
     ctx.report(done, total, "layers");
   });
   StageResult r;
@@ -29,6 +61,20 @@ StageResult QuantizeStage::run(ModelState& state, StageContext& ctx) {
   r.metrics["layers_skipped"] = rep.skipped;
   r.metrics["linear_bits_per_weight"] = rep.linear_bits_per_weight;
   r.metrics["model_bytes"] = state.model->storage_bytes();
+  r.metrics["method"] = sp.method;
+  if (rep.calibration_tokens > 0) r.metrics["calibration_tokens"] = rep.calibration_tokens;
+  // The per-projection choice (type, bits, error on the calibration inputs, AWQ exponent).
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& l : rep.layers) {
+    nlohmann::json j = {{"path", l.path}, {"type", l.type}, {"bits_per_weight", l.bits_per_weight}};
+    if (l.rel_error >= 0) j["rel_error"] = l.rel_error;
+    if (l.awq_alpha >= 0) j["awq_alpha"] = l.awq_alpha;
+    layers.push_back(j);
+  }
+  if (!layers.empty()) {
+    io::write_file_atomic(ctx.artifacts_dir + "/quantize_layers.json", layers.dump(1) + "\n");
+    r.artifacts.push_back("artifacts/quantize_layers.json");
+  }
   return r;
 }
 

@@ -1,8 +1,11 @@
 // `quantize`: replaces the model's projections by packed layers (model::PackedLinear) that keep
-// their blocks through every later stage, checkpoint and GGUF export. Method `rtn`: each row
-// rounded to the nearest values of the chosen ggml type (its reference quantizer, bit-compatible
-// with ggml's). Rows that are not whole blocks of the format take the declared `fallback` type
-// and are counted in the metrics, never silently.
+// their blocks through every later stage, checkpoint and GGUF export. Methods: `rtn` rounds each
+// row to the nearest values of the chosen type (ggml's reference quantizer; importance-weighted
+// when data.calibration is set), `gptq` compensates rounding errors with the calibration inputs'
+// Hessian, `awq` folds activation-aware input scales into the norms before rounding, `awq_gptq`
+// both (model/gptq.h, model/awq.h; calibration layer by layer, model/calibration.h). Rows that are
+// not whole blocks of the format take the declared `fallback` type and are counted in the
+// metrics, never silently.
 #pragma once
 #include <string>
 #include <vector>
@@ -18,19 +21,32 @@ struct QuantizeOptions {
   std::string format = "q8_0";
   std::vector<std::string> skip = {"lm_head"};
   std::string fallback = "f16";
+  double damp = 0.01;
+  bool act_order = false;
+  int64_t block = 128;
+  int64_t awq_grid = 20;
 
   static void describe(Schema<QuantizeOptions>& s) {
-    s.field("method", &QuantizeOptions::method, "Quantization method: rtn (round to nearest)")
-        .choices({"rtn"});
+    s.field("method", &QuantizeOptions::method,
+            "rtn (round to nearest; importance-weighted with data.calibration), gptq, awq, awq_gptq "
+            "(these need data.calibration)")
+        .choices({"rtn", "gptq", "awq", "awq_gptq"});
     s.field("format", &QuantizeOptions::format,
-            "Storage type of the quantized projections (ggml blocks, bit-compatible with llama.cpp)")
-        .choices({"q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "f16", "bf16"});
+            "Storage type of the quantized projections: ggml blocks bit-compatible with llama.cpp "
+            "(q8_0, q5_0, q5_1, q4_0, q4_1, and k-quants where available) or f16/bf16");
     s.field("skip", &QuantizeOptions::skip,
             "Projections kept as they are: regular expressions searched in module paths "
             "(e.g. lm_head, \"layers\\.0\\.\", \"mlp\")");
     s.field("fallback", &QuantizeOptions::fallback,
             "Type for projections whose rows are not whole blocks of `format` (error: refuse)")
         .choices({"f16", "bf16", "f32", "q8_0", "error"});
+    s.field("damp", &QuantizeOptions::damp, "GPTQ: fraction of the Hessian's mean diagonal added to it")
+        .range(1e-6, 0.999);
+    s.field("act_order", &QuantizeOptions::act_order,
+            "GPTQ: quantize columns by decreasing Hessian diagonal (grids fitted up front)");
+    s.field("block", &QuantizeOptions::block, "GPTQ: columns updated together").range(1, 1 << 16);
+    s.field("awq_grid", &QuantizeOptions::awq_grid, "AWQ: exponents searched for the input scales")
+        .range(1, 1000);
   }
 };
 
@@ -38,7 +54,8 @@ class QuantizeStage : public Stage {
  public:
   using Options = QuantizeOptions;
   static constexpr const char* kType = "quantize";
-  static constexpr const char* kDoc = "Quantize the projections (rtn to q8_0/q5_x/q4_x ggml blocks), kept packed";
+  static constexpr const char* kDoc =
+      "Quantize the projections (rtn, gptq, awq to ggml blocks), kept packed; calibrated with data.calibration";
 
   explicit QuantizeStage(Options o) : o_(std::move(o)) {}
   std::string type() const override { return kType; }
@@ -46,9 +63,10 @@ class QuantizeStage : public Stage {
   void validate(const ModelState& state) const override;
   StageResult run(ModelState& state, StageContext& ctx) override;
   nlohmann::json options_json() const override { return schema_of<Options>().json(o_); }
+  std::vector<std::string> input_files(const DataOptions& data) const override;
 
  private:
-  model::QuantizeSpec spec() const;
+  model::QuantizeSpec spec(const DataOptions* data = nullptr) const;
   Options o_;
 };
 
