@@ -9,6 +9,7 @@
 #include "kernels/convert.h"
 #include "kernels/quant_formats.h"
 #include "io/architecture.h"
+#include "io/gptq.h"
 
 namespace llmopt::io {
 
@@ -56,6 +57,14 @@ void validate_checkpoint_tensors(const Checkpoint& ckpt, const char* component) 
   for_each_expected_tensor(ckpt.config, [&](const ExpectedTensor& e) {
     const auto it = by_name.find(e.name);
     const TensorView* t = it == by_name.end() ? nullptr : it->second;
+    // A projection stored in GPTQ's layout (io/gptq.h) has qweight/qzeros/scales/g_idx instead.
+    if (t == nullptr && e.name.ends_with(".weight") && e.shape.size() == 2) {
+      const std::string module = e.name.substr(0, e.name.size() - 7);
+      if (has_gptq_module(ckpt, module)) {
+        check_gptq_module(ckpt, module, e.shape[0], e.shape[1], component);
+        return;
+      }
+    }
     LLMOPT_CHECK_INPUT(t != nullptr, "[{}] {}: missing tensor '{}' (expected shape {})", component,
                        ckpt.path, e.name, shape_string(e.shape));
     LLMOPT_CHECK_INPUT(t->shape == e.shape,

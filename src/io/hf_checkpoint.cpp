@@ -1,10 +1,13 @@
 #include "io/hf_checkpoint.h"
 
 #include <filesystem>
+#include <fstream>
 #include <unordered_set>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "io/checkpoint_tensors.h"
+#include "io/gptq.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 
@@ -40,6 +43,13 @@ Checkpoint load_hf_dir(const std::string& dir) {
   const fs::path root(dir);
   const std::string config_path = (root / "config.json").string();
   ckpt.config = read_hf_config(config_path);
+  {
+    // A GPTQ checkpoint (io/gptq.h): its quantization_config travels in the metadata, for the
+    // tensor validation and for the loader that rebuilds int-N layers.
+    std::ifstream f(config_path);
+    const auto j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    if (parse_gptq_config(j, config_path)) ckpt.metadata["quantization_config"] = j["quantization_config"];
+  }
   const fs::path single = root / "model.safetensors";
   const fs::path index = root / "model.safetensors.index.json";
   std::unordered_set<std::string> seen;
@@ -89,14 +99,22 @@ void write_hf(const Checkpoint& ckpt, const std::string& dir, DType out_type) {
   std::vector<std::vector<uint8_t>> buffers;
   std::vector<SafetensorsOutTensor> out;
   buffers.reserve(ckpt.tensors.size());
+  const bool gptq = ckpt.metadata.contains("quantization_config");
   for (const auto& t : ckpt.tensors) {
     if (ckpt.config.tie_word_embeddings && t.name == "lm_head.weight") continue;
+    // GPTQ tensors (io/gptq.h) are written as they are: int32 packing and f16 scales.
+    if (gptq && (t.dtype == DType::I32 || (t.dtype == DType::F16 && t.name.ends_with(".scales")))) {
+      out.push_back({t.name, t.dtype, t.shape, t.data, t.nbytes});
+      continue;
+    }
     buffers.push_back(convert_tensor_bytes(t, out_type));
     out.push_back({t.name, out_type, t.shape, buffers.back().data(),
                    static_cast<int64_t>(buffers.back().size())});
   }
   write_safetensors((fs::path(dir) / "model.safetensors").string(), out, {{"format", "pt"}});
-  write_hf_config((fs::path(dir) / "config.json").string(), ckpt.config, out_type);
+  auto config = hf_config_json(ckpt.config, out_type);
+  if (gptq) config["quantization_config"] = ckpt.metadata["quantization_config"];
+  write_file_atomic((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
 }
 
 }  // namespace llmopt::io

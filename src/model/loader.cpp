@@ -10,7 +10,9 @@
 #include "core/log.h"
 #include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
+#include "io/gptq.h"
 #include "kernels/gemv.h"
+#include "model/intn_linear.h"
 #include "model/packed_linear.h"
 
 namespace llmopt::model {
@@ -31,6 +33,20 @@ std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt) {
   // model in memory too, and exports write its blocks back unchanged.
   std::unordered_set<std::string> packed;
   for (const auto& li : io::arch::linears(ckpt.config)) {
+    if (io::has_gptq_module(ckpt, li.path)) {
+      // GPTQ's layout (io/gptq.h): the codes, scales and zero points become an int-N layer as
+      // they are (no dense round trip).
+      torch::Tensor bias;
+      if (li.bias) {
+        const io::TensorView& b = ckpt.get(li.path + ".bias");
+        std::vector<float> values = io::tensor_to_f32(b);
+        bias = torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kFloat32).clone();
+        packed.insert(b.name);
+      }
+      m->set_linear(li.path, std::make_shared<IntNLinear>(io::load_gptq_module(ckpt, li.path, li.out, li.in), bias));
+      for (const auto& n : io::gptq_tensor_names(ckpt, li.path)) packed.insert(n);
+      continue;
+    }
     const io::TensorView* w = ckpt.find(li.path + ".weight");
     if (w == nullptr || !dtype_is_block_quantized(w->dtype) || !kernels::gemv_supports(w->dtype)) continue;
     LLMOPT_CHECK_INPUT(w->shape == std::vector<int64_t>({li.out, li.in}),

@@ -17,6 +17,8 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "model/intn_linear.h"
+#include "model/loader.h"
+#include "model/save.h"
 #include "model/nf4_linear.h"
 #include "model/state_io.h"
 #include "model/synth.h"
@@ -183,6 +185,66 @@ TEST(IntNLinear, StoredStateSurvivesCheckpointAndClone) {
   model::LayerState bad = model::IntNLinear::quantize(torch::randn({4, 64}), {}, {4, 32, true})->stored_state();
   bad.meta["bits"] = 12;
   EXPECT_THROW(model::make_linear(bad, "layer x"), InputError);
+}
+
+// Every block projection int-N, exported in GPTQ's HF layout and loaded back: the same int-N
+// storage (no dense round trip) and the same logits; act-order survives; lm_head stays dense.
+TEST(IntNLinear, GptqHfExportLoadsBackAsStored) {
+  torch::manual_seed(6);
+  ModelConfig cfg = small_config();
+  cfg.intermediate_size = 96;  // whole groups of 32
+  for (bool sym : {true, false}) {
+    auto m = model::synth_model(cfg, 31);
+    for (auto& [name, l] : m->linear_layers()) {
+      if (name == "lm_head") continue;
+      auto q = model::IntNLinear::quantize(l->dense_weight(), l->bias(), {4, 32, sym});
+      if (name == "model.layers.1.mlp.gate_proj") {
+        kernels::IntNStorage s = q->storage();
+        s.g_idx.resize(static_cast<size_t>(s.cols));
+        for (int64_t j = 0; j < s.cols; ++j) s.g_idx[j] = static_cast<int32_t>(((j * 5) % s.cols) / 32);
+        q = std::make_shared<model::IntNLinear>(std::move(s), l->bias());
+      }
+      m->set_linear(name, q);
+    }
+    const fs::path dir = fs::temp_directory_path() / ("llmopt-gptq-" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    model::save_model(*m, nullptr, "", model::ExportFormat::Hf, DType::F32, dir.string(),
+                      model::CheckpointWeights::AsStored);
+    auto back = model::load_model(dir.string());
+    fs::remove_all(dir);
+    expect_same_storage(*m, *back.model);
+    std::map<std::string, std::shared_ptr<model::LinearLayer>> lb;
+    for (auto& [n, l] : back.model->linear_layers()) lb[n] = l;
+    EXPECT_EQ(lb.at("model.layers.0.self_attn.q_proj")->kind(), "intn");
+    EXPECT_EQ(lb.at("lm_head")->kind(), "dense");
+    torch::NoGradGuard ng;
+    auto ids = torch::tensor({{1, 5, 9, 33, 2, 69}}, torch::kLong);
+    EXPECT_TRUE(torch::equal(m->forward(ids), back.model->forward(ids))) << (sym ? "sym" : "asym");
+  }
+}
+
+TEST(IntNLinear, GptqHfExportRefusesTailGroupsNamingTheTensor) {
+  auto m = model::synth_model(small_config(), 37);  // down_proj rows of 172: 64 + 64 + tail of 44
+  for (auto& [name, l] : m->linear_layers())
+    if (name.ends_with("down_proj"))
+      m->set_linear(name, model::IntNLinear::quantize(l->dense_weight(), l->bias(), {4, 64, true}));
+  const fs::path dir = fs::temp_directory_path() / ("llmopt-gptq-tail-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  try {
+    model::save_model(*m, nullptr, "", model::ExportFormat::Hf, DType::F32, dir.string(),
+                      model::CheckpointWeights::AsStored);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("mlp.down_proj.weight"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("tail group"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("group size"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(fs::exists(dir));
+  // Dense export (convert --type) still writes the dequantized weights.
+  model::save_model(*m, nullptr, "", model::ExportFormat::Hf, DType::F32, dir.string(), model::CheckpointWeights::Dense);
+  EXPECT_TRUE(fs::exists(dir / "model.safetensors"));
+  fs::remove_all(dir);
 }
 
 }  // namespace
