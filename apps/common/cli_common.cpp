@@ -282,6 +282,7 @@ void maybe_exec_native(int argc, char** argv, const char* native_name) {
     if (s.rfind("--device=", 0) == 0) device = s.substr(9);
     if (s == "--engine" && j + 1 < argc) engine = argv[j + 1];
     if (s.rfind("--engine=", 0) == 0) engine = s.substr(9);
+    if (s == "--adapter" || s.rfind("--adapter=", 0) == 0) return;  // adapters run on the torch engine
   }
   if (engine == "torch" || device != "cpu") return;
   std::error_code ec;

@@ -160,10 +160,14 @@ void register_tokenize(CLI::App& app, GlobalOptions& g) {
 // engine (--engine torch, --device cuda) and the native one when llmopt-native is not installed.
 void register_generate(CLI::App& app, GlobalOptions& g) {
   static GenerateArgs a;
-  add_generate_command(app, a)->callback([&g] {
+  static std::string adapter;
+  auto* cmd = add_generate_command(app, a);
+  add_adapter_option(cmd, adapter);
+  cmd->callback([&g] {
     apply_threads(g);
-    if (resolve_engine(a.engine, a.device) == Engine::Native) return run_generate_native(a);
-    auto lm = load_for_inference(a.model, a.tokenizer, true, a.device);
+    check_adapter_engine(adapter, a.engine);
+    if (adapter.empty() && resolve_engine(a.engine, a.device) == Engine::Native) return run_generate_native(a);
+    auto lm = load_for_inference(a.model, a.tokenizer, true, a.device, adapter);
     LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[generate] {}: no tokenizer found (give --tokenizer)", a.model);
     a.context_length = lm.model->config().max_position_embeddings;
     run_generate(a, *lm.tokenizer,
@@ -180,8 +184,9 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
   static std::string model, tokenizer, data, protocol = "llamacpp", baseline, json_out;
   static int64_t ctx = 512, stride = 0, limit = 0;
   static bool bos = false, no_bos = false;
-  static std::string device = "cpu", engine = "auto";
+  static std::string device = "cpu", engine = "auto", adapter;
   add_device_option(cmd, device);
+  add_adapter_option(cmd, adapter);
   cmd->add_option("--engine", engine,
                   "auto (native on the CPU, torch elsewhere) | native (torch-free CPU engine) | torch");
   cmd->add_option("MODEL", model, "Model path")->required();
@@ -206,13 +211,14 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     // The one inference interface: the native engine on the CPU (auto), torch for --device cuda.
     std::unique_ptr<infer::Engine> eng, base_eng;
     std::shared_ptr<tok::Tokenizer> tk;
-    if (resolve_engine(engine, device) == Engine::Native) {
+    check_adapter_engine(adapter, engine);
+    if (adapter.empty() && resolve_engine(engine, device) == Engine::Native) {
       auto lm = infer::load_cpu_model(model, tokenizer);
       eng = std::move(lm.model);
       tk = std::move(lm.tokenizer);
       if (!baseline.empty()) base_eng = infer::load_cpu_model(baseline, tokenizer).model;
     } else {
-      auto lm = load_for_inference(model, tokenizer, true, device);
+      auto lm = load_for_inference(model, tokenizer, true, device, adapter);
       eng = std::make_unique<model::TorchEngine>(lm.model);
       tk = lm.tokenizer;
       if (!baseline.empty())
@@ -273,10 +279,14 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
 // ---------------------------------------------------------------- bench
 void register_bench(CLI::App& app, GlobalOptions& g) {
   static BenchArgs a;
-  add_bench_command(app, a)->callback([&g] {
+  static std::string adapter;
+  auto* cmd = add_bench_command(app, a);
+  add_adapter_option(cmd, adapter);
+  cmd->callback([&g] {
     apply_threads(g);
-    if (resolve_engine(a.engine, a.device) == Engine::Native) return run_bench_native(a, g.quiet);
-    auto lm = load_for_inference(a.model, a.tokenizer, /*need_tokenizer=*/false, a.device);
+    check_adapter_engine(adapter, a.engine);
+    if (adapter.empty() && resolve_engine(a.engine, a.device) == Engine::Native) return run_bench_native(a, g.quiet);
+    auto lm = load_for_inference(a.model, a.tokenizer, /*need_tokenizer=*/false, a.device, adapter);
     Progress progress(Progress::detect(g.quiet));
     progress.begin_stage("", 0, 0, "bench");
     auto r = infer::run_bench(model::TorchEngine(lm.model), a.bo, [&](const std::string& what, int64_t rep, int64_t total) {

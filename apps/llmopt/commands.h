@@ -12,6 +12,8 @@ namespace llmopt::cli {
 void register_model_commands(CLI::App& app, GlobalOptions& g);
 // quantize (cmd_quantize.cpp)
 void register_quantize_command(CLI::App& app, GlobalOptions& g);
+// finetune (cmd_finetune.cpp)
+void register_finetune_command(CLI::App& app, GlobalOptions& g);
 // run, validate, init, stages, report, compare (cmd_pipeline.cpp)
 void register_pipeline_commands(CLI::App& app, GlobalOptions& g);
 

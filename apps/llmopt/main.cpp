@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   cli::add_global_options(app, g, argc, argv);
   cli::register_model_commands(app, g);
   cli::register_quantize_command(app, g);
+  cli::register_finetune_command(app, g);
   cli::register_pipeline_commands(app, g);
   return cli::run_cli(app, argc, argv, g, [](const std::exception& e) {
     if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {

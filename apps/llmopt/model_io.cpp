@@ -6,21 +6,33 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "model/device.h"
+#include "model/lora_adapter.h"
 
 namespace llmopt::cli {
 namespace fs = std::filesystem;
 
 model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
-                                      const std::string& device) {
+                                      const std::string& device, const std::string& adapter) {
   const torch::Device dev = model::parse_device(device);  // before loading: a bad --device fails fast
   model::ModelLoadOptions mo;
   mo.tokenizer_path = tokenizer;
   auto lm = model::load_model(path, mo);
+  if (!adapter.empty()) model::load_peft_adapter(*lm.model, adapter);
   lm.model->eval();
   if (!dev.is_cpu()) lm.model->to(dev);
   if (need_tokenizer && !lm.tokenizer)
     throw_input("[model] {}: no tokenizer found with the model (give --tokenizer FILE)", path);
   return lm;
+}
+
+void add_adapter_option(CLI::App* cmd, std::string& adapter) {
+  cmd->add_option("--adapter", adapter, "PEFT LoRA adapter directory applied to the model (runs on the torch engine)");
+}
+
+void check_adapter_engine(const std::string& adapter, const std::string& engine) {
+  LLMOPT_CHECK_INPUT(adapter.empty() || engine != "native",
+                     "[adapter] --adapter runs on the torch engine; drop --engine native (or merge the adapter with "
+                     "llmopt finetune --merge)");
 }
 
 void add_device_option(CLI::App* cmd, std::string& device) {

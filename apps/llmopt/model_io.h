@@ -15,9 +15,15 @@
 
 namespace llmopt::cli {
 
-// Model + tokenizer, in inference mode, moved to `device` ("cpu", "cuda", "cuda:N").
+// Model + tokenizer, in inference mode, moved to `device` ("cpu", "cuda", "cuda:N"); with
+// `adapter`, a PEFT LoRA adapter directory applied to it (model/lora_adapter.h).
 model::LoadedModel load_for_inference(const std::string& path, const std::string& tokenizer,
-                                      bool need_tokenizer = true, const std::string& device = "cpu");
+                                      bool need_tokenizer = true, const std::string& device = "cpu",
+                                      const std::string& adapter = "");
+// Adds --adapter DIR (a PEFT LoRA adapter; the model then runs on the torch engine).
+void add_adapter_option(CLI::App* cmd, std::string& adapter);
+// InputError for --adapter with --engine native (adapters run on the torch engine).
+void check_adapter_engine(const std::string& adapter, const std::string& engine);
 // Adds --device to a subcommand that runs a model.
 void add_device_option(CLI::App* cmd, std::string& device);
 // Named shapes for `synth`; explicit options override the preset.

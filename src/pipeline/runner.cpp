@@ -211,6 +211,12 @@ StagesOutcome run_stages(Env& env, const Recipe& r, RunDir& rd, stages::ModelSta
       Progress* progress = env.progress.get();
       ctx.progress = [progress](int64_t d, int64_t t, const std::string& u) { progress->update(d, t, u); };
       ctx.note = [progress](const std::string& n) { progress->note(n); };
+      ctx.event = [&rd, i, name = s.name](const json& e) {
+        json full = e;
+        full["index"] = i;
+        full["name"] = name;
+        rd.events->emit(std::move(full));
+      };
       rd.events->emit({{"event", "stage_start"}, {"index", i}, {"name", s.name}, {"type", s.type}});
       progress->begin_stage(rd.label, static_cast<int>(i), static_cast<int>(total), s.name);
       reset_peak_rss();

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "stages/evaluate/evaluate_stage.h"
 #include "stages/export/export_stage.h"
+#include "stages/finetune/finetune_stage.h"
 #include "stages/quantize/quantize_stage.h"
 
 namespace llmopt::stages {
@@ -28,6 +29,7 @@ void register_builtin_stages(Registry& registry) {
   registry.add<EvaluateStage>();
   registry.add<QuantizeStage>();
   registry.add<ExportStage>();
+  registry.add<FinetuneStage>();
 }
 
 const Registry& builtin_registry() {

@@ -47,6 +47,9 @@ struct StageContext {
   std::function<void(int64_t, int64_t, const std::string&)> progress;
   // A status line ("bench prefill 2/3").
   std::function<void(const std::string&)> note;
+  // An event for the run's events.jsonl ({"event": "train_step", ...}); the runner adds the time
+  // and the stage's index and name. May be empty (no run directory).
+  std::function<void(const nlohmann::json&)> event;
   const std::atomic<bool>* interrupt_flag = nullptr;
 
   bool interrupted() const { return interrupt_flag && interrupt_flag->load(); }

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <mutex>
 #include <unordered_set>
 
 #include "core/error.h"
@@ -50,10 +51,13 @@ nlohmann::json options_json(const TrainerOptions& o) {
           {"min_lr", o.min_lr},       {"warmup", o.warmup},
           {"weight_decay", o.weight_decay}, {"beta1", o.beta1},
           {"beta2", o.beta2},         {"eps", o.eps},
-          {"grad_clip", o.grad_clip}, {"seed", o.seed}};
+          {"grad_clip", o.grad_clip}, {"seed", o.seed},
+          {"grad_accum", o.grad_accum}, {"schedule", o.schedule},
+          {"eval_every", o.eval_every}, {"patience", o.patience}};
 }
 
 int64_t predicted_positions(const torch::Tensor& batch) {
+  if (batch.dim() == 3 && batch.size(1) == 2) return batch.select(1, 1).slice(1, 1).sum().item<int64_t>();  // masked
   return batch.dim() == 2 ? batch.size(0) * (batch.size(1) - 1) : batch.numel();
 }
 
@@ -77,6 +81,12 @@ void TrainerOptions::validate() const {
                      checkpoint_every);
   LLMOPT_CHECK_INPUT(checkpoint_every == 0 || !checkpoint_dir.empty(),
                      "[train] checkpoint_every is {} but checkpoint_dir is empty", checkpoint_every);
+  LLMOPT_CHECK_INPUT(grad_accum >= 1, "[train] grad_accum must be >= 1, found {}", grad_accum);
+  LLMOPT_CHECK_INPUT(schedule == "constant" || schedule == "linear" || schedule == "cosine",
+                     "[train] schedule must be constant, linear or cosine, found '{}'", schedule);
+  LLMOPT_CHECK_INPUT(eval_every >= 0, "[train] eval_every must be >= 0, found {}", eval_every);
+  LLMOPT_CHECK_INPUT(patience >= 0, "[train] patience must be >= 0, found {}", patience);
+  LLMOPT_CHECK_INPUT(patience == 0 || eval_every > 0, "[train] patience {} needs eval_every > 0", patience);
   LLMOPT_CHECK_INPUT(keep_checkpoints >= 1, "[train] keep_checkpoints must be >= 1, found {}",
                      keep_checkpoints);
 }
@@ -84,9 +94,10 @@ void TrainerOptions::validate() const {
 double learning_rate_at(const TrainerOptions& o, int64_t step) {
   if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
   const int64_t decay_steps = o.steps - 1 - o.warmup;
-  if (decay_steps <= 0) return o.lr;
+  if (decay_steps <= 0 || o.schedule == "constant") return o.lr;
   const double progress =
       std::clamp(static_cast<double>(step - o.warmup) / static_cast<double>(decay_steps), 0.0, 1.0);
+  if (o.schedule == "linear") return o.lr + (o.min_lr - o.lr) * progress;
   return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
@@ -155,13 +166,25 @@ TrainResult Trainer::train(const TokenDataset& data, const ProgressFn& progress,
 
 TrainResult Trainer::train(const BatchFn& next_batch, const ProgressFn& progress,
                            const std::atomic<bool>* cancel) {
+  return train([&](int64_t, torch::Generator& rng) { return next_batch(rng); }, progress, cancel);
+}
+
+TrainResult Trainer::train(const IndexedBatchFn& batch_at, const ProgressFn& progress,
+                           const std::atomic<bool>* cancel) {
   TrainResult result;
   result.resumed_from_step = step_;
+  // Dropout draws from torch's default generator: seeded here for a fresh run, restored from the
+  // checkpoint for a resumed one.
+  if (step_ == 0) {
+    at::Generator g = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_current_seed(options_.seed);
+  }
   const Timer timer;
   int64_t tokens_this_call = 0;
   double last_loss = 0, last_lr = 0;
   module_.train();
-  while (step_ < options_.steps) {
+  while (step_ < options_.steps && !stopped_early_) {
     if (cancel && cancel->load()) {
       result.cancelled = true;
       break;
@@ -170,29 +193,71 @@ TrainResult Trainer::train(const BatchFn& next_batch, const ProgressFn& progress
     for (auto& group : optimizer_->param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr);
     }
-    const torch::Tensor batch = next_batch(rng_);
     optimizer_->zero_grad();
-    const torch::Tensor loss = loss_(batch);
-    last_loss = loss.item<double>();
-    if (!std::isfinite(last_loss)) {
-      throw_run("[train] loss is {} at step {} (lr {}); lower lr or check the data", last_loss,
-                step_ + 1, last_lr);
+    // Gradient accumulation: the mean of the micro-batch losses, each backward scaled by 1/n.
+    double loss_sum = 0;
+    int64_t tokens = 0;
+    for (int64_t micro = 0; micro < options_.grad_accum; ++micro) {
+      const torch::Tensor batch = batch_at(data_position_, rng_);
+      ++data_position_;
+      const torch::Tensor loss = loss_(batch);
+      const double value = loss.item<double>();
+      if (!std::isfinite(value)) {
+        throw_run("[train] loss is {} at step {} (lr {}); lower lr or check the data", value, step_ + 1,
+                  last_lr);
+      }
+      loss_sum += value;
+      (options_.grad_accum > 1 ? loss / static_cast<double>(options_.grad_accum) : loss).backward();
+      tokens += predicted_positions(batch);
     }
-    loss.backward();
-    if (options_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(trainable_, options_.grad_clip);
+    last_loss = loss_sum / static_cast<double>(options_.grad_accum);
+    double grad_norm = 0;
+    if (options_.grad_clip > 0) {
+      grad_norm = torch::nn::utils::clip_grad_norm_(trainable_, options_.grad_clip);
+    } else {
+      double sq = 0;
+      for (const auto& p : trainable_)
+        if (p.grad().defined()) sq += p.grad().detach().to(torch::kFloat64).pow(2).sum().item<double>();
+      grad_norm = std::sqrt(sq);
+    }
     optimizer_->step();
     ++step_;
     loss_curve_.push_back(last_loss);
-    const int64_t tokens = predicted_positions(batch);
     tokens_seen_ += tokens;
     tokens_this_call += tokens;
     const bool last = step_ == options_.steps;
-    if (progress && (last || (options_.log_every > 0 && step_ % options_.log_every == 0))) {
-      const double seconds = timer.seconds();
-      progress({step_, options_.steps, last_loss, last_lr,
-                seconds > 0 ? static_cast<double>(tokens_this_call) / seconds : 0.0, seconds});
+    double val_loss = NAN;
+    if (validate_ && options_.eval_every > 0 && (step_ % options_.eval_every == 0 || last)) {
+      {
+        torch::NoGradGuard no_grad;
+        module_.eval();
+        val_loss = validate_();
+        module_.train();
+      }
+      val_curve_.emplace_back(step_, val_loss);
+      if (val_loss < best_val_) {
+        best_val_ = val_loss;
+        bad_evals_ = 0;
+      } else if (++bad_evals_ >= options_.patience && options_.patience > 0) {
+        stopped_early_ = true;
+      }
     }
-    if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
+    const double seconds = timer.seconds();
+    TrainProgress p{step_,
+                    options_.steps,
+                    last_loss,
+                    last_lr,
+                    seconds > 0 ? static_cast<double>(tokens_this_call) / seconds : 0.0,
+                    seconds,
+                    grad_norm,
+                    val_loss,
+                    tokens};
+    if (on_step_) on_step_(p);
+    if (progress && (last || stopped_early_ || (options_.log_every > 0 && step_ % options_.log_every == 0))) {
+      progress(p);
+    }
+    if ((options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) ||
+        (stopped_early_ && !options_.checkpoint_dir.empty())) {
       result.last_checkpoint = save_checkpoint(options_.checkpoint_dir);
     }
   }
@@ -203,6 +268,9 @@ TrainResult Trainer::train(const BatchFn& next_batch, const ProgressFn& progress
   result.tokens_seen = tokens_seen_;
   result.steps_done = step_;
   result.seconds = timer.seconds();
+  result.stopped_early = stopped_early_;
+  result.val_curve = val_curve_;
+  result.best_val_loss = val_curve_.empty() ? NAN : best_val_;
   const size_t tail = std::max<size_t>(1, loss_curve_.size() / 20);
   if (!loss_curve_.empty()) {
     const size_t n = std::min(tail, loss_curve_.size());
@@ -233,9 +301,17 @@ std::string Trainer::save_checkpoint(const std::string& checkpoint_dir) {
       archive.save_to((tmp_dir / "optimizer.pt").string());
     }
     torch::save(rng_.get_state(), (tmp_dir / "rng.pt").string());
+    torch::save(at::detail::getDefaultCPUGenerator().get_state(), (tmp_dir / "torch_rng.pt").string());
+    nlohmann::json val = nlohmann::json::array();
+    for (const auto& [st, v] : val_curve_) val.push_back({st, v});
     nlohmann::json state = {{"step", step_},
                             {"tokens_seen", tokens_seen_},
+                            {"data_position", data_position_},
                             {"loss_curve", loss_curve_},
+                            {"val_curve", val},
+                            {"best_val_loss", std::isfinite(best_val_) ? nlohmann::json(best_val_) : nlohmann::json()},
+                            {"bad_evals", bad_evals_},
+                            {"stopped_early", stopped_early_},
                             {"options", options_json(options_)}};
     // The state file is written last: a step directory without it is never taken as complete.
     std::ofstream out(tmp_dir / kStateFile);
@@ -276,6 +352,15 @@ void Trainer::load_checkpoint(const std::string& path) {
     step_ = state.at("step").get<int64_t>();
     tokens_seen_ = state.at("tokens_seen").get<int64_t>();
     loss_curve_ = state.at("loss_curve").get<std::vector<double>>();
+    data_position_ = state.value("data_position", step_ * options_.grad_accum);
+    val_curve_.clear();
+    for (const auto& v : state.value("val_curve", nlohmann::json::array()))
+      val_curve_.emplace_back(v.at(0).get<int64_t>(), v.at(1).get<double>());
+    best_val_ = state.contains("best_val_loss") && state["best_val_loss"].is_number()
+                    ? state["best_val_loss"].get<double>()
+                    : INFINITY;
+    bad_evals_ = state.value("bad_evals", int64_t{0});
+    stopped_early_ = state.value("stopped_early", false);
   } catch (const nlohmann::json::exception& e) {
     throw_input("[train] {}: malformed trainer state: {}", (dir / kStateFile).string(), e.what());
   }
@@ -297,6 +382,13 @@ void Trainer::load_checkpoint(const std::string& path) {
     torch::Tensor rng_state;
     torch::load(rng_state, (dir / "rng.pt").string());
     rng_.set_state(rng_state);
+    if (fs::exists(dir / "torch_rng.pt")) {
+      torch::Tensor torch_rng;
+      torch::load(torch_rng, (dir / "torch_rng.pt").string());
+      at::Generator g = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(g.mutex());
+      g.set_state(torch_rng);
+    }
   } catch (const c10::Error& e) {
     throw_input("[train] {}: checkpoint does not match this model/optimizer: {}", dir.string(),
                 e.what_without_backtrace());

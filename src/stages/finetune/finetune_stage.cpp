@@ -1,0 +1,222 @@
+#include "stages/finetune/finetune_stage.h"
+
+#include <filesystem>
+#include <regex>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "model/lora_adapter.h"
+#include "model/lora_linear.h"
+#include "model/state_io.h"
+#include "stages/finetune/finetune_run.h"
+#include "train/finetune_data.h"
+#include "train/trainer.h"
+
+namespace llmopt::stages {
+namespace fs = std::filesystem;
+
+namespace {
+
+model::LoraConfig lora_config(const FinetuneLoraOptions& o) {
+  model::LoraConfig c;
+  c.r = o.r;
+  c.alpha = o.alpha;
+  c.dropout = o.dropout;
+  c.rslora = o.rslora;
+  c.dora = o.dora;
+  c.bias = o.bias;
+  return c;
+}
+
+// Mean KL(P_adapter || P_merged) per token (nats) over up to `rows` rows of `data`, in float64.
+double merge_kld(model::LlamaModel& adapter, model::LlamaModel& merged, const train::FinetuneDataset& data,
+                 int64_t rows) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor r = data.rows(0, std::min(rows, data.size()));
+  const torch::Tensor tokens = (r.dim() == 3 ? r.select(1, 0) : r).slice(1, 0, -1).contiguous();
+  const auto lp = torch::log_softmax(adapter.forward(tokens).to(torch::kFloat64), -1);
+  const auto lq = torch::log_softmax(merged.forward(tokens).to(torch::kFloat64), -1);
+  return (lp.exp() * (lp - lq)).sum(-1).mean().item<double>();
+}
+
+}  // namespace
+
+void check_finetune_options(const FinetuneOptions& o) {
+  if (o.method == "lora") lora_config(o.lora).validate();
+  LLMOPT_CHECK_INPUT(o.method == "lora" || o.method == "full", "[finetune] method must be lora or full, found '{}'",
+                     o.method);
+  LLMOPT_CHECK_INPUT(o.min_lr <= o.lr, "[finetune] min_lr {} exceeds lr {}", o.min_lr, o.lr);
+  LLMOPT_CHECK_INPUT(o.patience == 0 || o.eval_every > 0, "[finetune] patience needs eval_every > 0");
+  LLMOPT_CHECK_INPUT(o.eval_every == 0 || !o.val.path.empty() || o.val.fraction > 0,
+                     "[finetune] eval_every {} needs validation data (val.path or val.fraction)", o.eval_every);
+  LLMOPT_CHECK_INPUT(!o.merge || o.method == "lora", "[finetune] merge applies to method lora only");
+}
+
+StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageContext& ctx, const FinetuneDirs& dirs) {
+  check_finetune_options(o);
+  LLMOPT_CHECK_INPUT(state.has_model(), "[finetune] no model to train");
+  LLMOPT_CHECK_INPUT(state.tokenizer != nullptr, "[finetune] the model has no tokenizer (give model.tokenizer)");
+  model::LlamaModel& m = *state.model;
+  LLMOPT_CHECK_INPUT(m.device().is_cpu(), "[finetune] training runs on the CPU");
+  const uint64_t seed = o.seed > 0 ? static_cast<uint64_t>(o.seed) : ctx.seed;
+
+  train::FinetuneDataOptions dopt;
+  dopt.path = o.train.path;
+  dopt.format = o.train.format;
+  dopt.seq_len = o.train.seq_len;
+  dopt.offset = o.train.offset;
+  dopt.max_bytes = o.train.max_bytes;
+  dopt.template_name = o.train.chat_template;
+  dopt.val_path = o.val.path;
+  dopt.val_fraction = o.val.fraction;
+  const train::FinetuneData data = train::load_finetune_data(dopt, *state.tokenizer, o.batch_size);
+  LLMOPT_CHECK_INPUT(m.config().max_position_embeddings <= 0 || o.train.seq_len <= m.config().max_position_embeddings,
+                     "[finetune] train.seq_len {} exceeds the model's context length {}", o.train.seq_len,
+                     m.config().max_position_embeddings);
+
+  StageResult r;
+  model::LoraApplyResult applied;
+  if (o.method == "lora") {
+    applied = model::apply_lora(m, o.lora.target_modules, lora_config(o.lora), seed);
+    r.metrics["lora_layers"] = static_cast<int64_t>(applied.paths.size());
+  } else {
+    std::vector<std::regex> keep;
+    for (const auto& t : o.trainable) {
+      try {
+        keep.emplace_back(t);
+      } catch (const std::regex_error& e) {
+        throw_input("[finetune] trainable: '{}' is not a valid regular expression ({})", t, e.what());
+      }
+    }
+    std::vector<bool> used(keep.size(), false);
+    for (auto& p : m.named_parameters(/*recurse=*/true)) {
+      bool on = keep.empty();
+      for (size_t i = 0; i < keep.size(); ++i)
+        if (std::regex_search(p.key(), keep[i])) on = used[i] = true;
+      p.value().set_requires_grad(on);
+      applied.total_params += p.value().numel();
+      if (on) applied.trainable_params += p.value().numel();
+    }
+    for (size_t i = 0; i < keep.size(); ++i)
+      LLMOPT_CHECK_INPUT(used[i], "[finetune] trainable: '{}' matches no parameter name", o.trainable[i]);
+  }
+  r.metrics["trainable_params"] = applied.trainable_params;
+  r.metrics["total_params"] = applied.total_params;
+  log::info("[finetune] {}: {} trainable of {} parameters; {} training rows ({} target tokens){}", o.method,
+            applied.trainable_params, applied.total_params, data.train->size(), data.train_tokens,
+            data.val ? fmt::format(", {} validation rows", data.val->size()) : std::string());
+
+  train::TrainerOptions to;
+  to.steps = o.max_steps;
+  to.batch = o.batch_size;
+  to.grad_accum = o.grad_accum;
+  to.seq_len = o.train.seq_len;
+  to.lr = o.lr;
+  to.min_lr = o.min_lr;
+  to.warmup = o.warmup;
+  to.schedule = o.schedule;
+  to.weight_decay = o.weight_decay;
+  to.grad_clip = o.clip;
+  to.seed = seed;
+  to.log_every = 1;
+  to.eval_every = data.val ? (o.eval_every > 0 ? o.eval_every : o.max_steps) : 0;
+  to.patience = o.patience;
+  to.checkpoint_every = o.save_every;
+  to.checkpoint_dir = dirs.checkpoints;
+  if (!dirs.checkpoints.empty() && !train::latest_checkpoint(dirs.checkpoints).empty()) {
+    to.resume_from = dirs.checkpoints;
+  }
+  train::Trainer trainer(m, train::masked_next_token_loss(m), to);
+  if (trainer.step() > 0) log::info("[finetune] resumed at step {} from {}", trainer.step(), dirs.checkpoints);
+  if (data.val) {
+    const auto val = data.val;
+    const int64_t batch = o.batch_size;
+    trainer.set_validation([&m, val, batch] { return train::dataset_loss(m, *val, batch); });
+  }
+  trainer.set_step_callback([&](const train::TrainProgress& p) {
+    if (!ctx.event) return;
+    nlohmann::json e = {{"event", "train_step"}, {"step", p.step},         {"steps", p.steps},
+                        {"loss", p.loss},        {"lr", p.lr},             {"grad_norm", p.grad_norm},
+                        {"tokens", p.tokens},    {"tokens_per_s", p.tokens_per_second}};
+    if (std::isfinite(p.val_loss)) e["val_loss"] = p.val_loss;
+    ctx.event(e);
+  });
+  const auto data_train = data.train;
+  const int64_t batch = o.batch_size;
+  const train::TrainResult tr = trainer.train(
+      [data_train, batch, seed](int64_t index, torch::Generator&) { return data_train->batch_at(index, batch, seed); },
+      [&](const train::TrainProgress& p) {
+        if (ctx.progress) ctx.progress(p.step, p.steps, "steps");
+        if (ctx.note)
+          ctx.note(fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", p.loss, p.lr, p.tokens_per_second));
+      },
+      ctx.interrupt_flag);
+  if (tr.cancelled) throw Interrupted();
+  m.eval();
+  for (auto& p : m.parameters(/*recurse=*/true)) p.set_requires_grad(false);
+
+  r.metrics["steps"] = tr.steps_done;
+  r.metrics["stopped_early"] = tr.stopped_early;
+  r.metrics["train_tokens_seen"] = tr.tokens_seen;
+  r.metrics["train_loss_first"] = tr.loss_curve.empty() ? 0.0 : tr.loss_curve.front();
+  r.metrics["train_loss_final"] = tr.final_loss;
+  r.metrics["train_tokens_per_s"] = tr.seconds > 0 ? static_cast<double>(tr.tokens_seen) / tr.seconds : 0.0;
+  if (tr.resumed_from_step > 0) r.metrics["resumed_from_step"] = tr.resumed_from_step;
+  if (!tr.val_curve.empty()) {
+    r.metrics["val_loss"] = tr.val_curve.back().second;
+    r.metrics["val_perplexity"] = std::exp(tr.val_curve.back().second);
+    r.metrics["val_loss_best"] = tr.best_val_loss;
+  }
+
+  if (o.method == "lora") {
+    if (!dirs.adapter.empty()) {
+      model::AdapterSaveOptions so;
+      so.base_model_name_or_path = state.provenance.source_path;
+      so.target_modules = o.lora.target_modules;
+      model::save_peft_adapter(m, dirs.adapter, so);
+      if (!dirs.adapter_rel.empty()) r.artifacts.push_back(dirs.adapter_rel + "/adapter_config.json"),
+            r.artifacts.push_back(dirs.adapter_rel + "/adapter_model.safetensors");
+    }
+    if (o.merge) {
+      bool packed_base = false;
+      for (auto& [p, l] : model::lora_layers(m)) packed_base = packed_base || l->base()->kind() != "dense";
+      if (packed_base) {
+        auto merged = model::clone_model(m);
+        model::merge_lora(*merged);
+        merged->eval();
+        const auto& probe = data.val ? *data.val : *data.train;
+        r.metrics["merge_kld_mean"] = merge_kld(m, *merged, probe, 8);
+      }
+      r.metrics["layers_merged"] = model::merge_lora(m);
+    }
+  }
+  if (!dirs.checkpoints.empty()) fs::remove_all(dirs.checkpoints);
+  r.metrics["model_bytes"] = m.storage_bytes();
+  return r;
+}
+
+std::vector<std::string> FinetuneStage::input_files(const DataOptions&) const {
+  std::vector<std::string> f = {o_.train.path};
+  if (!o_.val.path.empty()) f.push_back(o_.val.path);
+  return f;
+}
+
+void FinetuneStage::validate(const ModelState& state) const {
+  LLMOPT_CHECK_INPUT(state.has_model(), "[finetune] no model to train");
+  LLMOPT_CHECK_INPUT(state.tokenizer != nullptr, "[finetune] the model has no tokenizer (give model.tokenizer)");
+  check_finetune_options(o_);
+}
+
+StageResult FinetuneStage::run(ModelState& state, StageContext& ctx) {
+  FinetuneDirs dirs;
+  dirs.adapter = (fs::path(ctx.artifacts_dir) / "adapter").string();
+  dirs.adapter_rel = "artifacts/adapter";
+  if (ctx.total > 1 || ctx.index > 0) {
+    dirs.adapter = (fs::path(ctx.artifacts_dir) / ("adapter-" + ctx.stage_name)).string();
+    dirs.adapter_rel = "artifacts/adapter-" + ctx.stage_name;
+  }
+  dirs.checkpoints = (fs::path(ctx.run_dir) / "state" / fmt::format("stage-{}", ctx.index) / "train").string();
+  return run_finetune(o_, state, ctx, dirs);
+}
+
+}  // namespace llmopt::stages
