@@ -381,8 +381,9 @@ void register_logits(CLI::App& app, GlobalOptions& g) {
   static std::string model, tokenizer, text, ids_csv, json_out = "-";
   static bool bos = false, no_bos = false, full = false;
   static int64_t top = 10;
-  static std::string device = "cpu";
+  static std::string device = "cpu", adapter;
   add_device_option(cmd, device);
+  add_adapter_option(cmd, adapter);
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
   auto* t = cmd->add_option("--text", text, "Prompt text");
@@ -395,7 +396,7 @@ void register_logits(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--json", json_out, "Output file ('-' = stdout, the default)");
   cmd->callback([&g] {
     apply_threads(g);
-    auto lm = load_for_inference(model, tokenizer, ids_csv.empty(), device);
+    auto lm = load_for_inference(model, tokenizer, ids_csv.empty(), device, adapter);
     std::vector<int64_t> ids;
     if (!ids_csv.empty()) {
       std::stringstream ss(ids_csv);
