@@ -16,7 +16,9 @@
 #include "core/log.h"
 #include "core/memory.h"
 #include "core/threads.h"
+#include "eval/harness.h"
 #include "eval/perplexity.h"
+#include "eval/tasks.h"
 #include "infer/generate.h"
 #include "infer/llama_cpu.h"
 #include "io/architecture.h"
@@ -180,29 +182,69 @@ void register_generate(CLI::App& app, GlobalOptions& g) {
 
 // ---------------------------------------------------------------- eval
 void register_eval(CLI::App& app, GlobalOptions& g) {
-  auto* cmd = app.add_subcommand("eval", "Perplexity (and KL divergence against a baseline)");
+  auto* cmd = app.add_subcommand("eval", "Perplexity (and KL divergence against a baseline); task scores (--tasks)");
   static std::string model, tokenizer, data, protocol = "llamacpp", baseline, json_out;
   static int64_t ctx = 512, stride = 0, limit = 0;
   static bool bos = false, no_bos = false;
+  static std::string tasks, tasks_dir, log_samples;
+  static int num_fewshot = -1;
+  static int64_t batch_size = 16;
+  static uint64_t fewshot_seed = 1234;
   static std::string device = "cpu", engine = "auto", adapter;
   add_device_option(cmd, device);
   add_adapter_option(cmd, adapter);
   cmd->add_option("--engine", engine,
                   "auto (native on the CPU, torch elsewhere) | native (torch-free CPU engine) | torch");
-  cmd->add_option("MODEL", model, "Model path")->required();
+  cmd->add_option("MODEL", model, "Model path (not needed for --tasks list)");
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
-  cmd->add_option("--data", data, "Text file")->required();
+  cmd->add_option("--data", data, "Text file for perplexity (the default measurement; optional with --tasks)");
+  cmd->add_option("--tasks", tasks,
+                  "Comma-separated tasks (names of configs/tasks/*.yaml or paths to task YAML files): "
+                  "accuracy etc. as lm-evaluation-harness; 'list' prints the known tasks");
+  cmd->add_option("--tasks-dir", tasks_dir, "Directory of task YAML files (default: configs/tasks)");
+  cmd->add_option("--num-fewshot", num_fewshot, "Few-shot examples per prompt (default: each task's num_fewshot)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--fewshot-seed", fewshot_seed, "Seed of the few-shot example draw")->capture_default_str();
+  cmd->add_option("--batch-size", batch_size, "Task requests scored per batch (scores do not depend on it)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--log-samples", log_samples, "Write DIR/<task>.jsonl: prompt, choices, scores, prediction per sample");
   cmd->add_option("--ctx,-c", ctx, "Context length")->check(CLI::PositiveNumber);
   cmd->add_option("--protocol", protocol, "llamacpp | windows | sliding");
   cmd->add_option("--stride", stride, "Stride for --protocol sliding (default ctx/2)");
   cmd->add_option("--baseline", baseline, "Baseline model: adds kld_mean, kld_p99, top1_agreement, delta_p_rms");
-  cmd->add_option("--limit", limit, "Evaluate at most N chunks/windows");
+  cmd->add_option("--limit", limit, "Evaluate at most N chunks/windows (perplexity) or the first N samples of each task");
   cmd->add_flag("--bos", bos,
-                "Use BOS (text and llamacpp chunks) even if the tokenizer does not add one by default");
+                "Use BOS (text and llamacpp chunks) even if the tokenizer does not add one by default; with "
+                "--tasks, BOS first in every context (lm-eval's add_bos_token; default: no BOS, as lm-eval)");
   cmd->add_flag("--no-bos", no_bos, "Never use BOS (llamacpp chunks then keep their first token)");
   cmd->add_option("--json", json_out, "Write JSON results here ('-' = stdout)");
   cmd->callback([&g] {
     apply_threads(g);
+    if (tasks == "list") {
+      const std::string dir = eval::find_tasks_dir(tasks_dir);
+      for (const auto& name : eval::list_tasks(dir)) std::printf("%s\n", name.c_str());
+      return;
+    }
+    LLMOPT_CHECK_INPUT(!model.empty(), "[eval] MODEL is required");
+    LLMOPT_CHECK_INPUT(!data.empty() || !tasks.empty(), "[eval] give --data (perplexity) or --tasks");
+    // Task files are checked before the model is loaded (bad input fails fast).
+    std::vector<eval::TaskSpec> specs;
+    if (!tasks.empty()) {
+      const std::string dir = eval::find_tasks_dir(tasks_dir);
+      const std::string shared = eval::find_shared_dir(dir);
+      std::stringstream ss(tasks);
+      std::string name;
+      while (std::getline(ss, name, ','))
+        if (!name.empty()) specs.push_back(eval::resolve_task(name, dir, shared));
+      LLMOPT_CHECK_INPUT(!specs.empty(), "[eval] --tasks '{}' names no task", tasks);
+      if (!log_samples.empty()) {
+        std::error_code ec;
+        fs::create_directories(log_samples, ec);
+        LLMOPT_CHECK_INPUT(!ec && fs::is_directory(log_samples), "[eval] --log-samples: cannot create directory '{}'",
+                           log_samples);
+      }
+    }
     eval::PerplexityOptions po;
     po.protocol = eval::parse_protocol(protocol);
     po.ctx = ctx;
@@ -227,11 +269,35 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     LLMOPT_CHECK_INPUT(tk != nullptr, "[eval] {}: no tokenizer found (give --tokenizer)", model);
     // Before any window is evaluated (a window of ctx tokens allocates ctx x ctx attention scores).
     const int64_t model_ctx = eng->config().max_position_embeddings;
-    LLMOPT_CHECK_INPUT(model_ctx <= 0 || ctx <= model_ctx,
+    LLMOPT_CHECK_INPUT(data.empty() || model_ctx <= 0 || ctx <= model_ctx,
                        "[eval] --ctx {} exceeds the context length of {}: {} (max_position_embeddings)", ctx, model,
                        model_ctx);
-    const std::string text = io::read_text_file(data, "eval");
     LLMOPT_CHECK_INPUT(!(bos && no_bos), "[eval] --bos and --no-bos exclude each other");
+    json tasks_json = json::object();
+    if (!specs.empty()) {
+      eval::TaskRunOptions to;
+      to.num_fewshot = num_fewshot;
+      to.limit = limit;
+      to.seed = fewshot_seed;
+      to.batch_size = batch_size;
+      to.add_bos = bos;
+      to.log_samples_dir = log_samples;
+      Progress progress(Progress::detect(g.quiet));
+      for (const auto& spec : specs) {
+        progress.begin_stage("", 0, 0, spec.name);
+        const auto r = eval::run_task(*eng, *tk, spec, to, [&](int64_t d, int64_t t) { progress.update(d, t, "req"); });
+        progress.end_stage();
+        tasks_json[r.name] = eval::task_result_json(r);
+        if (json_out != "-") std::printf("%s\n", eval::task_result_line(r).c_str());
+      }
+      if (data.empty()) {
+        json j = {{"model", model}, {"engine", eng->name()}, {"threads", threads()}, {"batch_size", batch_size},
+                  {"bos", bos}, {"fewshot_seed", fewshot_seed}, {"tasks", tasks_json}};
+        if (!json_out.empty()) write_json_output(json_out, j);
+        return;
+      }
+    }
+    const std::string text = io::read_text_file(data, "eval");
     std::optional<bool> force_bos;
     if (bos || no_bos) force_bos = bos;
     // BOS as llama-perplexity uses it (src/eval: the rule the evaluate stage applies too).
@@ -254,6 +320,7 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
               {"seconds", r.seconds},
               {"threads", threads()}};
     j.update(eval::protocol_json(po, r, *eng));  // protocol, ctx, bos, chunks, tokens, engine
+    if (!tasks_json.empty()) j["tasks"] = tasks_json;
     if (r.has_baseline) {
       j["baseline"] = baseline;
       j["baseline_perplexity"] = r.baseline_perplexity;
