@@ -21,6 +21,7 @@
 #include "core/threads.h"
 #include "infer/blocks.h"
 #include "infer/weights.h"
+#include "kernels/gemm_quant.h"
 #include "kernels/gemv.h"
 #include "kernels/vec_math.h"
 
@@ -50,8 +51,22 @@ void for_rows(int64_t n, int t, int nt, std::atomic<int64_t>& next, Fn&& fn) {
   }
 }
 
-void gemv_range(const Matrix& m, const float* x, float* y, int64_t r0, int64_t r1) {
-  kernels::gemv_rows(m.type, m.w, x, m.bias, y, r0, r1, m.k);
+// xq: x quantized to int8 blocks (kernels::quantize_act), or null: f32 activations.
+void gemv_range(const Matrix& m, const float* x, const kernels::ActBlock* xq, float* y, int64_t r0, int64_t r1) {
+  if (xq != nullptr && kernels::act_q8_supports(m.type))
+    kernels::gemv_act_q8_rows(m.type, m.w, xq, m.bias, y, r0, r1, m.k);
+  else
+    kernels::gemv_rows(m.type, m.w, x, m.bias, y, r0, r1, m.k);
+}
+
+// Whether any projection (or the head) takes int8 activations.
+bool any_int8(const Weights& w) {
+  if (!w.int8_activations) return false;
+  if (kernels::act_q8_supports(w.head.type)) return true;
+  for (const auto& l : w.layers)
+    for (const auto& m : l.m)
+      if (kernels::act_q8_supports(m.type)) return true;
+  return false;
 }
 
 }  // namespace
@@ -105,14 +120,24 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
   // per projection phase (for_rows): q, k, v, o, gate+up, down per layer, and the head.
   enum { kQ, kK, kV, kO, kGateUp, kDown, kPhases };
   std::vector<std::atomic<int64_t>> next(static_cast<size_t>(nl * kPhases + 1));
+  const bool int8 = any_int8(w);
 #pragma omp parallel num_threads(threads())
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     std::vector<float> xn(D);  // this thread's copy of the normalized x
+    // This thread's int8 copy of the current projection input (each thread quantizes the whole
+    // input itself: a few µs, no barrier), or null when no projection uses it.
+    std::vector<kernels::ActBlock> xq_buf(int8 ? static_cast<size_t>(std::max({D, F, H * hd}) / kernels::kActBlock) : 0);
+    auto quantized = [&](const float* in, int64_t n) -> const kernels::ActBlock* {
+      if (!int8 || n % kernels::kActBlock != 0) return nullptr;
+      kernels::quantize_act(in, xq_buf.data(), n);
+      return xq_buf.data();
+    };
     // x += m·in (attention output and down projections): each thread adds the rows it computed.
     auto add_projection = [&](const Matrix& m, const float* in, std::atomic<int64_t>& ctr) {
+      const kernels::ActBlock* inq = quantized(in, m.k);
       for_rows(D, t, nt, ctr, [&](int64_t r0, int64_t r1) {
-        gemv_range(m, in, tmp.data(), r0, r1);
+        gemv_range(m, in, inq, tmp.data(), r0, r1);
         for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
       });
     };
@@ -120,9 +145,11 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
       const LayerWeights& lw = w.layers[li];
       std::atomic<int64_t>* ctr = next.data() + li * kPhases;
       blocks::rms_norm_rows(x.data(), lw.ln1, xn.data(), 0, 1, D, eps);
+      const kernels::ActBlock* xnq = quantized(xn.data(), D);
       for (int j : {LayerWeights::Q, LayerWeights::K, LayerWeights::V}) {
         float* y = j == LayerWeights::Q ? q.data() : j == LayerWeights::K ? k.data() : v.data();
-        for_rows(lw.m[j].n, t, nt, ctr[kQ + j], [&](int64_t r0, int64_t r1) { gemv_range(lw.m[j], xn.data(), y, r0, r1); });
+        for_rows(lw.m[j].n, t, nt, ctr[kQ + j],
+                 [&](int64_t r0, int64_t r1) { gemv_range(lw.m[j], xn.data(), xnq, y, r0, r1); });
       }
 #pragma omp barrier
       // Attention by key/value head: RoPE on k, the cache row, then the G query heads sharing it.
@@ -140,9 +167,10 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
       add_projection(lw.m[LayerWeights::O], att.data(), ctr[kO]);
 #pragma omp barrier
       blocks::rms_norm_rows(x.data(), lw.ln2, xn.data(), 0, 1, D, eps);
+      const kernels::ActBlock* xnq2 = quantized(xn.data(), D);
       for_rows(F, t, nt, ctr[kGateUp], [&](int64_t r0, int64_t r1) {
-        gemv_range(lw.m[LayerWeights::Gate], xn.data(), hb.data(), r0, r1);
-        gemv_range(lw.m[LayerWeights::Up], xn.data(), hb2.data(), r0, r1);
+        gemv_range(lw.m[LayerWeights::Gate], xn.data(), xnq2, hb.data(), r0, r1);
+        gemv_range(lw.m[LayerWeights::Up], xn.data(), xnq2, hb2.data(), r0, r1);
         kernels::silu_mul_f32(hb.data() + r0, hb2.data() + r0, r1 - r0);
       });
 #pragma omp barrier
@@ -150,7 +178,9 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
 #pragma omp barrier
     }
     blocks::rms_norm_rows(x.data(), w.final_norm, xn.data(), 0, 1, D, eps);
-    for_rows(V, t, nt, next[nl * kPhases], [&](int64_t r0, int64_t r1) { gemv_range(w.head, xn.data(), out, r0, r1); });
+    const kernels::ActBlock* xnq = quantized(xn.data(), D);
+    for_rows(V, t, nt, next[nl * kPhases],
+             [&](int64_t r0, int64_t r1) { gemv_range(w.head, xn.data(), xnq, out, r0, r1); });
   }
 }
 

@@ -11,6 +11,7 @@
 #include "infer/blas.h"
 #include "infer/blocks.h"
 #include "infer/llama_cpu.h"
+#include "kernels/gemm_quant.h"
 #include "kernels/gemv.h"
 #include "kernels/quant_formats.h"
 #include "kernels/vec_math.h"
@@ -27,7 +28,12 @@ constexpr int64_t kParallelElems = int64_t{1} << 20;
 constexpr int64_t kTileFloats = int64_t{1} << 18;
 
 // Y[T×n] = X[T×k]·Wᵀ (+ bias): W [n×k] row-major, f32 or packed (ggml blocks, f16, bf16).
-void gemm(const Matrix& m, const float* x, float* y, int64_t T) {
+// int8: Q8_0/Q4_0/Q4_K/Q6_K weights take the integer-dot GEMM on int8-quantized rows of X.
+void gemm(const Matrix& m, const float* x, float* y, int64_t T, bool int8) {
+  if (int8 && kernels::act_q8_supports(m.type)) {
+    kernels::gemm_quant(m.type, m.w, x, m.bias, y, T, m.n, m.k);
+    return;
+  }
   if (m.type != DType::F32 && T <= kernels::kMaxGemvBatch) {
     // A few rows: stream the packed weight once (bandwidth-bound, like decode).
     kernels::gemv_batch(m.type, m.w, x, m.bias, y, T, m.n, m.k);
@@ -131,9 +137,9 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, EngineCache& ec, float*
   for (size_t li = 0; li < w_.layers.size(); ++li) {
     const LayerWeights& L = w_.layers[li];
     norm_rows(L.ln1);
-    gemm(L.m[LayerWeights::Q], xn.data(), q.data(), T);
-    gemm(L.m[LayerWeights::K], xn.data(), k.data(), T);
-    gemm(L.m[LayerWeights::V], xn.data(), v.data(), T);
+    gemm(L.m[LayerWeights::Q], xn.data(), q.data(), T, w_.int8_activations);
+    gemm(L.m[LayerWeights::K], xn.data(), k.data(), T, w_.int8_activations);
+    gemm(L.m[LayerWeights::V], xn.data(), v.data(), T, w_.int8_activations);
     const blocks::LayerCache lc{cache.k[li].data(), cache.v[li].data(), cap, hd};
     for (int64_t t = 0; t < T; ++t) {
       const float* ct = &cos[t * hd];
@@ -151,24 +157,27 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, EngineCache& ec, float*
         blocks::causal_softmax(scores.data() + t * S, blocks::first_key(p0 + t, c.sliding_window), p0 + t + 1, S);
       sgemm(false, T, hd, S, 1.0f, scores.data(), S, lc.values(h / G), hd, 0.0f, att.data() + h * hd, H * hd);
     }
-    gemm(L.m[LayerWeights::O], att.data(), tmp.data(), T);
+    gemm(L.m[LayerWeights::O], att.data(), tmp.data(), T, w_.int8_activations);
     add_residual();
     norm_rows(L.ln2);
-    gemm(L.m[LayerWeights::Gate], xn.data(), g.data(), T);
-    gemm(L.m[LayerWeights::Up], xn.data(), u.data(), T);
+    gemm(L.m[LayerWeights::Gate], xn.data(), g.data(), T, w_.int8_activations);
+    gemm(L.m[LayerWeights::Up], xn.data(), u.data(), T, w_.int8_activations);
 #pragma omp parallel for if (par)
     for (int64_t t = 0; t < T; ++t) kernels::silu_mul_f32(g.data() + t * F, u.data() + t * F, F);
-    gemm(L.m[LayerWeights::Down], g.data(), tmp.data(), T);
+    gemm(L.m[LayerWeights::Down], g.data(), tmp.data(), T, w_.int8_activations);
     add_residual();
   }
   if (all_positions) {
     // Every position's logits (perplexity): the final norm of all rows and one GEMM [T×D]·headᵀ.
     norm_rows(w_.final_norm);
-    gemm(w_.head, xn.data(), logits, T);
+    gemm(w_.head, xn.data(), logits, T, w_.int8_activations);
   } else {
     // Only the last position's: what a generator (and llama-bench) needs.
     blocks::rms_norm_rows(x.data() + (T - 1) * D, w_.final_norm, xn.data(), 0, 1, D, eps);
-    kernels::gemv(w_.head.type, w_.head.w, xn.data(), w_.head.bias, logits, V, D);
+    if (w_.int8_activations && kernels::act_q8_supports(w_.head.type))
+      kernels::gemv_act_q8(w_.head.type, w_.head.w, xn.data(), w_.head.bias, logits, V, D);
+    else
+      kernels::gemv(w_.head.type, w_.head.w, xn.data(), w_.head.bias, logits, V, D);
   }
   cache.filled = S;
 }

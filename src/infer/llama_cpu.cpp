@@ -132,6 +132,7 @@ LoadedCpuModel load_cpu_model(const std::string& path, const std::string& tokeni
   {
     const io::Checkpoint ckpt = io::load_checkpoint(path, lo);
     out.model = std::make_unique<CpuLlama>(ckpt);
+    out.model->set_int8_activations(true);
     if (ckpt.tokenizer.kind != io::TokenizerSource::Kind::None)
       out.tokenizer = tok::load_tokenizer(ckpt.tokenizer, static_cast<int32_t>(ckpt.config.vocab_size));
   }  // the checkpoint's file mappings are released here

@@ -52,6 +52,10 @@ class CpuLlama : public Engine {
   void decode(int64_t token, EngineCache& cache, float* logits) const override;
 
   const ModelConfig& config() const override { return w_.cfg; }
+  // Int8 activations for the projections that have integer-dot kernels (Weights::int8_activations;
+  // off by default: exact f32 inputs, what the torch engine computes). load_cpu_model turns it on.
+  void set_int8_activations(bool on) { w_.int8_activations = on; }
+  bool int8_activations() const { return w_.int8_activations; }
   const Weights& weights() const { return w_; }
   // Bytes of the weights as held (f32 or packed), borrowed ones included.
   int64_t weight_bytes() const override { return weight_bytes_; }
@@ -77,7 +81,8 @@ struct LoadedCpuModel {
   std::unique_ptr<tok::Tokenizer> tokenizer;  // null when none was found with the model
 };
 // Any model io::load_checkpoint reads (HF directory, GGUF, llama2.c; `tokenizer_path` overrides
-// the tokenizer found with it). The file mappings are released before returning.
+// the tokenizer found with it). The file mappings are released before returning. The engine of
+// `llmopt bench / generate / perplexity`: int8 activations on (as llama.cpp computes).
 LoadedCpuModel load_cpu_model(const std::string& path, const std::string& tokenizer_path = "");
 
 }  // namespace llmopt::infer

@@ -35,6 +35,10 @@ struct Weights {
   const float* inv_freq = nullptr;    // [head_dim / 2], rope_inv_freq(cfg)
   Matrix head;                        // lm_head (the embedding when tied)
   std::vector<LayerWeights> layers;
+  // Projections whose type has an integer-dot kernel (kernels::act_q8_supports: Q8_0, Q4_0, Q4_K,
+  // Q6_K) take their input quantized to int8 blocks of 32 (kernels/gemm_quant.h), as llama.cpp
+  // does: faster, and within q8 rounding of the f32-activation product. Off: exact f32 inputs.
+  bool int8_activations = false;
 };
 
 // Per-layer key/value cache: k[l], v[l] each [n_kv_heads, capacity, head_dim] f32.
@@ -71,7 +75,8 @@ inline void rope_angles(const float* inv_freq, int64_t pos, int64_t hd, float* c
 
 // One token at position `pos` (the cache holds positions 0..pos-1 and gets this one): writes
 // logits[vocab]. One OpenMP region of llmopt::threads() threads; projections are split into the
-// row slabs of kernels::gemv, so the result is bit-identical for every thread count.
+// row slabs of kernels::gemv (kernels::gemv_act_q8_rows with w.int8_activations), so the result is
+// bit-identical for every thread count.
 void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token, float* logits);
 
 }  // namespace llmopt::infer

@@ -191,7 +191,7 @@ void QuantizePanels(const float* x, Panel* panels, int64_t m, int64_t k, int64_t
 
 #if LLMOPT_GQ_X86
 // ---------------------------------------------------------------- x86 (256-bit) kernels
-HWY_INLINE float F16(uint16_t h) { return f16_to_f32(h); }
+HWY_INLINE float F16(uint16_t h) { return _cvtsh_ss(h); }  // exact, as f16_to_f32
 
 // A weight block in registers: u = unsigned operand of maddubs, s = signed codes (signed kinds),
 // mul = i16 multipliers for vpmaddwd (ones, or Q6_K's two sub-block scales), s/m as in RefBlock.
@@ -203,14 +203,15 @@ struct XBlock {
 HWY_INLINE __m256i Ones16() { return _mm256_set1_epi16(1); }
 
 template <DType T>
+constexpr bool kSigned = T == DType::Q8_0 || T == DType::Q6_K;
+
+template <DType T>
 HWY_INLINE void LoadBlock(const void* row, int64_t j, XBlock& b) {
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   if constexpr (T == DType::Q4_0) {
     const auto& blk = static_cast<const BlockQ4_0*>(row)[j];
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
-    const __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
-    b.u = _mm256_set_m128i(hi, lo);
+    b.u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
     b.mul = Ones16();
     b.step = F16(blk.d);
     b.m = 0.0f;
@@ -248,79 +249,162 @@ HWY_INLINE void LoadBlock(const void* row, int64_t j, XBlock& b) {
   }
 }
 
-template <DType T>
-constexpr bool kSigned = T == DType::Q8_0 || T == DType::Q6_K;
-
 HWY_INLINE float HSum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-// Decode: one row against one natural-order activation row. Blocks alternate between two
-// accumulators; the offset (Q4_0) and min (Q4_K) terms are summed as scalars.
+HWY_INLINE __m256i LoadQ(const ActBlock& a) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+}
+
+// Σ_j d_x·s_j·I_j of one block into acc (signed kinds by the sign trick).
+HWY_INLINE __m256 BlockFma(__m256i u, __m256i q, __m256i mul, float scale, __m256 acc) {
+  const __m256i i32 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), mul);
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_set1_ps(scale), acc);
+}
+
+// Decode: one row against one natural-order activation row; blocks alternate between two
+// vector accumulators (Q4_0 takes the sign trick on q - 8 so no scalar correction chain is
+// needed; the K formats go a super-block at a time, scales decoded once).
 template <DType T>
 float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, int64_t k) {
   const int64_t nb = k / kActBlock;
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float corr = 0.0f;
+  const __m256i ones = Ones16(), m4 = _mm256_set1_epi8(0x0f);
+  if constexpr (T == DType::Q4_0 || T == DType::Q8_0) {
+    const int64_t bb = T == DType::Q4_0 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0);
+    const auto* p = static_cast<const uint8_t*>(row);
+    auto signed_codes = [&](int64_t j) {
+      if constexpr (T == DType::Q4_0) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j * bb + 2));
+        return _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4),
+                               _mm256_set1_epi8(8));
+      } else {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + j * bb + 2));
+      }
+    };
+    auto step = [&](int64_t j) {
+      uint16_t h;
+      std::memcpy(&h, p + j * bb, 2);
+      return F16(h);
+    };
+    int64_t j = 0;
+    for (; j + 2 <= nb; j += 2) {
+      const __m256i w0 = signed_codes(j), w1 = signed_codes(j + 1);
+      acc0 = BlockFma(_mm256_abs_epi8(w0), _mm256_sign_epi8(LoadQ(x[j]), w0), ones, x[j].d * step(j), acc0);
+      acc1 = BlockFma(_mm256_abs_epi8(w1), _mm256_sign_epi8(LoadQ(x[j + 1]), w1), ones, x[j + 1].d * step(j + 1),
+                      acc1);
+    }
+    if (j < nb) {
+      const __m256i w0 = signed_codes(j);
+      acc0 = BlockFma(_mm256_abs_epi8(w0), _mm256_sign_epi8(LoadQ(x[j]), w0), ones, x[j].d * step(j), acc0);
+    }
+    return HSum(_mm256_add_ps(acc0, acc1));
+  } else if constexpr (T == DType::Q4_K) {
+    const auto* blocks = static_cast<const BlockQ4_K*>(row);
+    float corr = 0.0f;
+    for (int64_t sb = 0; sb < nb / 8; ++sb) {
+      const BlockQ4_K& B = blocks[sb];
+      const ActBlock* xs = x + sb * 8;
+      const float d = F16(B.d), dmin = F16(B.dmin);
+      int sc[8], mn[8];
+      for (int i = 0; i < 8; ++i) gemm_quant_detail::scale_min_k4(i, B.scales, sc[i], mn[i]);
+      float t[8];
+      for (int i = 0; i < 8; ++i) t[i] = static_cast<float>(mn[i]) * (xs[i].d * xs[i].sum);
+      corr = std::fma(dmin, ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7])), corr);
+      for (int c = 0; c < 4; ++c) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B.qs + 32 * c));
+        acc0 = BlockFma(_mm256_and_si256(raw, m4), LoadQ(xs[2 * c]), ones,
+                        xs[2 * c].d * (d * static_cast<float>(sc[2 * c])), acc0);
+        acc1 = BlockFma(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), LoadQ(xs[2 * c + 1]), ones,
+                        xs[2 * c + 1].d * (d * static_cast<float>(sc[2 * c + 1])), acc1);
+      }
+    }
+    return HSum(_mm256_add_ps(acc0, acc1)) - corr;
+  } else {  // Q6_K
+    const auto* blocks = static_cast<const BlockQ6_K*>(row);
+    const __m256i three = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    for (int64_t sb = 0; sb < nb / 8; ++sb) {
+      const BlockQ6_K& B = blocks[sb];
+      const ActBlock* xs = x + sb * 8;
+      const float d = F16(B.d);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B.ql + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B.ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B.qh + 32 * h));
+        const __m256i c[4] = {
+            _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, three), 4)),
+            _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4))};
+        for (int gg = 0; gg < 4; ++gg) {
+          const ActBlock& a = xs[4 * h + gg];
+          const int8_t* scp = B.scales + 8 * h + 2 * gg;
+          const __m256i w = _mm256_sub_epi8(c[gg], m32);
+          const __m256i mul = _mm256_set_m128i(_mm_set1_epi16(scp[1]), _mm_set1_epi16(scp[0]));
+          if (gg & 1)
+            acc1 = BlockFma(_mm256_abs_epi8(w), _mm256_sign_epi8(LoadQ(a), w), mul, a.d * d, acc1);
+          else
+            acc0 = BlockFma(_mm256_abs_epi8(w), _mm256_sign_epi8(LoadQ(a), w), mul, a.d * d, acc0);
+        }
+      }
+    }
+    return HSum(_mm256_add_ps(acc0, acc1));
+  }
+}
+
+// A run of weight rows prepared for the GEMM: per row, the k unsigned codes (and signed codes
+// for the signed kinds) in natural order, and per block its step, min and Q6_K multipliers.
+struct Prepared {
+  std::vector<uint8_t> u;
+  std::vector<int8_t> s;
+  std::vector<float> step, m;
+  std::vector<int16_t> mul;  // [row][block][2]
+};
+
+template <DType T>
+void Prepare(const uint8_t* row, int64_t nb, int r, Prepared& P) {
   for (int64_t j = 0; j < nb; ++j) {
     XBlock b;
     LoadBlock<T>(row, j, b);
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[j].qs));
-    const __m256i p = kSigned<T> ? _mm256_maddubs_epi16(b.u, _mm256_sign_epi8(q, b.s))
-                                 : _mm256_maddubs_epi16(b.u, q);
-    const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, b.mul));
-    const float s = x[j].d * b.step;
-    if (j & 1)
-      acc1 = _mm256_fmadd_ps(f, _mm256_set1_ps(s), acc1);
-    else
-      acc0 = _mm256_fmadd_ps(f, _mm256_set1_ps(s), acc0);
-    if constexpr (T == DType::Q4_0) corr = std::fma(s, x[j].sum, corr);
-    if constexpr (T == DType::Q4_K) corr = std::fma(x[j].d * b.m, x[j].sum, corr);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(P.u.data() + (r * nb + j) * 32), b.u);
+    if constexpr (kSigned<T>) _mm256_storeu_si256(reinterpret_cast<__m256i*>(P.s.data() + (r * nb + j) * 32), b.s);
+    if constexpr (T == DType::Q6_K) {
+      P.mul[(r * nb + j) * 2] = static_cast<int16_t>(_mm256_extract_epi16(b.mul, 0));
+      P.mul[(r * nb + j) * 2 + 1] = static_cast<int16_t>(_mm256_extract_epi16(b.mul, 8));
+    }
+    P.step[r * nb + j] = b.step;
+    P.m[r * nb + j] = b.m;
   }
-  const float sum = HSum(_mm256_add_ps(acc0, acc1));
-  if constexpr (T == DType::Q4_0) return sum - 8.0f * corr;
-  return sum - corr;
 }
 
-// GEMM microkernel: NR weight rows × one panel of 8 activation rows; out[r] gets the 8 lanes.
+// GEMM microkernel: NR prepared weight rows × one panel of 8 activation rows; out[r] gets the 8
+// lanes (one per activation row) of output column r.
 template <DType T, int NR>
-HWY_INLINE void PanelRows(const uint8_t* const* rows, const Panel* HWY_RESTRICT panel, int64_t nb,
-                          __m256* out) {
+HWY_INLINE void PanelRows(const Prepared& W, int r0, const Panel* HWY_RESTRICT panel, int64_t nb, __m256* out) {
   __m256 acc[NR], accm[NR];
   for (int r = 0; r < NR; ++r) acc[r] = accm[r] = _mm256_setzero_ps();
-  alignas(32) uint8_t ub[NR][32];
-  alignas(32) int8_t sb[NR][32];
-  int mul0[NR], mul1[NR];
-  float step[NR], mn[NR];
   const __m256i ones = Ones16();
   for (int64_t j = 0; j < nb; ++j) {
-    for (int r = 0; r < NR; ++r) {
-      XBlock b;
-      LoadBlock<T>(rows[r], j, b);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(ub[r]), b.u);
-      if constexpr (kSigned<T>) _mm256_store_si256(reinterpret_cast<__m256i*>(sb[r]), b.s);
-      if constexpr (T == DType::Q6_K) {
-        mul0[r] = static_cast<int16_t>(_mm256_extract_epi16(b.mul, 0));
-        mul1[r] = static_cast<int16_t>(_mm256_extract_epi16(b.mul, 8));
-      }
-      step[r] = b.step;
-      mn[r] = b.m;
-    }
     const Panel& P = panel[j];
     __m256i i16a[NR], i16b[NR], i32[NR];
     for (int r = 0; r < NR; ++r) i16a[r] = i16b[r] = i32[r] = _mm256_setzero_si256();
     for (int g = 0; g < 8; ++g) {
       const __m256i q = _mm256_load_si256(reinterpret_cast<const __m256i*>(P.qs[g]));
       for (int r = 0; r < NR; ++r) {
+        const int64_t off = ((r0 + r) * nb + j) * 32 + 4 * g;
         int32_t w4;
-        std::memcpy(&w4, ub[r] + 4 * g, 4);
+        std::memcpy(&w4, W.u.data() + off, 4);
         const __m256i wu = _mm256_set1_epi32(w4);
         __m256i p;
         if constexpr (kSigned<T>) {
           int32_t s4;
-          std::memcpy(&s4, sb[r] + 4 * g, 4);
+          std::memcpy(&s4, W.s.data() + off, 4);
           p = _mm256_maddubs_epi16(wu, _mm256_sign_epi8(q, _mm256_set1_epi32(s4)));
         } else {
           p = _mm256_maddubs_epi16(wu, q);
@@ -339,53 +423,60 @@ HWY_INLINE void PanelRows(const uint8_t* const* rows, const Panel* HWY_RESTRICT 
     }
     const __m256 dx = _mm256_load_ps(P.d);
     for (int r = 0; r < NR; ++r) {
+      const int64_t bj = (r0 + r) * nb + j;
       __m256i isum;
       if constexpr (T == DType::Q8_0) {
         isum = i32[r];
       } else if constexpr (T == DType::Q6_K) {
-        isum = _mm256_add_epi32(_mm256_madd_epi16(i16a[r], _mm256_set1_epi16(static_cast<int16_t>(mul0[r]))),
-                                _mm256_madd_epi16(i16b[r], _mm256_set1_epi16(static_cast<int16_t>(mul1[r]))));
+        isum = _mm256_add_epi32(_mm256_madd_epi16(i16a[r], _mm256_set1_epi16(W.mul[2 * bj])),
+                                _mm256_madd_epi16(i16b[r], _mm256_set1_epi16(W.mul[2 * bj + 1])));
       } else {
         isum = _mm256_madd_epi16(i16a[r], ones);
       }
       if constexpr (T == DType::Q4_0)
         isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(P.sumi)), 3));
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dx, _mm256_set1_ps(step[r])), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dx, _mm256_set1_ps(W.step[bj])), acc[r]);
       if constexpr (T == DType::Q4_K)
-        accm[r] = _mm256_fmadd_ps(_mm256_load_ps(P.sumf), _mm256_mul_ps(dx, _mm256_set1_ps(mn[r])), accm[r]);
+        accm[r] = _mm256_fmadd_ps(_mm256_load_ps(P.sumf), _mm256_mul_ps(dx, _mm256_set1_ps(W.m[bj])), accm[r]);
     }
   }
   for (int r = 0; r < NR; ++r) out[r] = T == DType::Q4_K ? _mm256_sub_ps(acc[r], accm[r]) : acc[r];
 }
 
-// Output rows [r0, r1) of Y for all panels.
+// Rows per microkernel call: AVX-512 targets have 32 vector registers.
+constexpr int kNR = HWY_TARGET == HWY_AVX2 ? 4 : 8;
+
+// Output rows [r0, r1) of Y for all panels: the rows are prepared once, then every panel passes
+// over them kNR rows at a time.
 template <DType T>
 void GemmRowsT(const void* w, const Panel* panels, const float* bias, float* y, int64_t m, int64_t n,
                int64_t k, int64_t r0, int64_t r1) {
-  const int64_t nb = k / kActBlock, np = (m + 7) / 8;
+  const int64_t nb = k / kActBlock, np = (m + 7) / 8, nr = r1 - r0;
   const int64_t rb = gemm_quant_detail::row_bytes(T, k);
   const auto* base = static_cast<const uint8_t*>(w);
+  thread_local Prepared W;
+  W.u.resize(static_cast<size_t>(nr * k));
+  if (kSigned<T>) W.s.resize(static_cast<size_t>(nr * k));
+  W.step.resize(static_cast<size_t>(nr * nb));
+  W.m.resize(static_cast<size_t>(nr * nb));
+  if (T == DType::Q6_K) W.mul.resize(static_cast<size_t>(nr * nb * 2));
+  for (int64_t r = 0; r < nr; ++r) Prepare<T>(base + (r0 + r) * rb, nb, static_cast<int>(r), W);
   alignas(32) float lanes[8];
   auto store = [&](int64_t r, int64_t p, __m256 v) {
     _mm256_store_ps(lanes, v);
-    const float b = bias ? bias[r] : 0.0f;
-    for (int i = 0; i < 8 && p * 8 + i < m; ++i) y[(p * 8 + i) * n + r] = bias ? lanes[i] + b : lanes[i];
+    for (int i = 0; i < 8 && p * 8 + i < m; ++i) y[(p * 8 + i) * n + r] = bias ? lanes[i] + bias[r] : lanes[i];
   };
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const uint8_t* rows[4] = {base + r * rb, base + (r + 1) * rb, base + (r + 2) * rb, base + (r + 3) * rb};
-    for (int64_t p = 0; p < np; ++p) {
-      __m256 out[4];
-      PanelRows<T, 4>(rows, panels + p * nb, nb, out);
-      for (int i = 0; i < 4; ++i) store(r + i, p, out[i]);
+  for (int64_t p = 0; p < np; ++p) {
+    int64_t r = 0;
+    for (; r + kNR <= nr; r += kNR) {
+      __m256 out[kNR];
+      PanelRows<T, kNR>(W, static_cast<int>(r), panels + p * nb, nb, out);
+      for (int i = 0; i < kNR; ++i) store(r0 + r + i, p, out[i]);
     }
-  }
-  for (; r < r1; ++r) {
-    const uint8_t* rows[1] = {base + r * rb};
-    for (int64_t p = 0; p < np; ++p) {
+    for (; r < nr; ++r) {
       __m256 out[1];
-      PanelRows<T, 1>(rows, panels + p * nb, nb, out);
-      store(r, p, out[0]);
+      PanelRows<T, 1>(W, static_cast<int>(r), panels + p * nb, nb, out);
+      store(r0 + r, p, out[0]);
     }
   }
 }
@@ -473,7 +564,7 @@ HWY_EXPORT(GemmRows);
 using gemm_quant_detail::Panel;
 
 namespace {
-constexpr int64_t kRowsPerChunk = 16;
+constexpr int64_t kRowsPerChunk = 32;
 
 void check(const char* name, DType t, int64_t m, int64_t n, int64_t k) {
   LLMOPT_CHECK_INPUT(act_q8_supports(t),

@@ -61,7 +61,8 @@ void gemv_act_q8(DType w_type, const void* w, const float* x, const float* bias,
 
 // Y[m×n] = X[m×k]·W[n×k]ᵀ (+ bias on every row), X f32 row-major (quantized here, once),
 // W packed rows. Activation rows are interleaved in panels of 8 (4 bytes of each row per 32-byte
-// vector), weight rows taken 4 at a time, threads split the weight rows in chunks of 16; each
+// vector), weight rows decoded once per call and taken 4 (AVX2) or 8 (AVX-512) at a time, threads
+// split the weight rows in chunks of 32; each
 // output is one fma per block in block order (bit-identical to gemm_quant_ref).
 void gemm_quant(DType w_type, const void* w, const float* x, const float* bias, float* y,
                 int64_t m, int64_t n, int64_t k, int num_threads = 0);
