@@ -20,7 +20,7 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   auto* cmd = app.add_subcommand("quantize", "Quantize a model's projections (rtn, gptq, awq into ggml blocks) and write it");
   static std::string model, out, tokenizer, method = "rtn", format = "q8_0", fallback = "f16", to;
   static std::vector<std::string> skip = {"lm_head"};
-  static std::string calibration;
+  static std::string calibration, imatrix;
   static int64_t cal_samples = 128, cal_seq_len = 256, cal_offset = 0, cal_bytes = 0, cal_seed = 0;
   static double damp = 0.01;
   static bool act_order = false;
@@ -39,7 +39,11 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--calibration-seed", cal_seed, "Which windows are drawn")->capture_default_str();
   cmd->add_option("--damp", damp, "GPTQ dampening (fraction of the mean Hessian diagonal)")->capture_default_str();
   cmd->add_flag("--act-order", act_order, "GPTQ: columns by decreasing Hessian diagonal");
-  cmd->add_option("--format", format, "q8_0 | q5_0 | q5_1 | q4_0 | q4_1 | f16 | bf16")->capture_default_str();
+  cmd->add_option("--format", format, "q8_0 | q6_k | q5_k | q5_1 | q5_0 | q4_k | q4_1 | q4_0 | q3_k | q2_k | f16 | bf16")
+      ->capture_default_str();
+  cmd->add_option("--imatrix", imatrix,
+                  "llama.cpp importance matrix (llama-imatrix .gguf or legacy .dat): rtn rounds as llama-quantize "
+                  "--imatrix does");
   cmd->add_option("--skip", skip, "Regular expression of module paths kept as they are (repeatable)")
       ->capture_default_str();
   cmd->add_option("--fallback", fallback, "Type for rows that are not whole blocks: f16 | bf16 | f32 | q8_0 | error")
@@ -62,6 +66,7 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     spec.calibration.offset = cal_offset;
     spec.calibration.max_bytes = cal_bytes;
     spec.calibration.seed = static_cast<uint64_t>(cal_seed);
+    spec.imatrix_path = imatrix;
     model::check_quantize_spec(spec);
     const std::string fmt_name = !to.empty() ? to : (std::filesystem::path(out).extension() == ".gguf" ? "gguf" : "hf");
     auto lm = load_for_inference(model, tokenizer,

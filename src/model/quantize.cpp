@@ -1,11 +1,13 @@
 #include "model/quantize.h"
 
 #include <map>
+#include <optional>
 #include <regex>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "io/architecture.h"
+#include "io/imatrix.h"
 #include "kernels/quant_formats.h"
 #include "model/awq.h"
 #include "model/packed_linear.h"
@@ -18,9 +20,23 @@ DType packable_type(const std::string& name, const char* option) {
   LLMOPT_CHECK_INPUT(t.has_value(), "[quantize] {}: unknown type '{}'", option, name);
   const bool ok = *t == DType::F32 || *t == DType::F16 || *t == DType::BF16 ||
                   (dtype_is_block_quantized(*t) && kernels::has_quantize_ref(*t));
-  LLMOPT_CHECK_INPUT(ok, "[quantize] {}: no quantizer for '{}' yet (available: q8_0, q5_0, q5_1, q4_0, q4_1, f16, bf16)",
+  LLMOPT_CHECK_INPUT(ok, "[quantize] {}: no quantizer for '{}' yet (available: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, "
+                     "q4_0, q3_k, q2_k, f16, bf16)",
                      option, name);
   return *t;
+}
+
+// Packs w [out, in] row by row with llama.cpp's importance-weighted rounding (one importance per
+// input column); types without a weighted quantizer fall back to PackedLinear::pack.
+std::shared_ptr<PackedLinear> pack_weighted(const torch::Tensor& weight, const torch::Tensor& bias, DType t,
+                                            const float* importance) {
+  if (!dtype_is_block_quantized(t) || !kernels::has_quantize_weighted(t)) return PackedLinear::pack(weight, bias, t);
+  const auto w = weight.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  const int64_t out = w.size(0), in = w.size(1), row = dtype_bytes_for(t, in);
+  std::vector<uint8_t> bytes(static_cast<size_t>(out * row));
+  for (int64_t r = 0; r < out; ++r)
+    kernels::quantize_row_weighted(t, w.data_ptr<float>() + r * in, bytes.data() + r * row, in, importance);
+  return std::make_shared<PackedLinear>(t, out, in, std::move(bytes), bias);
 }
 
 std::vector<std::regex> compile(const std::vector<std::string>& patterns) {
@@ -43,6 +59,9 @@ void check_quantize_spec(const QuantizeSpec& spec) {
   compile(spec.skip);
   LLMOPT_CHECK_INPUT(spec.method == "rtn" || spec.method == "gptq" || spec.method == "awq" || spec.method == "awq_gptq",
                      "[quantize] method: expected rtn, gptq, awq or awq_gptq, got '{}'", spec.method);
+  LLMOPT_CHECK_INPUT(spec.imatrix_path.empty() || !method_needs_calibration(spec),
+                     "[quantize] imatrix: an importance matrix applies to method rtn without calibration "
+                     "(got method {}{})", spec.method, spec.calibration.path.empty() ? "" : " with calibration");
   if (method_needs_calibration(spec)) {
     LLMOPT_CHECK_INPUT(!spec.calibration.path.empty(),
                        "[quantize] {}.path: method {} needs calibration text (data.calibration in a recipe, "
@@ -68,6 +87,9 @@ QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
   double bits = 0, weights = 0;
   auto layers = m.linear_layers();
   int64_t done = 0;
+  std::optional<io::Imatrix> imatrix;
+  if (!spec.imatrix_path.empty()) imatrix = io::read_imatrix(spec.imatrix_path);
+  int64_t weighted = 0;
   for (auto& [path, layer] : layers) {
     bool skipped = false;
     for (const auto& re : skip) skipped = skipped || std::regex_search(path, re);
@@ -91,7 +113,12 @@ QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
       } else {
         ++rep.quantized;
       }
-      auto packed = PackedLinear::pack(layer->dense_weight(), layer->bias(), t);
+      const std::vector<float>* importance =
+          imatrix ? imatrix->find_projection(path, layer->in_features(), spec.imatrix_path) : nullptr;
+      if (imatrix && !importance) log::info("[quantize] {}: no entry in {}: plain rounding", path, spec.imatrix_path);
+      weighted += importance != nullptr;
+      auto packed = importance ? pack_weighted(layer->dense_weight(), layer->bias(), t, importance->data())
+                               : PackedLinear::pack(layer->dense_weight(), layer->bias(), t);
       m.set_linear(path, packed);
       layer = packed;
     }
@@ -101,6 +128,7 @@ QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
     if (progress) progress(++done, static_cast<int64_t>(layers.size()));
   }
   rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
+  if (imatrix) log::info("[quantize] {} projections rounded with importance from {}", weighted, spec.imatrix_path);
   return rep;
 }
 

@@ -26,6 +26,9 @@ struct QuantizeSpec {
   int64_t awq_grid = 20;
   int64_t calibration_batch = 8;
   int64_t awq_sample_rows = 4096;  // calibration input rows kept per projection input for AWQ's search
+  // llama.cpp importance matrix (llama-imatrix's GGUF or legacy .dat, io/imatrix.h): rtn rounds
+  // ggml formats with kernels::quantize_row_weighted, the bytes llama-quantize --imatrix writes.
+  std::string imatrix_path;
 };
 
 // What happened to one projection.
