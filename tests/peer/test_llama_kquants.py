@@ -1,0 +1,162 @@
+"""Peer check: llmopt's k-quant and importance-weighted (imatrix) quantizers against llama.cpp's.
+
+For two models whose projections are (mostly) whole 256-value super-blocks -- a random-weight
+synth model (`llmopt synth --dim 256 --ffn 512 --layers 2`, every projection) and the trained
+tinyllama-bpe-17m (dim 256; its ffn_down rows of 704 fit no super-block) -- the same f32 GGUF
+(`llmopt convert --to gguf --type f32`) is quantized by both programs:
+
+(a) without an importance matrix: `llmopt quantize F32.gguf OUT --format q2_k..q6_k` and
+    `llama-quantize --tensor-type blk=q2_k.. F32.gguf OUT Q2_K|Q3_K_M|Q4_K_M|Q5_K_M|Q6_K`: the
+    override puts every per-layer tensor in the plain type, like --pure, but keeps llama.cpp's
+    fallback for rows that fit no super-block (--pure aborts on the 17M ffn_down, "tensor row size
+    not divisible by block size"). Every projection that both files store in the requested type
+    must be byte-identical: ggml's quantize_row_q*_K_ref is what llama-quantize runs.
+(b) with one: an imatrix in llama.cpp's legacy .dat format holding, per projection, log-normal
+    importance values (spread over orders of magnitude like real E[a²]; ncall = 3 so the
+    division by the call count is exercised), passed to `llama-quantize --imatrix` and to
+    `llmopt quantize --imatrix`, for q4_0, q4_1, q5_0, q5_1 and the k-quants: byte-identical
+    again (ggml's quantize_row_*_impl with quant_weights). The importance must change the bytes
+    (compared with (a)), or the check would prove nothing about the weighted path.
+(c) `gguf.quants.dequantize` (gguf-py, an independent numpy decoder) of every k-quant tensor of
+    llmopt's file equals, bit for bit, llmopt's own decoding (`llmopt convert OUT --to hf --type
+    f32`, q/k rows permuted to GGUF's rotary layout as in test_llama_quantized.py). Exact because
+    both compute f32(f16 d · sub-block scale) · q - f32(f16 dmin · min) in the same order.
+Tensors outside the comparison are listed: token_embd (llama-quantize rounds it too, llmopt packs
+projections only) and, for the k-quants, the 17M ffn_down (llama.cpp falls back to another type,
+llmopt to f16 by default).
+"""
+import json
+
+import gguf
+import numpy as np
+import pytest
+from gguf.quants import dequantize
+from safetensors.numpy import load_file
+
+from llama_tools import QUANTIZE, THREADS, llama_tools, run_tool  # noqa: F401 (fixture)
+from test_llama_quantized import hf_name, is_projection, permute_rope
+
+GT = gguf.GGMLQuantizationType
+K_FORMATS = {"q2_k": "Q2_K", "q3_k": "Q3_K_M", "q4_k": "Q4_K_M", "q5_k": "Q5_K_M", "q6_k": "Q6_K"}
+IMATRIX_FORMATS = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", **K_FORMATS}
+NCALL = 3
+MODELS = ["synth", "17m"]
+
+
+def tensors(path):
+    return {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+
+
+class Setup:
+    def __init__(self, name, llmopt, hf17m, tmp):
+        self.name, self.llmopt, self.tmp = name, llmopt, tmp
+        if name == "synth":
+            src = tmp / "synth"
+            llmopt.run("synth", src, "--dim", 256, "--ffn", 512, "--layers", 2, "--heads", 4,
+                       "--kv-heads", 2, "--vocab", 512, "--tied", "--seed", 7)
+        else:
+            src = hf17m
+        self.f32 = tmp / f"{name}-f32.gguf"
+        llmopt.run("convert", src, self.f32, "--to", "gguf", "--type", "f32")
+        # One importance vector per projection (length = ggml ne[0], the input columns), stored
+        # as sums over NCALL calls as llama-imatrix's legacy writer does.
+        rng = np.random.default_rng(17)
+        self.imatrix = tmp / f"{name}.imatrix.dat"
+        entries = [(t.name, int(t.shape[0])) for t in gguf.GGUFReader(str(self.f32)).tensors
+                   if is_projection(t.name)]
+        with open(self.imatrix, "wb") as f:
+            f.write(np.int32(len(entries)).tobytes())
+            for tname, cols in entries:
+                sums = (rng.lognormal(0.0, 1.5, cols) * NCALL).astype(np.float32)
+                f.write(np.int32(len(tname)).tobytes() + tname.encode())
+                f.write(np.int32(NCALL).tobytes() + np.int32(cols).tobytes() + sums.tobytes())
+            f.write(np.int32(10).tobytes() + np.int32(9).tobytes() + b"synthetic")
+        self.files = {}
+
+    def pair(self, fmt, imatrix):
+        """(llmopt's file, llama-quantize's file) for fmt, with or without the imatrix."""
+        key = (fmt, imatrix)
+        if key not in self.files:
+            tag = f"{fmt}{'-imatrix' if imatrix else ''}"
+            ours, theirs = self.tmp / f"llmopt-{tag}.gguf", self.tmp / f"llama-{tag}.gguf"
+            extra = ["--imatrix", self.imatrix] if imatrix else []
+            self.llmopt.run("quantize", self.f32, ours, "--format", fmt, *extra)
+            extra = ["--imatrix", self.imatrix] if imatrix else []
+            run_tool(QUANTIZE, "--tensor-type", f"blk={fmt}", *extra, self.f32, theirs,
+                     IMATRIX_FORMATS[fmt], THREADS)
+            self.files[key] = (ours, theirs)
+        return self.files[key]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def setup(request, llama_tools, llmopt, hf17m, tmp_path_factory):
+    return Setup(request.param, llmopt, hf17m, tmp_path_factory.mktemp(request.param))
+
+
+def compare_bytes(setup, fmt, imatrix):
+    ours, theirs = setup.pair(fmt, imatrix)
+    a, b = tensors(ours), tensors(theirs)
+    want = GT[fmt.upper()]
+    block = gguf.GGML_QUANT_SIZES[want][0]
+    same, outside = [], []
+    for name, t in a.items():
+        if not is_projection(name):
+            outside.append(f"{name} (ours {t.tensor_type.name}, llama.cpp {b[name].tensor_type.name})")
+            continue
+        if int(t.shape[0]) % block != 0:
+            assert t.tensor_type != want, f"{name}: {int(t.shape[0])} columns cannot be {want.name}"
+            outside.append(f"{name} (ours {t.tensor_type.name}, llama.cpp {b[name].tensor_type.name}: "
+                           f"{int(t.shape[0])} columns)")
+            continue
+        assert t.tensor_type == want, f"{name}: ours {t.tensor_type.name}, expected {want.name}"
+        assert b[name].tensor_type == want, f"{name}: llama-quantize wrote {b[name].tensor_type.name}"
+        x, y = np.asarray(t.data).view(np.uint8), np.asarray(b[name].data).view(np.uint8)
+        assert x.shape == y.shape, f"{name}: {x.shape} vs {y.shape} bytes"
+        diff = int((x != y).sum())
+        assert diff == 0, f"{name} {want.name}{' imatrix' if imatrix else ''}: {diff} of {x.size} bytes differ"
+        same.append(name)
+    print(f"{setup.name} {fmt}{' --imatrix' if imatrix else ''}: {len(same)} projections byte-identical "
+          f"to llama-quantize; not compared: {outside}")
+    assert len(same) >= (14 if setup.name == "synth" else 36)
+    return a
+
+
+@pytest.mark.parametrize("fmt", list(K_FORMATS))
+def test_k_quants_equal_llama_quantize(setup, fmt):
+    compare_bytes(setup, fmt, imatrix=False)
+
+
+@pytest.mark.parametrize("fmt", list(IMATRIX_FORMATS))
+def test_imatrix_quantization_equals_llama_quantize(setup, fmt):
+    weighted = compare_bytes(setup, fmt, imatrix=True)
+    plain, _ = setup.pair(fmt, False)
+    plain = tensors(plain)
+    changed = sum(not np.array_equal(np.asarray(weighted[n].data), np.asarray(plain[n].data))
+                  for n in weighted if is_projection(n) and weighted[n].tensor_type == GT[fmt.upper()])
+    print(f"{setup.name} {fmt}: the imatrix changed {changed} projections' bytes")
+    assert changed > 0
+
+
+@pytest.mark.parametrize("fmt", list(K_FORMATS))
+def test_gguf_package_decodes_like_llmopt(setup, fmt):
+    ours, _ = setup.pair(fmt, False)
+    hf_dir = setup.tmp / f"{fmt}-deq-hf"
+    setup.llmopt.run("convert", ours, hf_dir, "--to", "hf", "--type", "f32")
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    values = load_file(str(hf_dir / "model.safetensors"))
+    checked = 0
+    for name, t in tensors(ours).items():
+        if t.tensor_type != GT[fmt.upper()]:
+            continue
+        got = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+        ref = values[hf_name(name)].astype(np.float32)
+        if name.endswith("attn_q.weight"):
+            ref = permute_rope(ref, cfg["num_attention_heads"])
+        elif name.endswith("attn_k.weight"):
+            ref = permute_rope(ref, cfg["num_key_value_heads"])
+        assert got.shape == ref.shape, f"{name}: {got.shape} vs {ref.shape}"
+        bad = int((got != ref).sum())
+        assert bad == 0, f"{name} ({fmt}): {bad} of {ref.size} values differ, max |diff| {np.abs(got - ref).max():.3g}"
+        checked += 1
+    print(f"{setup.name} {fmt}: gguf.quants.dequantize == llmopt's decoding for {checked} tensors")
+    assert checked > 0
