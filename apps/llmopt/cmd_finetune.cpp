@@ -36,7 +36,7 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--val", o.val.path, "Validation file (same format)");
   cmd->add_option("--val-fraction", o.val.fraction, "Tail of the training rows held out for validation")
       ->capture_default_str();
-  cmd->add_option("--method", o.method, "lora | full")->capture_default_str();
+  cmd->add_option("--method", o.method, "lora | qlora (NF4 base) | full")->capture_default_str();
   cmd->add_option("--r", o.lora.r, "LoRA rank")->capture_default_str();
   cmd->add_option("--alpha", o.lora.alpha, "LoRA alpha (scaling alpha / r)")->capture_default_str();
   cmd->add_option("--dropout", o.lora.dropout, "LoRA dropout")->capture_default_str();
@@ -96,7 +96,7 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
     ctx.note = [&progress](const std::string& n) { progress.note(n); };
     ctx.interrupt_flag = &pipeline::install_interrupt_handler();
     stages::FinetuneDirs dirs;
-    if (o.method == "lora") dirs.adapter = dir.string();
+    if (o.method != "full") dirs.adapter = dir.string();
     dirs.checkpoints = (o.save_every > 0 || resume) ? ckpt : std::string();
     stages::StageResult r;
     try {

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "io/architecture.h"
+#include "model/nf4_linear.h"
 #include "model/packed_linear.h"
 
 namespace llmopt::model {
@@ -203,6 +204,7 @@ std::shared_ptr<LinearLayer> LoraLinear::merged_layer() const {
   const torch::Tensor w = dense_weight().to(torch::kFloat32).contiguous();
   const torch::Tensor b = base_->bias();
   if (auto packed = std::dynamic_pointer_cast<PackedLinear>(base_)) return PackedLinear::pack(w, b, packed->type());
+  if (auto nf4 = std::dynamic_pointer_cast<NF4Linear>(base_)) return NF4Linear::quantize(w, b, nf4->double_quant());
   if (!std::dynamic_pointer_cast<DenseLinear>(base_))
     log::warn("[lora] merging into a base of kind '{}': the merged projection is dense float32", base_->kind());
   return std::make_shared<DenseLinear>(w, b.defined() ? b.detach() : b);

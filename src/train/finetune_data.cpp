@@ -160,10 +160,11 @@ torch::Tensor FinetuneDataset::batch_at(int64_t index, int64_t batch, uint64_t s
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t pos = index * batch + b;
     const int64_t epoch = pos / n;
-    if (epoch != perm_epoch_) {
+    if (epoch != perm_epoch_ || seed != perm_seed_) {
       auto gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003ULL + static_cast<uint64_t>(epoch));
       perm_ = torch::randperm(n, gen, torch::kInt64);
       perm_epoch_ = epoch;
+      perm_seed_ = seed;
     }
     pick[static_cast<size_t>(b)] = perm_[pos % n].item<int64_t>();
   }

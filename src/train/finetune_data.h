@@ -49,6 +49,7 @@ class FinetuneDataset {
   torch::Tensor rows_;  // [N, T+1] int64
   torch::Tensor mask_;  // [N, T+1] int64 (0/1) or undefined
   mutable int64_t perm_epoch_ = -1;
+  mutable uint64_t perm_seed_ = 0;
   mutable torch::Tensor perm_;
 };
 

@@ -1,12 +1,14 @@
 #include "stages/finetune/finetune_stage.h"
 
 #include <filesystem>
+#include <map>
 #include <regex>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "model/lora_adapter.h"
 #include "model/lora_linear.h"
+#include "model/nf4_linear.h"
 #include "model/state_io.h"
 #include "stages/finetune/finetune_run.h"
 #include "train/finetune_data.h"
@@ -42,14 +44,14 @@ double merge_kld(model::LlamaModel& adapter, model::LlamaModel& merged, const tr
 }  // namespace
 
 void check_finetune_options(const FinetuneOptions& o) {
-  if (o.method == "lora") lora_config(o.lora).validate();
-  LLMOPT_CHECK_INPUT(o.method == "lora" || o.method == "full", "[finetune] method must be lora or full, found '{}'",
-                     o.method);
+  if (o.method != "full") lora_config(o.lora).validate();
+  LLMOPT_CHECK_INPUT(o.method == "lora" || o.method == "qlora" || o.method == "full",
+                     "[finetune] method must be lora, qlora or full, found '{}'", o.method);
   LLMOPT_CHECK_INPUT(o.min_lr <= o.lr, "[finetune] min_lr {} exceeds lr {}", o.min_lr, o.lr);
   LLMOPT_CHECK_INPUT(o.patience == 0 || o.eval_every > 0, "[finetune] patience needs eval_every > 0");
   LLMOPT_CHECK_INPUT(o.eval_every == 0 || !o.val.path.empty() || o.val.fraction > 0,
                      "[finetune] eval_every {} needs validation data (val.path or val.fraction)", o.eval_every);
-  LLMOPT_CHECK_INPUT(!o.merge || o.method == "lora", "[finetune] merge applies to method lora only");
+  LLMOPT_CHECK_INPUT(!o.merge || o.method != "full", "[finetune] merge applies to methods lora and qlora");
 }
 
 StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageContext& ctx, const FinetuneDirs& dirs) {
@@ -76,7 +78,20 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
 
   StageResult r;
   model::LoraApplyResult applied;
-  if (o.method == "lora") {
+  if (o.method != "full") {
+    if (o.method == "qlora") {
+      // QLoRA: the frozen base of every adapted projection in NF4 (double-quantized absmax), so no
+      // full-precision copy of it stays in memory; LoRA in float32 on top.
+      torch::NoGradGuard no_grad;
+      std::map<std::string, std::shared_ptr<model::LinearLayer>> by_path;
+      for (auto& [p, l] : m.linear_layers()) by_path[p] = l;
+      for (const auto& p : model::match_target_modules(m, o.lora.target_modules)) {
+        const auto& base = by_path.at(p);
+        if (base->kind() == "nf4") continue;
+        const torch::Tensor b = base->bias();
+        m.set_linear(p, model::NF4Linear::quantize(base->dense_weight(), b.defined() ? b.detach() : b, true));
+      }
+    }
     applied = model::apply_lora(m, o.lora.target_modules, lora_config(o.lora), seed);
     r.metrics["lora_layers"] = static_cast<int64_t>(applied.paths.size());
   } else {
@@ -168,7 +183,7 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
     r.metrics["val_loss_best"] = tr.best_val_loss;
   }
 
-  if (o.method == "lora") {
+  if (o.method != "full") {
     if (!dirs.adapter.empty()) {
       model::AdapterSaveOptions so;
       so.base_model_name_or_path = state.provenance.source_path;

@@ -97,8 +97,10 @@ struct FinetuneOptions {
   bool merge = false;
 
   static void describe(Schema<FinetuneOptions>& s) {
-    s.field("method", &FinetuneOptions::method, "lora (adapters, base frozen) or full (train the weights)")
-        .choices({"lora", "full"});
+    s.field("method", &FinetuneOptions::method,
+            "lora (adapters, base frozen), qlora (the adapted projections first quantized to NF4, double-quantized, "
+            "dequantized on the fly), or full (train the weights)")
+        .choices({"lora", "qlora", "full"});
     s.field("lora", &FinetuneOptions::lora, "LoRA settings (method lora)");
     s.field("train", &FinetuneOptions::train, "Training data");
     s.field("val", &FinetuneOptions::val, "Validation data (loss every eval_every steps, early stopping)");
