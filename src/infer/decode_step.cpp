@@ -52,9 +52,9 @@ void for_rows(int64_t n, int t, int nt, std::atomic<int64_t>& next, Fn&& fn) {
 }
 
 // xq: x quantized to int8 blocks (kernels::quantize_act), or null: f32 activations.
-void gemv_range(const Matrix& m, const float* x, const kernels::ActBlock* xq, float* y, int64_t r0, int64_t r1) {
+void gemv_range(const Matrix& m, const float* x, const kernels::ActRow* xq, float* y, int64_t r0, int64_t r1) {
   if (xq != nullptr && kernels::act_q8_supports(m.type))
-    kernels::gemv_act_q8_rows(m.type, m.w, xq, m.bias, y, r0, r1, m.k);
+    kernels::gemv_act_q8_rows(m.type, m.w, *xq, m.bias, y, r0, r1);
   else
     kernels::gemv_rows(m.type, m.w, x, m.bias, y, r0, r1, m.k);
 }
@@ -127,15 +127,15 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
     std::vector<float> xn(D);  // this thread's copy of the normalized x
     // This thread's int8 copy of the current projection input (each thread quantizes the whole
     // input itself: a few µs, no barrier), or null when no projection uses it.
-    std::vector<kernels::ActBlock> xq_buf(int8 ? static_cast<size_t>(std::max({D, F, H * hd}) / kernels::kActBlock) : 0);
-    auto quantized = [&](const float* in, int64_t n) -> const kernels::ActBlock* {
+    kernels::ActRow xq_buf;
+    auto quantized = [&](const float* in, int64_t n) -> const kernels::ActRow* {
       if (!int8 || n % kernels::kActBlock != 0) return nullptr;
-      kernels::quantize_act(in, xq_buf.data(), n);
-      return xq_buf.data();
+      xq_buf.quantize(in, n);
+      return &xq_buf;
     };
     // x += m·in (attention output and down projections): each thread adds the rows it computed.
     auto add_projection = [&](const Matrix& m, const float* in, std::atomic<int64_t>& ctr) {
-      const kernels::ActBlock* inq = quantized(in, m.k);
+      const kernels::ActRow* inq = quantized(in, m.k);
       for_rows(D, t, nt, ctr, [&](int64_t r0, int64_t r1) {
         gemv_range(m, in, inq, tmp.data(), r0, r1);
         for (int64_t r = r0; r < r1; ++r) x[r] = x[r] + tmp[r];
@@ -145,7 +145,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
       const LayerWeights& lw = w.layers[li];
       std::atomic<int64_t>* ctr = next.data() + li * kPhases;
       blocks::rms_norm_rows(x.data(), lw.ln1, xn.data(), 0, 1, D, eps);
-      const kernels::ActBlock* xnq = quantized(xn.data(), D);
+      const kernels::ActRow* xnq = quantized(xn.data(), D);
       for (int j : {LayerWeights::Q, LayerWeights::K, LayerWeights::V}) {
         float* y = j == LayerWeights::Q ? q.data() : j == LayerWeights::K ? k.data() : v.data();
         for_rows(lw.m[j].n, t, nt, ctr[kQ + j],
@@ -167,7 +167,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
       add_projection(lw.m[LayerWeights::O], att.data(), ctr[kO]);
 #pragma omp barrier
       blocks::rms_norm_rows(x.data(), lw.ln2, xn.data(), 0, 1, D, eps);
-      const kernels::ActBlock* xnq2 = quantized(xn.data(), D);
+      const kernels::ActRow* xnq2 = quantized(xn.data(), D);
       for_rows(F, t, nt, ctr[kGateUp], [&](int64_t r0, int64_t r1) {
         gemv_range(lw.m[LayerWeights::Gate], xn.data(), xnq2, hb.data(), r0, r1);
         gemv_range(lw.m[LayerWeights::Up], xn.data(), xnq2, hb2.data(), r0, r1);
@@ -178,7 +178,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
 #pragma omp barrier
     }
     blocks::rms_norm_rows(x.data(), w.final_norm, xn.data(), 0, 1, D, eps);
-    const kernels::ActBlock* xnq = quantized(xn.data(), D);
+    const kernels::ActRow* xnq = quantized(xn.data(), D);
     for_rows(V, t, nt, next[nl * kPhases],
              [&](int64_t r0, int64_t r1) { gemv_range(w.head, xn.data(), xnq, out, r0, r1); });
   }

@@ -269,11 +269,37 @@ HWY_INLINE __m256 BlockFma(__m256i u, __m256i q, __m256i mul, float scale, __m25
 // vector accumulators (Q4_0 takes the sign trick on q - 8 so no scalar correction chain is
 // needed; the K formats go a super-block at a time, scales decoded once).
 template <DType T>
-float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, int64_t k) {
+float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, const ActPair* HWY_RESTRICT xp, int64_t k) {
   const int64_t nb = k / kActBlock;
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   const __m256i ones = Ones16(), m4 = _mm256_set1_epi8(0x0f);
-  if constexpr (T == DType::Q4_0 || T == DType::Q8_0) {
+  if constexpr (T == DType::Q4_0) {
+    // Two blocks per vector: [qs_j | qs_j+1] → low nibbles of both against pair.lo, high against
+    // pair.hi; the i32 lanes 0-3 hold block j's partial sums, 4-7 block j+1's.
+    const auto* blocks = static_cast<const BlockQ4_0*>(row);
+    const __m256i idx = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+    for (int64_t j = 0; j < nb; j += 2) {
+      const ActPair& a = xp[j / 2];
+      const bool two = j + 1 < nb;
+      const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks[j].qs));
+      const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks[j + 1].qs)) : _mm_setzero_si128();
+      const __m256i w = _mm256_set_m128i(q1, q0);
+      const __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+      const __m256i p = _mm256_add_epi16(
+          _mm256_maddubs_epi16(lo, _mm256_load_si256(reinterpret_cast<const __m256i*>(a.lo))),
+          _mm256_maddubs_epi16(hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(a.hi))));
+      const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(p, ones),
+                                            _mm256_load_si256(reinterpret_cast<const __m256i*>(a.off8)));
+      const __m128i h2 = _mm_insert_epi16(_mm_cvtsi32_si128(blocks[j].d), two ? blocks[j + 1].d : 0, 1);
+      const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(h2)), idx);
+      const __m256 sc = _mm256_mul_ps(dw, _mm256_load_ps(a.d));
+      if ((j / 2) & 1)
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sc, acc1);
+      else
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sc, acc0);
+    }
+    return HSum(_mm256_add_ps(acc0, acc1));
+  } else if constexpr (T == DType::Q8_0) {
     const int64_t bb = T == DType::Q4_0 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0);
     const auto* p = static_cast<const uint8_t*>(row);
     auto signed_codes = [&](int64_t j) {
@@ -481,12 +507,12 @@ void GemmRowsT(const void* w, const Panel* panels, const float* bias, float* y, 
   }
 }
 
-float DotActQ8(DType t, const void* row, const ActBlock* x, int64_t k) {
+float DotActQ8(DType t, const void* row, const ActBlock* x, const ActPair* xp, int64_t k) {
   switch (t) {
-    case DType::Q4_0: return DotRow<DType::Q4_0>(row, x, k);
-    case DType::Q8_0: return DotRow<DType::Q8_0>(row, x, k);
-    case DType::Q4_K: return DotRow<DType::Q4_K>(row, x, k);
-    default: return DotRow<DType::Q6_K>(row, x, k);
+    case DType::Q4_0: return DotRow<DType::Q4_0>(row, x, xp, k);
+    case DType::Q8_0: return DotRow<DType::Q8_0>(row, x, xp, k);
+    case DType::Q4_K: return DotRow<DType::Q4_K>(row, x, xp, k);
+    default: return DotRow<DType::Q6_K>(row, x, xp, k);
   }
 }
 
@@ -502,7 +528,7 @@ void GemmRows(DType t, const void* w, const Panel* panels, const float* bias, fl
 
 #else  // ---------------------------------------------------------------- other targets: scalar
 
-float DotActQ8(DType t, const void* row, const ActBlock* x, int64_t k) {
+float DotActQ8(DType t, const void* row, const ActBlock* x, const ActPair*, int64_t k) {
   float acc = 0.0f, accm = 0.0f;
   for (int64_t j = 0; j < k / kActBlock; ++j) {
     RefBlock b;
@@ -539,12 +565,12 @@ void GemmRows(DType t, const void* w, const Panel* panels, const float* bias, fl
 }
 #endif
 
-void GemvActRows(DType t, const void* w, const ActBlock* x, const float* bias, float* y, int64_t r0,
-                 int64_t r1, int64_t k) {
+void GemvActRows(DType t, const void* w, const ActBlock* x, const ActPair* xp, const float* bias, float* y,
+                 int64_t r0, int64_t r1, int64_t k) {
   const int64_t rb = gemm_quant_detail::row_bytes(t, k);
   const auto* base = static_cast<const uint8_t*>(w);
   for (int64_t r = r0; r < r1; ++r) {
-    const float v = DotActQ8(t, base + r * rb, x, k);
+    const float v = DotActQ8(t, base + r * rb, x, xp, k);
     y[r] = bias ? v + bias[r] : v;
   }
 }
@@ -614,8 +640,27 @@ void dequantize_act(const ActBlock* in, float* out, int64_t k) {
     for (int i = 0; i < kActBlock; ++i) out[b * kActBlock + i] = static_cast<float>(in[b].qs[i]) * in[b].d;
 }
 
-float dot_act_q8(DType t, const void* w_row, const ActBlock* x, int64_t k) {
-  return HWY_DYNAMIC_DISPATCH(DotActQ8)(t, w_row, x, k);
+void ActRow::quantize(const float* x, int64_t kk) {
+  k = kk;
+  const int64_t nb = kk / kActBlock;
+  blocks.resize(static_cast<size_t>(nb));
+  pairs.resize(static_cast<size_t>((nb + 1) / 2));
+  quantize_act(x, blocks.data(), kk);
+  for (int64_t p = 0; p < (nb + 1) / 2; ++p) {
+    ActPair& a = pairs[p];
+    std::memset(&a, 0, sizeof(a));
+    for (int h = 0; h < 2 && 2 * p + h < nb; ++h) {
+      const ActBlock& b = blocks[2 * p + h];
+      std::memcpy(a.lo + 16 * h, b.qs, 16);
+      std::memcpy(a.hi + 16 * h, b.qs + 16, 16);
+      for (int l = 0; l < 4; ++l) a.d[4 * h + l] = b.d;
+      a.off8[4 * h] = 8 * static_cast<int32_t>(b.sum);
+    }
+  }
+}
+
+float dot_act_q8(DType t, const void* w_row, const ActRow& x) {
+  return HWY_DYNAMIC_DISPATCH(DotActQ8)(t, w_row, x.blocks.data(), x.pairs.data(), x.k);
 }
 
 float dot_act_q8_ref(DType t, const void* w_row, const ActBlock* x, int64_t k) {
@@ -630,22 +675,22 @@ float dot_act_q8_ref(DType t, const void* w_row, const ActBlock* x, int64_t k) {
   return acc - accm;
 }
 
-void gemv_act_q8_rows(DType t, const void* w, const ActBlock* x, const float* bias, float* y, int64_t r0,
-                      int64_t r1, int64_t k) {
-  if (r1 > r0) HWY_DYNAMIC_DISPATCH(GemvActRows)(t, w, x, bias, y, r0, r1, k);
+void gemv_act_q8_rows(DType t, const void* w, const ActRow& x, const float* bias, float* y, int64_t r0,
+                      int64_t r1) {
+  if (r1 > r0) HWY_DYNAMIC_DISPATCH(GemvActRows)(t, w, x.blocks.data(), x.pairs.data(), bias, y, r0, r1, x.k);
 }
 
 void gemv_act_q8(DType t, const void* w, const float* x, const float* bias, float* y, int64_t n, int64_t k,
                  int num_threads) {
   check("gemv_act_q8", t, 1, n, k);
-  std::vector<ActBlock> xa(static_cast<size_t>(k / kActBlock));
-  quantize_act(x, xa.data(), k);
+  ActRow xa;
+  xa.quantize(x, k);
   const int threads = resolve(num_threads, n * k);
   const int64_t chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
   auto* rows = HWY_DYNAMIC_DISPATCH(GemvActRows);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t c = 0; c < chunks; ++c)
-    rows(t, w, xa.data(), bias, y, c * kRowsPerChunk, std::min(n, (c + 1) * kRowsPerChunk), k);
+    rows(t, w, xa.blocks.data(), xa.pairs.data(), bias, y, c * kRowsPerChunk, std::min(n, (c + 1) * kRowsPerChunk), k);
 }
 
 void gemm_quant(DType t, const void* w, const float* x, const float* bias, float* y, int64_t m, int64_t n,

@@ -20,6 +20,7 @@
 // 256-bit vectors (hand-written for those Highway targets); other targets run a scalar loop.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -35,6 +36,27 @@ struct ActBlock {
 };
 static_assert(sizeof(ActBlock) == 40);
 
+// Blocks 2j and 2j+1 of a quantized row regrouped for the Q4_0 GEMV, which takes two weight blocks
+// per 32-byte vector (low nibbles of both, then high nibbles of both): lo = elements 0..15 of
+// each block, hi = elements 16..31, d and the -8·Σq offsets spread over each block's 4 i32 lanes.
+struct alignas(32) ActPair {
+  int8_t lo[32];
+  int8_t hi[32];
+  float d[8];
+  int32_t off8[8];  // lane 0 of each half: 8·Σq of the block, other lanes 0
+};
+static_assert(sizeof(ActPair) == 128);
+
+// One activation row as the decode kernels take it: the blocks, and their pairs (the second
+// block of a last odd pair is zero).
+struct ActRow {
+  std::vector<ActBlock> blocks;
+  std::vector<ActPair> pairs;
+  int64_t k = 0;
+  // x[k], k a multiple of 32: blocks by quantize_act, pairs regrouped from them.
+  void quantize(const float* x, int64_t k);
+};
+
 // Weight types with integer-dot kernels here (Q8_0, Q4_0, Q4_K, Q6_K).
 bool act_q8_supports(DType w_type);
 
@@ -44,14 +66,14 @@ void quantize_act_ref(const float* x, ActBlock* out, int64_t k);
 // The values the blocks stand for: out[i] = qs[i]·d.
 void dequantize_act(const ActBlock* in, float* out, int64_t k);
 
-// One row of W (k weights of w_type) against a quantized activation row. Unchecked.
-float dot_act_q8(DType w_type, const void* w_row, const ActBlock* x, int64_t k);
+// One row of W (k = x.k weights of w_type) against a quantized activation row. Unchecked.
+float dot_act_q8(DType w_type, const void* w_row, const ActRow& x);
 // Scalar twin: the formula above, sequential over blocks with one fma per block.
 float dot_act_q8_ref(DType w_type, const void* w_row, const ActBlock* x, int64_t k);
 
 // y[r] = dot_act_q8(row r) (+ bias[r]) for r in [r0, r1), on the calling thread. Unchecked.
-void gemv_act_q8_rows(DType w_type, const void* w, const ActBlock* x, const float* bias, float* y,
-                      int64_t r0, int64_t r1, int64_t k);
+void gemv_act_q8_rows(DType w_type, const void* w, const ActRow& x, const float* bias, float* y,
+                      int64_t r0, int64_t r1);
 
 // y[n] = W[n×k]·x[k] (+ bias): x quantized once, rows split over threads (each row computed by
 // one thread, so the result does not depend on the thread count). num_threads <= 0: threads().

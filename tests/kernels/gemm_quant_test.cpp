@@ -204,16 +204,17 @@ TEST(GemmQuant, DotMatchesTwinAndFloat64Matmul) {
   testing::for_each_simd_target([&] {
     for (DType t : kTypes) {
       for (int64_t k : ks_for(t)) {
+        SCOPED_TRACE(k);
         const auto w = random_weights(t, 1, k, rng);
         const auto x = random_acts(k, rng);
-        std::vector<ActBlock> xa(k / 32);
-        quantize_act(x.data(), xa.data(), k);
+        ActRow xa;
+        xa.quantize(x.data(), k);
         std::vector<double> a, b;
         decode64(t, w.data(), k, a, b);
         const auto xh = dequantized_acts(x.data(), k);
         const Ref ref = reference(a, b, xh.data(), k, 0.0f);
-        const float got = dot_act_q8(t, w.data(), xa.data(), k);
-        const float twin = dot_act_q8_ref(t, w.data(), xa.data(), k);
+        const float got = dot_act_q8(t, w.data(), xa);
+        const float twin = dot_act_q8_ref(t, w.data(), xa.blocks.data(), k);
         EXPECT_LE(std::fabs(got - ref.value), ref.bound) << dtype_name(t) << " k=" << k;
         EXPECT_LE(std::fabs(twin - ref.value), ref.bound) << dtype_name(t) << " k=" << k;
         EXPECT_LE(std::fabs(got - twin), 2 * ref.bound) << dtype_name(t) << " k=" << k;
@@ -250,7 +251,9 @@ void check_shapes(DType t, int64_t m, int64_t n, int64_t k, std::mt19937& rng, b
         const auto xh = dequantized_acts(x.data() + i * k, k);
         const Ref ref = reference(a, b, xh.data(), k, bias[r]);
         ASSERT_LE(std::fabs(got[i * n + r] - ref.value), ref.bound) << dtype_name(t) << " row " << i << " col " << r;
-        if (i == 0) ASSERT_LE(std::fabs(y[r] - ref.value), ref.bound) << dtype_name(t) << " gemv col " << r;
+        if (i == 0) {
+          ASSERT_LE(std::fabs(y[r] - ref.value), ref.bound) << dtype_name(t) << " gemv col " << r;
+        }
       }
     }
   }
