@@ -1,11 +1,15 @@
 #include "stages/evaluate/evaluate_stage.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include "core/memory.h"
+#include "eval/harness.h"
 #include "eval/perplexity.h"
+#include "eval/tasks.h"
 #include "infer/generate.h"
 #include "model/torch_engine.h"
 
@@ -15,13 +19,38 @@ bool EvaluateStage::wants(const std::string& metric) const {
   return std::find(o_.metrics.begin(), o_.metrics.end(), metric) != o_.metrics.end();
 }
 
+// The task files named by the `tasks` option, parsed (InputError for an unknown task or a bad file).
+static std::vector<eval::TaskSpec> resolve_tasks(const std::vector<std::string>& names) {
+  const std::string dir = eval::find_tasks_dir();
+  const std::string shared = eval::find_shared_dir(dir);
+  std::vector<eval::TaskSpec> specs;
+  for (const auto& n : names) specs.push_back(eval::resolve_task(n, dir, shared));
+  return specs;
+}
+
 std::vector<std::string> EvaluateStage::input_files(const DataOptions& data) const {
-  if ((wants("perplexity") || wants("kld")) && !data.eval.path.empty()) return {data.eval.path};
-  return {};
+  std::vector<std::string> files;
+  if ((wants("perplexity") || wants("kld")) && !data.eval.path.empty()) files.push_back(data.eval.path);
+  if (wants("tasks")) {
+    for (const auto& spec : resolve_tasks(o_.tasks)) {
+      files.push_back(spec.file);
+      files.push_back(spec.data);
+      if (!spec.fewshot_data.empty()) files.push_back(spec.fewshot_data);
+    }
+  }
+  return files;
 }
 
 void EvaluateStage::validate(const ModelState& state) const {
   LLMOPT_CHECK_INPUT(state.has_model(), "[evaluate] no model to evaluate");
+  LLMOPT_CHECK_INPUT(!wants("tasks") || !o_.tasks.empty(),
+                     "[evaluate] metrics has 'tasks' but the tasks option is empty (e.g. tasks: [arc_easy, piqa])");
+  LLMOPT_CHECK_INPUT(o_.tasks.empty() || wants("tasks"),
+                     "[evaluate] tasks {} given but metrics has no 'tasks'", fmt::format("{}", fmt::join(o_.tasks, ", ")));
+  if (wants("tasks")) {
+    LLMOPT_CHECK_INPUT(state.tokenizer != nullptr, "[evaluate] tasks need a tokenizer; set model.tokenizer in the recipe");
+    resolve_tasks(o_.tasks);  // unknown tasks and bad task files fail before any stage runs
+  }
   if (wants("perplexity") || wants("kld")) {
     LLMOPT_CHECK_INPUT(state.tokenizer != nullptr,
                        "[evaluate] perplexity needs a tokenizer; set model.tokenizer in the recipe");
@@ -48,7 +77,7 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
   // Perplexity, KLD and speed run through the one inference interface, on the engine `llmopt
   // eval|bench` would pick for this model (native for dense float32 layers on the CPU).
   std::unique_ptr<infer::Engine> engine;
-  if (need_ppl || wants("speed")) engine = model::make_engine(state.model, o_.engine);
+  if (need_ppl || wants("speed") || wants("tasks")) engine = model::make_engine(state.model, o_.engine);
   if (need_ppl) {
     LLMOPT_CHECK_INPUT(ctx.data && !ctx.data->eval.path.empty(),
                        "[evaluate] stage '{}' measures perplexity but data.eval.path is not set",
@@ -93,6 +122,22 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
         result.metrics["delta_p_rms"] = 0.0;
       }
     }
+  }
+  if (wants("tasks")) {
+    // The harness of `llmopt eval --tasks` on the same engine: the same scores for the same model.
+    eval::TaskRunOptions to;
+    to.num_fewshot = static_cast<int>(o_.num_fewshot);
+    to.limit = o_.task_limit;
+    for (const auto& spec : resolve_tasks(o_.tasks)) {
+      if (ctx.note) ctx.note(spec.name);
+      const eval::TaskResult r = eval::run_task(*engine, *state.tokenizer, spec, to,
+                                                [&](int64_t done, int64_t total) { ctx.report(done, total, "req"); });
+      for (const auto& [key, value] : r.metrics.items()) result.metrics[r.name + "/" + key] = value;
+      result.metrics[r.name + "/chance"] = r.chance;
+      result.metrics[r.name + "/samples"] = r.samples;
+      result.metrics[r.name + "/num_fewshot"] = r.num_fewshot;
+    }
+    result.metrics["engine"] = engine->name();
   }
   if (wants("speed")) {
     infer::BenchOptions bo;

@@ -1,5 +1,6 @@
-// `evaluate`: perplexity on data.eval, KL divergence against the pipeline's input model, speed
-// (prefill/decode tokens/s) and memory (model bytes, peak RSS). Leaves the model unchanged.
+// `evaluate`: perplexity on data.eval, KL divergence against the pipeline's input model, task
+// scores (src/eval/harness.h, the tasks of `llmopt eval --tasks`), speed (prefill/decode tokens/s)
+// and memory (model bytes, peak RSS). Leaves the model unchanged.
 #pragma once
 #include <string>
 #include <vector>
@@ -17,11 +18,15 @@ struct EvaluateOptions {
   int64_t bench_gen_tokens = 32;
   int64_t bench_repetitions = 3;
   std::string engine = "auto";
+  std::vector<std::string> tasks;
+  int64_t num_fewshot = -1;
+  int64_t task_limit = 0;
 
   static void describe(Schema<EvaluateOptions>& s) {
     s.field("metrics", &EvaluateOptions::metrics,
-            "What to measure: perplexity, kld (vs the pipeline's input model), speed, memory")
-        .choices({"perplexity", "kld", "speed", "memory"});
+            "What to measure: perplexity, kld (vs the pipeline's input model), tasks (scores of the `tasks` "
+            "option, as `llmopt eval --tasks`), speed, memory")
+        .choices({"perplexity", "kld", "tasks", "speed", "memory"});
     s.field("ctx", &EvaluateOptions::ctx, "Context length override (0 = data.eval.ctx)")
         .range(0, 1 << 20);
     s.field("max_chunks", &EvaluateOptions::max_chunks,
@@ -39,6 +44,13 @@ struct EvaluateOptions {
             "Engine for perplexity, kld and speed: auto (native for dense float32 layers on the CPU, "
             "torch otherwise), native, torch")
         .choices({"auto", "native", "torch"});
+    s.field("tasks", &EvaluateOptions::tasks,
+            "tasks: task names (configs/tasks/*.yaml) or task YAML paths; metrics <task>/<metric> "
+            "(acc, acc_stderr, ...), <task>/chance, <task>/samples");
+    s.field("num_fewshot", &EvaluateOptions::num_fewshot, "tasks: few-shot examples (-1 = each task's num_fewshot)")
+        .range(-1, 1000);
+    s.field("task_limit", &EvaluateOptions::task_limit, "tasks: score the first N samples of each task (0 = all)")
+        .range(0, 1e9);
   }
 };
 
@@ -47,7 +59,7 @@ class EvaluateStage : public Stage {
   using Options = EvaluateOptions;
   static constexpr const char* kType = "evaluate";
   static constexpr const char* kDoc =
-      "Perplexity, KL divergence vs the input model, speed and memory on data.eval";
+      "Perplexity, KL divergence vs the input model, task scores, speed and memory";
 
   explicit EvaluateStage(Options o) : o_(std::move(o)) {}
   std::string type() const override { return kType; }
