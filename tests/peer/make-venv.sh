@@ -5,8 +5,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 req="$here/requirements.txt"
+nodeps="$here/requirements-nodeps.txt"
 [[ -f "$req" ]] || { echo "[peer] no requirements.txt, nothing to do"; exit 0; }
-key=$(sha256sum "$req" | cut -c1-12)
+key=$(cat "$req" "$nodeps" 2>/dev/null | sha256sum | cut -c1-12)
 venv="${LLMOPT_PEER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/llmopt/peer-venv-$key}"
 # One builder at a time (two shells running this at once would delete each other's venv).
 mkdir -p "$(dirname "$venv")"
@@ -22,7 +23,16 @@ if [[ ! -f "$venv/.complete" ]]; then
 -DGGML_CCACHE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}"
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  # pip must never replace Debian's torch with PyPI's (a package asking for a newer torch fails
+  # the install instead): the torch the venv sees is pinned as a constraint.
+  torch_ver=$("$venv/bin/python" -c 'import torch; print(torch.__version__)')
+  echo "torch==$torch_ver" > "$venv/constraints.txt"
+  "$venv/bin/pip" install -q --disable-pip-version-check -c "$venv/constraints.txt" -r "$req"
+  # Packages whose metadata wants torch>=1.13.0 final (Debian's is 1.13.0a0): without their deps,
+  # which requirements.txt pins.
+  if [[ -f "$nodeps" ]]; then
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$nodeps"
+  fi
   touch "$venv/.complete"
 fi
 ln -sfn "$venv" "$here/.venv"
