@@ -23,7 +23,8 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   static std::string calibration, imatrix;
   static int64_t cal_samples = 128, cal_seq_len = 256, cal_offset = 0, cal_bytes = 0, cal_seed = 0;
   static double damp = 0.01;
-  static bool act_order = false;
+  static bool act_order = false, asym = false;
+  static int64_t group_size = 128;
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("OUT", out, "Output path (a .gguf file, or a directory for --to hf)")->required();
   cmd->add_option("--method", method,
@@ -39,7 +40,10 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--calibration-seed", cal_seed, "Which windows are drawn")->capture_default_str();
   cmd->add_option("--damp", damp, "GPTQ dampening (fraction of the mean Hessian diagonal)")->capture_default_str();
   cmd->add_flag("--act-order", act_order, "GPTQ: columns by decreasing Hessian diagonal");
-  cmd->add_option("--format", format, "q8_0 | q6_k | q5_k | q5_1 | q5_0 | q4_k | q4_1 | q4_0 | q3_k | q2_k | f16 | bf16")
+  cmd->add_option("--group-size", group_size, "int-N: columns per scale (32, 64, 128; -1 = per output channel)")
+      ->capture_default_str();
+  cmd->add_flag("--asym", asym, "int-N: asymmetric grid with zero points (default symmetric)");
+  cmd->add_option("--format", format, "q8_0 | q6_k | q5_k | q5_1 | q5_0 | q4_k | q4_1 | q4_0 | q3_k | q2_k | f16 | bf16 | int2..int8 (--group-size, --asym) | nf4")
       ->capture_default_str();
   cmd->add_option("--imatrix", imatrix,
                   "llama.cpp importance matrix (llama-imatrix .gguf or legacy .dat): rtn rounds as llama-quantize "
@@ -58,6 +62,8 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     spec.skip = skip;
     spec.method = method;
     spec.gptq.damp = damp;
+    spec.group_size = group_size;
+    spec.sym = !asym;
     spec.gptq.act_order = act_order;
     spec.calibration.where = "--calibration";
     spec.calibration.path = calibration;

@@ -8,6 +8,8 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "kernels/quant_formats.h"
+#include "kernels/intn.h"
+#include "model/intn_linear.h"
 #include "model/packed_linear.h"
 
 namespace llmopt::model {
@@ -138,11 +140,17 @@ class GgmlColumnQuantizer : public ColumnQuantizer {
         blocks_(static_cast<size_t>(out * (in / be_) * bb_)) {}
   int64_t group() const override { return be_; }
   void fit(int64_t g0, int64_t n, const float* w, const float* importance) override {
-    (void)importance;
+    // The block's scales from the format's own quantizer: importance-weighted (llama.cpp's
+    // imatrix search) when the format has one and importance is given.
+    const bool weighted = importance && kernels::has_quantize_weighted(t_);
     std::vector<float> row(static_cast<size_t>(be_));
     for (int64_t r = 0; r < out_; ++r) {
       std::copy(w + r * n, w + r * n + be_, row.begin());
-      kernels::quantize_row_ref(t_, row.data(), block(r, g0), be_);
+      if (weighted) {
+        kernels::quantize_row_weighted(t_, row.data(), block(r, g0), be_, importance);
+      } else {
+        kernels::quantize_row_ref(t_, row.data(), block(r, g0), be_);
+      }
     }
   }
   void round_column(int64_t c, const float* w, float* q) override {
@@ -171,7 +179,46 @@ class GgmlColumnQuantizer : public ColumnQuantizer {
   std::vector<uint8_t> blocks_;
 };
 
+// llmopt's group-wise int-N (model::IntNLinear): one grid per group of `group` columns of a row,
+// the last group of a row shorter when the row is not a multiple (tail group).
+class IntNColumnQuantizer : public ColumnQuantizer {
+ public:
+  IntNColumnQuantizer(const IntNParams& p, int64_t out, int64_t in)
+      : p_(p), out_(out), in_(in), gs_(p.group_size > 0 && p.group_size < in ? p.group_size : in),
+        groups_((in + gs_ - 1) / gs_), grids_(static_cast<size_t>(out * groups_)),
+        codes_(torch::zeros({out, in}, torch::kUInt8)) {}
+  int64_t group() const override { return gs_; }
+  void fit(int64_t g0, int64_t n, const float* w, const float* importance) override {
+    for (int64_t r = 0; r < out_; ++r)
+      grids_[static_cast<size_t>(r * groups_ + g0 / gs_)] =
+          kernels::fit_group(w + r * n, n, p_.bits, p_.sym, importance, p_.clip_search);
+  }
+  void round_column(int64_t c, const float* w, float* q) override {
+    auto* codes = codes_.data_ptr<uint8_t>();
+    for (int64_t r = 0; r < out_; ++r) {
+      const auto& g = grids_[static_cast<size_t>(r * groups_ + c / gs_)];
+      const int code = kernels::quantize_code(w[r], g, p_.bits);
+      codes[r * in_ + c] = static_cast<uint8_t>(code);
+      q[r] = kernels::dequantize_code(code, g);
+    }
+  }
+  std::shared_ptr<LinearLayer> build(const torch::Tensor& bias) override {
+    return IntNLinear::from_codes(codes_, grids_, bias, p_);
+  }
+
+ private:
+  IntNParams p_;
+  int64_t out_, in_, gs_, groups_;
+  std::vector<kernels::IntNGrid> grids_;
+  torch::Tensor codes_;
+};
+
 }  // namespace
+
+std::unique_ptr<ColumnQuantizer> make_intn_column_quantizer(const IntNParams& p, int64_t out, int64_t in) {
+  check_intn_params(p, "format");
+  return std::make_unique<IntNColumnQuantizer>(p, out, in);
+}
 
 bool ggml_column_quantizer_supports(DType t) {
   switch (t) {
@@ -216,17 +263,22 @@ GptqResult gptq_quantize(const LinearLayer& layer, const InputStats& stats, Colu
 
   std::vector<int64_t> perm(static_cast<size_t>(in));
   for (int64_t j = 0; j < in; ++j) perm[static_cast<size_t>(j)] = j;
-  if (o.act_order) {
-    auto order = torch::argsort(diag, 0, /*descending=*/true);
-    for (int64_t j = 0; j < in; ++j) perm[static_cast<size_t>(j)] = order[j].item<int64_t>();
+  // One grid over whole rows (per output channel) is fitted up front as well, as GPTQ does.
+  const bool static_groups = o.act_order || gs >= in;
+  if (static_groups) {
+    if (o.act_order) {
+      auto order = torch::argsort(diag, 0, /*descending=*/true);
+      for (int64_t j = 0; j < in; ++j) perm[static_cast<size_t>(j)] = order[j].item<int64_t>();
+    }
     // Static groups: every grid from the original weights, in stored (unpermuted) order.
     std::vector<float> buf(static_cast<size_t>(out * gs));
     auto Wc = Wt.t().contiguous();
     for (int64_t g0 = 0; g0 < in; g0 += gs) {
+      const int64_t gn = std::min(gs, in - g0);  // the tail group may be shorter
       const float* src = Wc.data_ptr<float>();
       for (int64_t r = 0; r < out; ++r)
-        std::copy(src + r * in + g0, src + r * in + g0 + gs, buf.begin() + r * gs);
-      qz.fit(g0, gs, buf.data(), imp + g0);
+        std::copy(src + r * in + g0, src + r * in + g0 + gn, buf.begin() + r * gn);
+      qz.fit(g0, gn, buf.data(), imp + g0);
     }
   }
   auto pidx = torch::tensor(perm, torch::kInt64);
@@ -247,7 +299,9 @@ GptqResult gptq_quantize(const LinearLayer& layer, const InputStats& stats, Colu
     U = U.to(torch::kFloat32).contiguous();
   }
 
-  const int64_t B = std::max<int64_t>(gs, (std::max<int64_t>(o.block, gs) / gs) * gs);
+  // Blocks hold whole groups (a group's grid is fitted from its columns' current values).
+  const int64_t B = static_groups ? std::max<int64_t>(1, o.block)
+                                  : std::max<int64_t>(gs, (std::max<int64_t>(o.block, gs) / gs) * gs);
   auto Qt = torch::zeros_like(Wt);  // dequantized result, permuted rows
   std::vector<float> col(static_cast<size_t>(out)), qcol(static_cast<size_t>(out)), gbuf;
   for (int64_t i1 = 0; i1 < in; i1 += B) {
@@ -260,12 +314,13 @@ GptqResult gptq_quantize(const LinearLayer& layer, const InputStats& stats, Colu
     const float* u = o.propagate ? U.data_ptr<float>() : nullptr;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t c = perm[static_cast<size_t>(i1 + i)];
-      if (!o.act_order && c % gs == 0) {
+      if (!static_groups && c % gs == 0) {
         // The group's grid from its columns' current values (they lie in this block: B % gs == 0).
-        gbuf.resize(static_cast<size_t>(out * gs));
+        const int64_t gn = std::min(gs, in - c);
+        gbuf.resize(static_cast<size_t>(out * gn));
         for (int64_t r = 0; r < out; ++r)
-          for (int64_t k = 0; k < gs; ++k) gbuf[static_cast<size_t>(r * gs + k)] = w1[(i + k) * out + r];
-        qz.fit(c, gs, gbuf.data(), imp + c);
+          for (int64_t k = 0; k < gn; ++k) gbuf[static_cast<size_t>(r * gn + k)] = w1[(i + k) * out + r];
+        qz.fit(c, gn, gbuf.data(), imp + c);
       }
       float* w = w1 + i * out;
       qz.round_column(c, w, q1 + i * out);

@@ -23,6 +23,7 @@
 
 #include "core/dtype.h"
 #include "model/calibration.h"
+#include "model/intn_linear.h"
 #include "model/linear.h"
 
 namespace llmopt::model {
@@ -46,6 +47,8 @@ class ColumnQuantizer {
 // here (in must be a multiple of t's block).
 std::unique_ptr<ColumnQuantizer> make_ggml_column_quantizer(DType t, int64_t out, int64_t in);
 bool ggml_column_quantizer_supports(DType t);
+// A quantizer into llmopt's group-wise int-N (model::IntNLinear; tail groups allowed).
+std::unique_ptr<ColumnQuantizer> make_intn_column_quantizer(const IntNParams& p, int64_t out, int64_t in);
 
 struct GptqOptions {
   double damp = 0.01;      // fraction of mean(diag H) added to the diagonal

@@ -10,6 +10,8 @@
 #include "io/imatrix.h"
 #include "kernels/quant_formats.h"
 #include "model/awq.h"
+#include "model/intn_linear.h"
+#include "model/nf4_linear.h"
 #include "model/packed_linear.h"
 
 namespace llmopt::model {
@@ -39,6 +41,26 @@ std::shared_ptr<PackedLinear> pack_weighted(const torch::Tensor& weight, const t
   return std::make_shared<PackedLinear>(t, out, in, std::move(bytes), bias);
 }
 
+// "int2" .. "int8": the bits; nullopt for other formats.
+std::optional<int> intn_bits(const std::string& format) {
+  if (format.size() == 4 && format.rfind("int", 0) == 0 && format[3] >= '2' && format[3] <= '8') return format[3] - '0';
+  return std::nullopt;
+}
+
+IntNParams intn_params(const QuantizeSpec& spec, bool clip_search) {
+  IntNParams p;
+  p.bits = *intn_bits(spec.format);
+  p.group_size = spec.group_size;
+  p.sym = spec.sym;
+  p.clip_search = clip_search;
+  return p;
+}
+
+std::string intn_name(const IntNParams& p) {
+  return fmt::format("int{}_{}{}", p.bits, p.group_size > 0 ? "g" + std::to_string(p.group_size) : std::string("row"),
+                     p.sym ? "" : "_asym");
+}
+
 std::vector<std::regex> compile(const std::vector<std::string>& patterns) {
   std::vector<std::regex> out;
   for (const auto& p : patterns) {
@@ -54,7 +76,12 @@ std::vector<std::regex> compile(const std::vector<std::string>& patterns) {
 }  // namespace
 
 void check_quantize_spec(const QuantizeSpec& spec) {
-  const DType t = packable_type(spec.format, "format");
+  const bool own = intn_bits(spec.format).has_value() || spec.format == "nf4";
+  if (intn_bits(spec.format)) check_intn_params(intn_params(spec, false), "format");
+  LLMOPT_CHECK_INPUT(!(spec.format == "nf4" && method_needs_calibration(spec)),
+                     "[quantize] format: nf4 is written by uncalibrated rtn only (got method {}{})", spec.method,
+                     spec.calibration.path.empty() ? "" : " with calibration");
+  const DType t = own ? DType::F32 : packable_type(spec.format, "format");
   if (spec.fallback != "error") packable_type(spec.fallback, "fallback");
   compile(spec.skip);
   LLMOPT_CHECK_INPUT(spec.method == "rtn" || spec.method == "gptq" || spec.method == "awq" || spec.method == "awq_gptq",
@@ -77,10 +104,58 @@ bool method_needs_calibration(const QuantizeSpec& spec) {
   return spec.method != "rtn" || !spec.calibration.path.empty();
 }
 
+namespace {
+
+// Round to nearest into llmopt's own formats (int-N with tail groups, NF4): every row shape fits.
+QuantizeReport quantize_own_format(LlamaModel& m, const QuantizeSpec& spec,
+                                   const std::function<void(int64_t, int64_t)>& progress) {
+  const auto skip = compile(spec.skip);
+  QuantizeReport rep;
+  double bits = 0, weights = 0;
+  auto layers = m.linear_layers();
+  int64_t done = 0;
+  for (auto& [path, layer] : layers) {
+    bool skipped = false;
+    for (const auto& re : skip) skipped = skipped || std::regex_search(path, re);
+    const double n = static_cast<double>(layer->in_features() * layer->out_features());
+    if (skipped) {
+      ++rep.skipped;
+    } else {
+      std::shared_ptr<LinearLayer> q;
+      QuantizedLayer ql;
+      ql.path = path;
+      ql.method = "rtn";
+      if (spec.format == "nf4") {
+        q = NF4Linear::quantize(layer->dense_weight(), layer->bias(), /*double_quant=*/false);
+        ql.type = "nf4";
+      } else {
+        const auto p = intn_params(spec, /*clip_search=*/false);
+        q = IntNLinear::quantize(layer->dense_weight(), layer->bias(), p);
+        ql.type = intn_name(p);
+      }
+      m.set_linear(path, q);
+      layer = q;
+      ++rep.quantized;
+      rep.layers.push_back(ql);
+    }
+    const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
+    const double b = 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
+    if (!skipped) rep.layers.back().bits_per_weight = b / n;
+    bits += b;
+    weights += n;
+    if (progress) progress(++done, static_cast<int64_t>(layers.size()));
+  }
+  rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
+  return rep;
+}
+
+}  // namespace
+
 QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
                             const std::function<void(int64_t, int64_t)>& progress) {
   torch::NoGradGuard no_grad;
   check_quantize_spec(spec);
+  if (intn_bits(spec.format) || spec.format == "nf4") return quantize_own_format(m, spec, progress);
   const DType type = packable_type(spec.format, "format");
   const auto skip = compile(spec.skip);
   QuantizeReport rep;
@@ -162,7 +237,8 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
   check_quantize_spec(spec);
   LLMOPT_CHECK_INPUT(tk != nullptr, "[quantize] method {} needs the model's tokenizer to read the calibration text",
                      spec.method);
-  const DType type = packable_type(spec.format, "format");
+  const bool intn = intn_bits(spec.format).has_value();
+  const DType type = intn ? DType::F32 : packable_type(spec.format, "format");
   const auto skip = compile(spec.skip);
   auto skipped = [&](const std::string& path) {
     for (const auto& re : skip)
@@ -172,6 +248,7 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
   // The stored type of a projection with rows of `in` values.
   auto type_for = [&](const std::string& path, int64_t in, bool* fell_back) {
     *fell_back = false;
+    if (intn) return DType::F32;  // unused: int-N holds every row (tail groups)
     if (in % dtype_block_elems(type) == 0) return type;
     LLMOPT_CHECK_INPUT(spec.fallback != "error",
                        "[quantize] {}: rows of {} values are not whole {} blocks of {} (set fallback)", path, in,
@@ -203,6 +280,7 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
   calibrate_layerwise(m, tokens, co, [&](LayerCalibration& lc) {
     if (awq) {
       auto fq = [&](const torch::Tensor& w, const std::string& path) {
+        if (intn) return IntNLinear::quantize(w, {}, intn_params(spec, false))->dense_weight();
         bool fb = false;
         return fake_quantize(w, type_for(path, w.size(1), &fb));
       };
@@ -220,10 +298,14 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
       const DType t = type_for(path, layer->in_features(), &fell_back);
       QuantizedLayer ql;
       ql.path = path;
-      ql.type = std::string(dtype_name(t));
+      ql.type = intn ? intn_name(intn_params(spec, false)) : std::string(dtype_name(t));
       ql.method = spec.method;
+      ql.fallback = fell_back;
       if (alpha_of.count(path)) ql.awq_alpha = alpha_of[path];
-      if (auto cq = make_ggml_column_quantizer(t, layer->out_features(), layer->in_features())) {
+      auto cq = intn ? make_intn_column_quantizer(intn_params(spec, /*clip_search=*/!propagate), layer->out_features(),
+                                                  layer->in_features())
+                     : make_ggml_column_quantizer(t, layer->out_features(), layer->in_features());
+      if (cq) {
         GptqOptions go = spec.gptq;
         go.propagate = propagate;
         auto res = gptq_quantize(*layer, *lc.stats.at(path), *cq, go, path);
@@ -255,7 +337,7 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
     }
     auto& ql = const_cast<QuantizedLayer&>(*by_path[path]);
     ql.bits_per_weight = b / n;
-    if (ql.type == dtype_name(type)) {
+    if (!ql.fallback) {
       ++rep.quantized;
     } else {
       ++rep.fallback;

@@ -18,7 +18,11 @@ struct QuantizeSpec {
   // gptq: Hessian-compensated rounding; awq: activation-aware scales folded in, then rounding
   // (awq_gptq: then GPTQ). Every method but plain rtn needs calibration.path.
   std::string method = "rtn";
-  std::string format = "q8_0";               // ggml block type or f16/bf16
+  // ggml block type (q4_0 ... q6_k), f16/bf16, llmopt's group-wise int2..int8 (group_size, sym;
+  // tail groups, so every row shape fits) or nf4 (bitsandbytes' 4-bit NormalFloat, blocks of 64).
+  std::string format = "q8_0";
+  int64_t group_size = 128;  // int-N: 32, 64, 128, or -1 for one group per row (per output channel)
+  bool sym = true;           // int-N: symmetric grid (zero = 2^(bits-1)) or asymmetric (min/max)
   std::string fallback = "f16";              // for rows that are not whole blocks; "error" refuses
   std::vector<std::string> skip = {"lm_head"};  // regexes searched in module paths
   CalibrationOptions calibration;  // path empty: none
@@ -37,6 +41,7 @@ struct QuantizedLayer {
   double bits_per_weight = 0;
   double rel_error = -1;  // GPTQ/calibrated: relative output error on the calibration inputs
   double awq_alpha = -1;  // AWQ: exponent chosen for this projection's input scales
+  bool fallback = false;  // stored as the fallback type (rows that are not whole blocks)
 };
 
 struct QuantizeReport {

@@ -12,6 +12,8 @@ model::QuantizeSpec QuantizeStage::spec(const DataOptions* data) const {
   s.format = o_.format;
   s.fallback = o_.fallback;
   s.skip = o_.skip;
+  s.group_size = o_.group_size;
+  s.sym = o_.sym;
   s.gptq.damp = o_.damp;
   s.gptq.act_order = o_.act_order;
   s.gptq.block = o_.block;

@@ -21,6 +21,8 @@ struct QuantizeOptions {
   std::string format = "q8_0";
   std::vector<std::string> skip = {"lm_head"};
   std::string fallback = "f16";
+  int64_t group_size = 128;
+  bool sym = true;
   double damp = 0.01;
   bool act_order = false;
   int64_t block = 128;
@@ -33,7 +35,11 @@ struct QuantizeOptions {
         .choices({"rtn", "gptq", "awq", "awq_gptq"});
     s.field("format", &QuantizeOptions::format,
             "Storage type of the quantized projections: ggml blocks bit-compatible with llama.cpp "
-            "(q8_0, q5_0, q5_1, q4_0, q4_1, and k-quants where available) or f16/bf16");
+            "(q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k), f16/bf16, llmopt's group-wise "
+            "int2..int8 (group_size, sym; tail groups fit every row) or nf4");
+    s.field("group_size", &QuantizeOptions::group_size,
+            "int-N: columns per scale (32, 64, 128; -1 = one per output channel)");
+    s.field("sym", &QuantizeOptions::sym, "int-N: symmetric grid (else asymmetric with zero points)");
     s.field("skip", &QuantizeOptions::skip,
             "Projections kept as they are: regular expressions searched in module paths "
             "(e.g. lm_head, \"layers\\.0\\.\", \"mlp\")");
