@@ -10,6 +10,7 @@ import pytest
 TOOLS = Path(__file__).resolve().parent / ".llama-tools"
 PERPLEXITY = TOOLS / "llama-perplexity"
 QUANTIZE = TOOLS / "llama-quantize"
+IMATRIX = TOOLS / "llama-imatrix"
 THREADS = 2
 
 

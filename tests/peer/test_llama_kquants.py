@@ -17,6 +17,9 @@ tinyllama-bpe-17m (dim 256; its ffn_down rows of 704 fit no super-block) -- the 
     `llmopt quantize --imatrix`, for q4_0, q4_1, q5_0, q5_1 and the k-quants: byte-identical
     again (ggml's quantize_row_*_impl with quant_weights). The importance must change the bytes
     (compared with (a)), or the check would prove nothing about the weighted path.
+(b') the same with an importance matrix written by llama.cpp's own `llama-imatrix` (GGUF format,
+    in_sum2/counts) from calibration text, on the 17M model (real activations): q4_0 and q4_k
+    byte-identical, which also checks llmopt's reading of the GGUF imatrix format.
 (c) `gguf.quants.dequantize` (gguf-py, an independent numpy decoder) of every k-quant tensor of
     llmopt's file equals, bit for bit, llmopt's own decoding (`llmopt convert OUT --to hf --type
     f32`, q/k rows permuted to GGUF's rotary layout as in test_llama_quantized.py). Exact because
@@ -33,7 +36,8 @@ import pytest
 from gguf.quants import dequantize
 from safetensors.numpy import load_file
 
-from llama_tools import QUANTIZE, THREADS, llama_tools, run_tool  # noqa: F401 (fixture)
+from conftest import utf8_prefix
+from llama_tools import IMATRIX, QUANTIZE, THREADS, llama_tools, run_tool  # noqa: F401 (fixture)
 from test_llama_quantized import hf_name, is_projection, permute_rope
 
 GT = gguf.GGMLQuantizationType
@@ -74,14 +78,15 @@ class Setup:
         self.files = {}
 
     def pair(self, fmt, imatrix):
-        """(llmopt's file, llama-quantize's file) for fmt, with or without the imatrix."""
-        key = (fmt, imatrix)
+        """(llmopt's file, llama-quantize's file) for fmt; imatrix: False, True (the synthetic
+        .dat) or the path of another imatrix file."""
+        path = self.imatrix if imatrix is True else imatrix
+        key = (fmt, str(path))
         if key not in self.files:
-            tag = f"{fmt}{'-imatrix' if imatrix else ''}"
+            tag = f"{fmt}-{path.stem if path else 'plain'}"
             ours, theirs = self.tmp / f"llmopt-{tag}.gguf", self.tmp / f"llama-{tag}.gguf"
-            extra = ["--imatrix", self.imatrix] if imatrix else []
+            extra = ["--imatrix", path] if path else []
             self.llmopt.run("quantize", self.f32, ours, "--format", fmt, *extra)
-            extra = ["--imatrix", self.imatrix] if imatrix else []
             run_tool(QUANTIZE, "--tensor-type", f"blk={fmt}", *extra, self.f32, theirs,
                      IMATRIX_FORMATS[fmt], THREADS)
             self.files[key] = (ours, theirs)
@@ -134,6 +139,30 @@ def test_imatrix_quantization_equals_llama_quantize(setup, fmt):
     changed = sum(not np.array_equal(np.asarray(weighted[n].data), np.asarray(plain[n].data))
                   for n in weighted if is_projection(n) and weighted[n].tensor_type == GT[fmt.upper()])
     print(f"{setup.name} {fmt}: the imatrix changed {changed} projections' bytes")
+    assert changed > 0
+
+
+@pytest.fixture(scope="module")
+def llama_imatrix_file(setup, shared):
+    """llama-imatrix's GGUF imatrix of the model on 40 kB of tinystories_val.txt (from byte 100,000)."""
+    if setup.name != "17m":
+        pytest.skip("real activations: the 17M model only")
+    if not IMATRIX.is_file():
+        pytest.skip(f"{IMATRIX} missing: rerun tests/peer/make-llama-tools.sh (it builds llama-imatrix)")
+    text = setup.tmp / "calibration.txt"
+    text.write_bytes(utf8_prefix((shared / "text" / "tinystories_val.txt").read_bytes()[100_000:], 40_000))
+    out = setup.tmp / "llama-imatrix.gguf"
+    run_tool(IMATRIX, "-m", setup.f32, "-f", text, "-o", out, "-c", 128, "-t", THREADS)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_k"])
+def test_llama_imatrix_gguf_equals_llama_quantize(setup, llama_imatrix_file, fmt):
+    weighted = compare_bytes(setup, fmt, imatrix=llama_imatrix_file)
+    plain = tensors(setup.pair(fmt, False)[0])
+    changed = sum(not np.array_equal(np.asarray(weighted[n].data), np.asarray(plain[n].data))
+                  for n in weighted if is_projection(n) and weighted[n].tensor_type == GT[fmt.upper()])
+    print(f"{setup.name} {fmt}: llama-imatrix's importance changed {changed} projections' bytes")
     assert changed > 0
 
 
