@@ -112,6 +112,45 @@ inline int32_t ref_isum(const RefBlock& b, const int8_t* q, int32_t qsum) {
 
 inline int64_t row_bytes(DType t, int64_t k) { return dtype_bytes_for(t, k); }
 
+// The q8_K form of an activation row (ActRow::qk, dk, bsum).
+struct QK {
+  const int8_t* qk;
+  const float* d;
+  const int32_t* bsum;
+};
+
+// Q4_K / Q6_K row against the q8_K form (what the x86 GEMV computes, sequentially).
+inline float dot_k_ref(DType t, const void* row, const QK& x, int64_t k) {
+  float acc = 0.0f, accm = 0.0f;
+  for (int64_t s = 0; s < k / kQK_K; ++s) {
+    int32_t isum = 0, msum = 0;
+    float step = 0.0f, mstep = 0.0f;
+    for (int64_t j = s * 8; j < s * 8 + 8; ++j) {
+      RefBlock b;
+      ref_block(t, row, j, b);
+      const int8_t* q = x.qk + j * 32;
+      int32_t lo = 0, hi = 0;
+      for (int i = 0; i < 16; ++i) lo += b.code[i] * q[i];
+      for (int i = 16; i < 32; ++i) hi += b.code[i] * q[i];
+      if (t == DType::Q4_K) {
+        const auto& blk = static_cast<const BlockQ4_K*>(row)[s];
+        int sc, mn;
+        scale_min_k4(static_cast<int>(j % 8), blk.scales, sc, mn);
+        isum += sc * (lo + hi);
+        msum += mn * x.bsum[j];
+        step = f16_to_f32(blk.d);
+        mstep = f16_to_f32(blk.dmin);
+      } else {
+        isum += b.mul[0] * lo + b.mul[1] * hi;
+        step = b.s;
+      }
+    }
+    acc = std::fma(static_cast<float>(isum), x.d[s] * step, acc);
+    accm = std::fma(static_cast<float>(msum), x.d[s] * mstep, accm);
+  }
+  return acc - accm;
+}
+
 #endif  // LLMOPT_KERNELS_GEMM_QUANT_ONCE
 }  // namespace llmopt::kernels::gemm_quant_detail
 
@@ -128,32 +167,45 @@ namespace llmopt::kernels {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using gemm_quant_detail::Panel;
+using gemm_quant_detail::QK;
 using gemm_quant_detail::ref_block;
 using gemm_quant_detail::ref_isum;
 using gemm_quant_detail::RefBlock;
 
 // ---------------------------------------------------------------- activation quantization
 // One block of 32: amax by vector max, then q = NearestInt(x·id) (ties to even, as nearbyint).
-HWY_INLINE void QuantBlock(const float* HWY_RESTRICT x, int8_t* HWY_RESTRICT qs, float& d_out,
-                           int32_t& sum_out) {
+// n = 32·c values with one step: amax by vector max, then q = NearestInt(x·id) (ties to even, as
+// nearbyint); sums[i] = Σ of the i-th 32 codes.
+HWY_INLINE void QuantSpan(const float* HWY_RESTRICT x, int n, int8_t* HWY_RESTRICT qs, float& d_out,
+                          int32_t* HWY_RESTRICT sums) {
   const hn::ScalableTag<float> df;
   const hn::RebindToSigned<decltype(df)> di;
   const hn::Rebind<int8_t, decltype(df)> d8;
   const int L = static_cast<int>(hn::Lanes(df));
   auto vmax = hn::Zero(df);
-  for (int j = 0; j < kActBlock; j += L) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + j)));
+  for (int j = 0; j < n; j += L) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + j)));
   const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
   const float d = amax / 127.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   const auto vid = hn::Set(df, id);
-  auto vsum = hn::Zero(di);
-  for (int j = 0; j < kActBlock; j += L) {
-    const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + j), vid));
-    vsum = hn::Add(vsum, q);
-    hn::StoreU(hn::DemoteTo(d8, q), d8, qs + j);
+  for (int b = 0; b < n; b += kActBlock) {
+    auto vsum = hn::Zero(di);
+    for (int j = b; j < b + kActBlock; j += L) {
+      const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + j), vid));
+      vsum = hn::Add(vsum, q);
+      hn::StoreU(hn::DemoteTo(d8, q), d8, qs + j);
+    }
+    sums[b / kActBlock] = hn::GetLane(hn::SumOfLanes(di, vsum));
   }
   d_out = d;
-  sum_out = hn::GetLane(hn::SumOfLanes(di, vsum));
+}
+
+HWY_INLINE void QuantBlock(const float* HWY_RESTRICT x, int8_t* HWY_RESTRICT qs, float& d_out, int32_t& sum_out) {
+  QuantSpan(x, kActBlock, qs, d_out, &sum_out);
+}
+
+void QuantizeK(const float* x, int8_t* qs, float* d, int32_t* bsum, int64_t k) {
+  for (int64_t s = 0; s < k / kQK_K; ++s) QuantSpan(x + s * kQK_K, kQK_K, qs + s * kQK_K, d[s], bsum + s * 8);
 }
 
 void QuantizeAct(const float* x, ActBlock* out, int64_t k) {
@@ -269,7 +321,8 @@ HWY_INLINE __m256 BlockFma(__m256i u, __m256i q, __m256i mul, float scale, __m25
 // vector accumulators (Q4_0 takes the sign trick on q - 8 so no scalar correction chain is
 // needed; the K formats go a super-block at a time, scales decoded once).
 template <DType T>
-float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, const ActPair* HWY_RESTRICT xp, int64_t k) {
+float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, const ActPair* HWY_RESTRICT xp, const QK& xk,
+             int64_t k) {
   const int64_t nb = k / kActBlock;
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   const __m256i ones = Ones16(), m4 = _mm256_set1_epi8(0x0f);
@@ -329,33 +382,42 @@ float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, const ActPair* HWY
     }
     return HSum(_mm256_add_ps(acc0, acc1));
   } else if constexpr (T == DType::Q4_K) {
+    // Against the q8_K form: Σ_sub scale·(nibbles·q) in int32 over the super-block, one fma.
     const auto* blocks = static_cast<const BlockQ4_K*>(row);
     float corr = 0.0f;
     for (int64_t sb = 0; sb < nb / 8; ++sb) {
       const BlockQ4_K& B = blocks[sb];
-      const ActBlock* xs = x + sb * 8;
-      const float d = F16(B.d), dmin = F16(B.dmin);
+      const int8_t* q = xk.qk + sb * kQK_K;
+      const int32_t* bs = xk.bsum + sb * 8;
       int sc[8], mn[8];
       for (int i = 0; i < 8; ++i) gemm_quant_detail::scale_min_k4(i, B.scales, sc[i], mn[i]);
-      float t[8];
-      for (int i = 0; i < 8; ++i) t[i] = static_cast<float>(mn[i]) * (xs[i].d * xs[i].sum);
-      corr = std::fma(dmin, ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7])), corr);
+      int32_t msum = 0;
+      for (int i = 0; i < 8; ++i) msum += mn[i] * bs[i];
+      __m256i isum = _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B.qs + 32 * c));
-        acc0 = BlockFma(_mm256_and_si256(raw, m4), LoadQ(xs[2 * c]), ones,
-                        xs[2 * c].d * (d * static_cast<float>(sc[2 * c])), acc0);
-        acc1 = BlockFma(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), LoadQ(xs[2 * c + 1]), ones,
-                        xs[2 * c + 1].d * (d * static_cast<float>(sc[2 * c + 1])), acc1);
+        const __m256i plo = _mm256_maddubs_epi16(_mm256_and_si256(raw, m4),
+                                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * c)));
+        const __m256i phi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * c + 32)));
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(plo, _mm256_set1_epi16(static_cast<int16_t>(sc[2 * c]))),
+                                                       _mm256_madd_epi16(phi, _mm256_set1_epi16(static_cast<int16_t>(sc[2 * c + 1])))));
       }
+      const float dx = xk.d[sb];
+      if (sb & 1)
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dx * F16(B.d)), acc1);
+      else
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dx * F16(B.d)), acc0);
+      corr = std::fma(dx * F16(B.dmin), static_cast<float>(msum), corr);
     }
     return HSum(_mm256_add_ps(acc0, acc1)) - corr;
-  } else {  // Q6_K
+  } else {  // Q6_K against the q8_K form: sign trick on q - 32, sub-block scales in vpmaddwd.
     const auto* blocks = static_cast<const BlockQ6_K*>(row);
     const __m256i three = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
     for (int64_t sb = 0; sb < nb / 8; ++sb) {
       const BlockQ6_K& B = blocks[sb];
-      const ActBlock* xs = x + sb * 8;
-      const float d = F16(B.d);
+      const int8_t* qx = xk.qk + sb * kQK_K;
+      __m256i isum = _mm256_setzero_si256();
       for (int h = 0; h < 2; ++h) {
         const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B.ql + 64 * h));
         const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B.ql + 64 * h + 32));
@@ -369,16 +431,19 @@ float DotRow(const void* row, const ActBlock* HWY_RESTRICT x, const ActPair* HWY
             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4))};
         for (int gg = 0; gg < 4; ++gg) {
-          const ActBlock& a = xs[4 * h + gg];
           const int8_t* scp = B.scales + 8 * h + 2 * gg;
           const __m256i w = _mm256_sub_epi8(c[gg], m32);
+          const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + 128 * h + 32 * gg));
           const __m256i mul = _mm256_set_m128i(_mm_set1_epi16(scp[1]), _mm_set1_epi16(scp[0]));
-          if (gg & 1)
-            acc1 = BlockFma(_mm256_abs_epi8(w), _mm256_sign_epi8(LoadQ(a), w), mul, a.d * d, acc1);
-          else
-            acc0 = BlockFma(_mm256_abs_epi8(w), _mm256_sign_epi8(LoadQ(a), w), mul, a.d * d, acc0);
+          isum = _mm256_add_epi32(
+              isum, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(q, w)), mul));
         }
       }
+      const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(xk.d[sb] * F16(B.d)));
+      if (sb & 1)
+        acc1 = _mm256_add_ps(f, acc1);
+      else
+        acc0 = _mm256_add_ps(f, acc0);
     }
     return HSum(_mm256_add_ps(acc0, acc1));
   }
@@ -507,12 +572,12 @@ void GemmRowsT(const void* w, const Panel* panels, const float* bias, float* y, 
   }
 }
 
-float DotActQ8(DType t, const void* row, const ActBlock* x, const ActPair* xp, int64_t k) {
+float DotActQ8(DType t, const void* row, const ActBlock* x, const ActPair* xp, const QK& xk, int64_t k) {
   switch (t) {
-    case DType::Q4_0: return DotRow<DType::Q4_0>(row, x, xp, k);
-    case DType::Q8_0: return DotRow<DType::Q8_0>(row, x, xp, k);
-    case DType::Q4_K: return DotRow<DType::Q4_K>(row, x, xp, k);
-    default: return DotRow<DType::Q6_K>(row, x, xp, k);
+    case DType::Q4_0: return DotRow<DType::Q4_0>(row, x, xp, xk, k);
+    case DType::Q8_0: return DotRow<DType::Q8_0>(row, x, xp, xk, k);
+    case DType::Q4_K: return DotRow<DType::Q4_K>(row, x, xp, xk, k);
+    default: return DotRow<DType::Q6_K>(row, x, xp, xk, k);
   }
 }
 
@@ -528,7 +593,8 @@ void GemmRows(DType t, const void* w, const Panel* panels, const float* bias, fl
 
 #else  // ---------------------------------------------------------------- other targets: scalar
 
-float DotActQ8(DType t, const void* row, const ActBlock* x, const ActPair*, int64_t k) {
+float DotActQ8(DType t, const void* row, const ActBlock* x, const ActPair*, const QK& xk, int64_t k) {
+  if (t == DType::Q4_K || t == DType::Q6_K) return gemm_quant_detail::dot_k_ref(t, row, xk, k);
   float acc = 0.0f, accm = 0.0f;
   for (int64_t j = 0; j < k / kActBlock; ++j) {
     RefBlock b;
@@ -565,12 +631,12 @@ void GemmRows(DType t, const void* w, const Panel* panels, const float* bias, fl
 }
 #endif
 
-void GemvActRows(DType t, const void* w, const ActBlock* x, const ActPair* xp, const float* bias, float* y,
-                 int64_t r0, int64_t r1, int64_t k) {
+void GemvActRows(DType t, const void* w, const ActBlock* x, const ActPair* xp, const QK& xk, const float* bias,
+                 float* y, int64_t r0, int64_t r1, int64_t k) {
   const int64_t rb = gemm_quant_detail::row_bytes(t, k);
   const auto* base = static_cast<const uint8_t*>(w);
   for (int64_t r = r0; r < r1; ++r) {
-    const float v = DotActQ8(t, base + r * rb, x, xp, k);
+    const float v = DotActQ8(t, base + r * rb, x, xp, xk, k);
     y[r] = bias ? v + bias[r] : v;
   }
 }
@@ -582,6 +648,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace llmopt::kernels {
 HWY_EXPORT(QuantizeAct);
+HWY_EXPORT(QuantizeK);
 HWY_EXPORT(QuantizePanels);
 HWY_EXPORT(DotActQ8);
 HWY_EXPORT(GemvActRows);
@@ -646,6 +713,14 @@ void ActRow::quantize(const float* x, int64_t kk) {
   blocks.resize(static_cast<size_t>(nb));
   pairs.resize(static_cast<size_t>((nb + 1) / 2));
   quantize_act(x, blocks.data(), kk);
+  if (kk % kQK_K == 0) {
+    qk.resize(static_cast<size_t>(kk));
+    dk.resize(static_cast<size_t>(kk / kQK_K));
+    bsum.resize(static_cast<size_t>(nb));
+    HWY_DYNAMIC_DISPATCH(QuantizeK)(x, qk.data(), dk.data(), bsum.data(), kk);
+  } else {
+    qk.clear(), dk.clear(), bsum.clear();
+  }
   for (int64_t p = 0; p < (nb + 1) / 2; ++p) {
     ActPair& a = pairs[p];
     std::memset(&a, 0, sizeof(a));
@@ -659,8 +734,16 @@ void ActRow::quantize(const float* x, int64_t kk) {
   }
 }
 
+namespace {
+gemm_quant_detail::QK qk_of(const ActRow& x) { return {x.qk.data(), x.dk.data(), x.bsum.data()}; }
+}  // namespace
+
 float dot_act_q8(DType t, const void* w_row, const ActRow& x) {
-  return HWY_DYNAMIC_DISPATCH(DotActQ8)(t, w_row, x.blocks.data(), x.pairs.data(), x.k);
+  return HWY_DYNAMIC_DISPATCH(DotActQ8)(t, w_row, x.blocks.data(), x.pairs.data(), qk_of(x), x.k);
+}
+
+float dot_act_q8k_ref(DType t, const void* w_row, const ActRow& x) {
+  return gemm_quant_detail::dot_k_ref(t, w_row, qk_of(x), x.k);
 }
 
 float dot_act_q8_ref(DType t, const void* w_row, const ActBlock* x, int64_t k) {
@@ -677,7 +760,7 @@ float dot_act_q8_ref(DType t, const void* w_row, const ActBlock* x, int64_t k) {
 
 void gemv_act_q8_rows(DType t, const void* w, const ActRow& x, const float* bias, float* y, int64_t r0,
                       int64_t r1) {
-  if (r1 > r0) HWY_DYNAMIC_DISPATCH(GemvActRows)(t, w, x.blocks.data(), x.pairs.data(), bias, y, r0, r1, x.k);
+  if (r1 > r0) HWY_DYNAMIC_DISPATCH(GemvActRows)(t, w, x.blocks.data(), x.pairs.data(), qk_of(x), bias, y, r0, r1, x.k);
 }
 
 void gemv_act_q8(DType t, const void* w, const float* x, const float* bias, float* y, int64_t n, int64_t k,
@@ -690,7 +773,8 @@ void gemv_act_q8(DType t, const void* w, const float* x, const float* bias, floa
   auto* rows = HWY_DYNAMIC_DISPATCH(GemvActRows);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t c = 0; c < chunks; ++c)
-    rows(t, w, xa.blocks.data(), xa.pairs.data(), bias, y, c * kRowsPerChunk, std::min(n, (c + 1) * kRowsPerChunk), k);
+    rows(t, w, xa.blocks.data(), xa.pairs.data(), qk_of(xa), bias, y, c * kRowsPerChunk,
+         std::min(n, (c + 1) * kRowsPerChunk), k);
 }
 
 void gemm_quant(DType t, const void* w, const float* x, const float* bias, float* y, int64_t m, int64_t n,

@@ -49,11 +49,20 @@ static_assert(sizeof(ActPair) == 128);
 
 // One activation row as the decode kernels take it: the blocks, and their pairs (the second
 // block of a last odd pair is zero).
+//
+// When k is a multiple of 256 the row is also quantized the way llama.cpp's q8_K is, one step
+// per 256 (qk, dk, and the sums of each 32 in bsum), for the Q4_K / Q6_K GEMV: one step per
+// weight super-block lets it sum the sub-blocks' scaled integer dots in int32 and take one float
+// multiply-add per 256 weights. (The GEMM, where the float work is shared by 8 rows, keeps steps
+// per 32.)
 struct ActRow {
   std::vector<ActBlock> blocks;
   std::vector<ActPair> pairs;
+  std::vector<int8_t> qk;
+  std::vector<float> dk;
+  std::vector<int32_t> bsum;
   int64_t k = 0;
-  // x[k], k a multiple of 32: blocks by quantize_act, pairs regrouped from them.
+  // x[k], k a multiple of 32: blocks by quantize_act, pairs regrouped from them, the q8_K form.
   void quantize(const float* x, int64_t k);
 };
 
@@ -66,10 +75,14 @@ void quantize_act_ref(const float* x, ActBlock* out, int64_t k);
 // The values the blocks stand for: out[i] = qs[i]·d.
 void dequantize_act(const ActBlock* in, float* out, int64_t k);
 
-// One row of W (k = x.k weights of w_type) against a quantized activation row. Unchecked.
+// One row of W (k = x.k weights of w_type) against a quantized activation row (Q4_K, Q6_K: its
+// q8_K form, see dot_act_q8k_ref; the others: its blocks, see dot_act_q8_ref). Unchecked.
 float dot_act_q8(DType w_type, const void* w_row, const ActRow& x);
 // Scalar twin: the formula above, sequential over blocks with one fma per block.
 float dot_act_q8_ref(DType w_type, const void* w_row, const ActBlock* x, int64_t k);
+// What dot_act_q8 computes for Q4_K / Q6_K rows (against x's q8_K form): per super-block s,
+// fl(d_x·d)·I_s − fl(d_x·dmin)·M_s with I_s = Σ_sub scale·Σ code·q and M_s = Σ_sub min·Σ q exact.
+float dot_act_q8k_ref(DType w_type, const void* w_row, const ActRow& x);
 
 // y[r] = dot_act_q8(row r) (+ bias[r]) for r in [r0, r1), on the calling thread. Unchecked.
 void gemv_act_q8_rows(DType w_type, const void* w, const ActRow& x, const float* bias, float* y,

@@ -3,7 +3,9 @@
 // Oracles:
 // (a) the scalar twins: quantize_act ≡ quantize_act_ref and gemm_quant ≡ gemm_quant_ref bit for
 //     bit on every SIMD target and thread count (integer block sums are exact and each output is
-//     one fma per block in block order in both); dot_act_q8 (decode, lanes over k) within kBound.
+//     one fma per block in block order in both); dot_act_q8 (decode, lanes over k) within kBound
+//     of dot_act_q8_ref (Q8_0, Q4_0) or dot_act_q8k_ref (Q4_K, Q6_K: activations in q8_K form,
+//     one step per 256).
 // (b) a float64 matmul Σ ŵ_i·x̂_i on the weights decoded by this file's own float64 decoder
 //     (from the block layouts of ggml-common.h, checked against dequantize_row) and on the
 //     dequantized activations x̂ = q·d of quantize_act_ref.
@@ -140,6 +142,29 @@ std::vector<float> dequantized_acts(const float* x, int64_t k) {
   return out;
 }
 
+bool k_quant(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+
+// What the GEMV multiplies by: the q8_K form (one step per 256) for the K formats, else the
+// blocks of 32. Also checks that form against x: |x - q·d| ≤ d/2 (+ rounding of x·(1/d)) and the
+// sums of each 32.
+std::vector<float> gemv_acts(DType t, const float* x, int64_t k) {
+  if (!k_quant(t)) return dequantized_acts(x, k);
+  ActRow r;
+  r.quantize(x, k);
+  std::vector<float> out(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    const double d = r.dk[i / 256];
+    out[i] = static_cast<float>(r.qk[i]) * r.dk[i / 256];
+    EXPECT_LE(std::fabs(x[i] - r.qk[i] * d), d / 2 + 4 * std::ldexp(1.0, -24) * std::fabs(x[i]));
+  }
+  for (int64_t b = 0; b < k / 32; ++b) {
+    int32_t s = 0;
+    for (int i = 0; i < 32; ++i) s += r.qk[b * 32 + i];
+    EXPECT_EQ(r.bsum[b], s);
+  }
+  return out;
+}
+
 struct Ref {
   double value, bound;
 };
@@ -211,13 +236,17 @@ TEST(GemmQuant, DotMatchesTwinAndFloat64Matmul) {
         xa.quantize(x.data(), k);
         std::vector<double> a, b;
         decode64(t, w.data(), k, a, b);
-        const auto xh = dequantized_acts(x.data(), k);
+        const auto xh = gemv_acts(t, x.data(), k);
         const Ref ref = reference(a, b, xh.data(), k, 0.0f);
         const float got = dot_act_q8(t, w.data(), xa);
-        const float twin = dot_act_q8_ref(t, w.data(), xa.blocks.data(), k);
+        const float twin = k_quant(t) ? dot_act_q8k_ref(t, w.data(), xa) : dot_act_q8_ref(t, w.data(), xa.blocks.data(), k);
         EXPECT_LE(std::fabs(got - ref.value), ref.bound) << dtype_name(t) << " k=" << k;
         EXPECT_LE(std::fabs(twin - ref.value), ref.bound) << dtype_name(t) << " k=" << k;
         EXPECT_LE(std::fabs(got - twin), 2 * ref.bound) << dtype_name(t) << " k=" << k;
+        // The GEMM's blocks-of-32 twin against its own float64 reference.
+        const auto xh32 = dequantized_acts(x.data(), k);
+        const Ref ref32 = reference(a, b, xh32.data(), k, 0.0f);
+        EXPECT_LE(std::fabs(dot_act_q8_ref(t, w.data(), xa.blocks.data(), k) - ref32.value), ref32.bound);
       }
     }
   });
@@ -252,7 +281,9 @@ void check_shapes(DType t, int64_t m, int64_t n, int64_t k, std::mt19937& rng, b
         const Ref ref = reference(a, b, xh.data(), k, bias[r]);
         ASSERT_LE(std::fabs(got[i * n + r] - ref.value), ref.bound) << dtype_name(t) << " row " << i << " col " << r;
         if (i == 0) {
-          ASSERT_LE(std::fabs(y[r] - ref.value), ref.bound) << dtype_name(t) << " gemv col " << r;
+          const auto xg = gemv_acts(t, x.data(), k);
+          const Ref rg = reference(a, b, xg.data(), k, bias[r]);
+          ASSERT_LE(std::fabs(y[r] - rg.value), rg.bound) << dtype_name(t) << " gemv col " << r;
         }
       }
     }
