@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -43,10 +44,13 @@ HWY_INLINE float BlockDot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT
 void NF4RowDots(const NF4Matrix& w, int64_t r, const float* x, int64_t m, float* out, float* values) {
   const int64_t k = w.cols;
   const uint8_t* c = w.codes + r * w.code_row_bytes();
-  for (int64_t j = 0; j + 1 < k; j += 2) {
-    values[j] = kNF4Values[c[j / 2] >> 4];
-    values[j + 1] = kNF4Values[c[j / 2] & 0x0f];
-  }
+  // One table lookup per byte: the two values it holds (first element in the high nibble).
+  static const auto pairs = [] {
+    std::array<std::array<float, 2>, 256> t{};
+    for (int b = 0; b < 256; ++b) t[b] = {kNF4Values[b >> 4], kNF4Values[b & 0x0f]};
+    return t;
+  }();
+  for (int64_t j = 0; j + 1 < k; j += 2) std::memcpy(values + j, pairs[c[j / 2]].data(), 2 * sizeof(float));
   if (k & 1) values[k - 1] = kNF4Values[c[k / 2] >> 4];
   for (int64_t i = 0; i < m; ++i) out[i] = 0.0f;
   for (int64_t b = 0; b < w.blocks_per_row(); ++b) {
