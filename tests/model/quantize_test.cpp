@@ -92,7 +92,7 @@ TEST(Quantize, RtnDeclaresFallbacksAndCountsBits) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("down_proj"), std::string::npos) << e.what();
   }
-  spec.format = "q4_k";  // no reference quantizer yet: named, not silently replaced
+  spec.format = "i32";  // a dtype that is no storage format: named, not silently replaced
   EXPECT_THROW(model::check_quantize_spec(spec), InputError);
   spec.format = "q8_0";
   spec.skip = {"("};
