@@ -55,6 +55,34 @@ std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
                                                      int64_t batch_size, const ProgressFn& progress) {
   LLMOPT_CHECK_INPUT(batch_size >= 1, "[eval] batch size {} must be at least 1", batch_size);
   const int64_t L = task_max_length(m);
+  // A continuation longer than the context (lm-eval asserts against it) is scored in pieces of
+  // at most L tokens, each after everything before it (left-truncated as usual), and summed.
+  bool long_cont = false;
+  for (const auto& r : requests) long_cont = long_cont || static_cast<int64_t>(r.continuation.size()) > L;
+  if (long_cont) {
+    std::vector<LoglikelihoodRequest> pieces;
+    std::vector<size_t> owner;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const auto& r = requests[i];
+      const int64_t nc = static_cast<int64_t>(r.continuation.size());
+      for (int64_t a = 0; a < std::max<int64_t>(nc, 1); a += L) {
+        LoglikelihoodRequest q;
+        q.context = r.context;
+        q.context.insert(q.context.end(), r.continuation.begin(), r.continuation.begin() + a);
+        q.continuation.assign(r.continuation.begin() + a, r.continuation.begin() + std::min(nc, a + L));
+        pieces.push_back(std::move(q));
+        owner.push_back(i);
+      }
+    }
+    const auto part = score_loglikelihood(m, pieces, batch_size, progress);
+    std::vector<LoglikelihoodResult> out(requests.size());
+    for (auto& o : out) o.is_greedy = true;
+    for (size_t k = 0; k < part.size(); ++k) {
+      out[owner[k]].logprob += part[k].logprob;
+      out[owner[k]].is_greedy = out[owner[k]].is_greedy && part[k].is_greedy;
+    }
+    return out;
+  }
   const int64_t V = m.config().vocab_size;
   std::vector<LoglikelihoodResult> out(requests.size());
   // One cache of the model's full length, reset per context: every request runs on a cache of
@@ -70,8 +98,7 @@ std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
       const auto& r = requests[static_cast<size_t>(i)];
       const int64_t nc = static_cast<int64_t>(r.continuation.size());
       LLMOPT_CHECK_INPUT(!r.context.empty(), "[eval] request {}: empty context", i);
-      LLMOPT_CHECK_INPUT(nc >= 1 && nc <= L, "[eval] request {}: a continuation of {} tokens (1 to {}, the model's "
-                         "context length)", i, nc, L);
+      LLMOPT_CHECK_INPUT(nc >= 1, "[eval] request {}: empty continuation", i);
       for (int64_t t : r.continuation)
         LLMOPT_CHECK_INPUT(t >= 0 && t < V, "[eval] request {}: token id {} out of range (vocab {})", i, t, V);
       // lm-eval: (context + continuation)[-(L + 1):][:-1] is the input.

@@ -25,7 +25,7 @@ namespace llmopt::eval {
 
 struct LoglikelihoodRequest {
   std::vector<int64_t> context;       // ≥ 1 token
-  std::vector<int64_t> continuation;  // ≥ 1 token, at most the model's context length
+  std::vector<int64_t> continuation;  // ≥ 1 token
 };
 struct LoglikelihoodResult {
   double logprob = 0;      // sum of log p(continuation token | prefix), float64 log-softmax
@@ -40,6 +40,8 @@ int64_t task_max_length(const infer::Engine& m);
 // truncated back to the context. The arithmetic of a request does not depend on which other
 // requests share its batch: every context is prefilled into an empty cache of the same capacity
 // and every continuation appended to exactly that context, so scores do not depend on batch_size.
+// A continuation longer than the model's context (lm-eval refuses it) is scored in pieces of at
+// most max_length tokens, each after the (left-truncated) context and the pieces before it.
 std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
                                                      const std::vector<LoglikelihoodRequest>& requests,
                                                      int64_t batch_size = 16, const ProgressFn& progress = {});

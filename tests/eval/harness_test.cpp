@@ -125,8 +125,24 @@ TEST(TaskHarness, LoglikelihoodMatchesDirectComputationIncludingTruncation) {
     EXPECT_NEAR(got[i].logprob, lp, kTol) << "request " << i;
     EXPECT_EQ(got[i].is_greedy, greedy) << "request " << i;
   }
-  // A continuation longer than the model's context is bad input.
-  EXPECT_THROW(eval::score_loglikelihood(m, {{{1}, std::vector<int64_t>(13, 2)}}, 1), InputError);
+  // A continuation longer than the model's context: pieces of L tokens, each after all before it.
+  std::vector<int64_t> long_cont;
+  for (int64_t t = 0; t < 30; ++t) long_cont.push_back((t * 7) % V);
+  const auto got_long = eval::score_loglikelihood(m, {{{3, 4}, long_cont}}, 1)[0];
+  double lp_long = 0;
+  bool greedy_long = true;
+  for (size_t a = 0; a < long_cont.size(); a += L) {
+    std::vector<int64_t> ctx = {3, 4};
+    ctx.insert(ctx.end(), long_cont.begin(), long_cont.begin() + static_cast<std::ptrdiff_t>(a));
+    const std::vector<int64_t> piece(long_cont.begin() + static_cast<std::ptrdiff_t>(a),
+                                     long_cont.begin() + static_cast<std::ptrdiff_t>(std::min(a + L, long_cont.size())));
+    const auto [lp, g] = reference_ll(ctx, piece, L, V);
+    lp_long += lp;
+    greedy_long = greedy_long && g;
+  }
+  EXPECT_NEAR(got_long.logprob, lp_long, kTol);
+  EXPECT_EQ(got_long.is_greedy, greedy_long);
+  EXPECT_THROW(eval::score_loglikelihood(m, {{{1}, {}}}, 1), InputError);
 }
 
 TEST(TaskHarness, GreedyFlagTrueForArgmaxContinuation) {
