@@ -368,6 +368,32 @@ LoraApplyResult apply_lora(LlamaModel& model, const std::vector<std::string>& ta
   return r;
 }
 
+GradThroughLinear::GradThroughLinear(std::shared_ptr<LinearLayer> base) : base_(std::move(base)) {
+  register_module("base_layer", base_);
+}
+
+torch::Tensor GradThroughLinear::forward(const torch::Tensor& x) {
+  if (!torch::GradMode::is_enabled() || !x.requires_grad()) return base_->forward(x);
+  return BaseLinearFn::apply(x, reinterpret_cast<int64_t>(base_.get()));
+}
+
+int64_t wrap_grad_through(LlamaModel& model) {
+  int64_t n = 0;
+  for (auto& [p, l] : model.linear_layers()) {
+    if (std::dynamic_pointer_cast<DenseLinear>(l) || std::dynamic_pointer_cast<LoraLinear>(l) ||
+        std::dynamic_pointer_cast<GradThroughLinear>(l))
+      continue;
+    model.set_linear(p, std::make_shared<GradThroughLinear>(l));
+    ++n;
+  }
+  return n;
+}
+
+void unwrap_grad_through(LlamaModel& model) {
+  for (auto& [p, l] : model.linear_layers())
+    if (auto g = std::dynamic_pointer_cast<GradThroughLinear>(l)) model.set_linear(p, g->base());
+}
+
 std::vector<std::pair<std::string, std::shared_ptr<LoraLinear>>> lora_layers(LlamaModel& model) {
   std::vector<std::pair<std::string, std::shared_ptr<LoraLinear>>> out;
   for (auto& [p, l] : model.linear_layers())

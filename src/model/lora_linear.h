@@ -115,6 +115,32 @@ struct LoraApplyResult {
 // cfg.bias) trainable.
 LoraApplyResult apply_lora(LlamaModel& model, const std::vector<std::string>& targets, const LoraConfig& cfg,
                            uint64_t seed);
+// A frozen projection whose own forward computes on detached inputs (packed, NF4 ...) made to pass
+// gradients to its input (d/dx = grad · W, W dequantized for the backward pass only) while
+// training adapters elsewhere: everything else (kind, stored state, weights) is the base's own.
+class GradThroughLinear : public LinearLayer {
+ public:
+  explicit GradThroughLinear(std::shared_ptr<LinearLayer> base);
+  torch::Tensor forward(const torch::Tensor& x) override;
+  int64_t in_features() const override { return base_->in_features(); }
+  int64_t out_features() const override { return base_->out_features(); }
+  std::string kind() const override { return base_->kind(); }
+  torch::Tensor dense_weight() const override { return base_->dense_weight(); }
+  torch::Tensor bias() const override { return base_->bias(); }
+  int64_t storage_bytes() const override { return base_->storage_bytes(); }
+  const void* gemv_weights(DType* type) const override { return base_->gemv_weights(type); }
+  LayerState stored_state() const override { return base_->stored_state(); }
+  std::optional<StoredTensor> file_weight() const override { return base_->file_weight(); }
+  const std::shared_ptr<LinearLayer>& base() const { return base_; }
+
+ private:
+  std::shared_ptr<LinearLayer> base_;
+};
+// Wraps every projection that is neither dense nor LoRA in a GradThroughLinear (so adapters before
+// it receive gradients); returns how many. unwrap_grad_through() puts the bases back.
+int64_t wrap_grad_through(LlamaModel& model);
+void unwrap_grad_through(LlamaModel& model);
+
 // The LoRA layers of `model` by path.
 std::vector<std::pair<std::string, std::shared_ptr<LoraLinear>>> lora_layers(LlamaModel& model);
 // Replaces every LoRA layer by its merged projection (dense or re-packed base kind); returns how

@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "model/lora_adapter.h"
 #include "model/lora_linear.h"
+#include "model/nf4_linear.h"
 #include "model/packed_linear.h"
 #include "model/state_io.h"
 #include "model/synth.h"
@@ -218,6 +219,48 @@ TEST(Lora, ForwardEqualsDirectFormulaOnDenseAndPackedBases) {
       EXPECT_FALSE(l->merged());
       EXPECT_LT((l->forward(x) - before).abs().max().item<double>(), 1e-5);
     }
+  }
+}
+
+// Gradients through a packed or NF4 base (whose forward computes on detached inputs; LoraLinear
+// and GradThroughLinear carry d/dx = grad · W with W dequantized for the backward only) equal those
+// through dense bases holding the same dequantized weights (torch's own autograd), up to float32
+// reassociation.
+TEST(Lora, GradientsThroughPackedAndNf4BasesEqualDenseOnes) {
+  for (const char* kind : {"q8_0", "nf4"}) {
+    auto quantized = model::synth_model(tiny_config(), 21);
+    for (auto& [p, l] : quantized->linear_layers()) {
+      torch::NoGradGuard g;
+      std::shared_ptr<model::LinearLayer> q;
+      if (std::string(kind) == "nf4") q = model::NF4Linear::quantize(l->dense_weight(), l->bias(), true);
+      else q = model::PackedLinear::pack(l->dense_weight(), l->bias(), DType::Q8_0);
+      quantized->set_linear(p, q);
+    }
+    auto dense = model::synth_model(tiny_config(), 21);
+    for (auto& [p, l] : quantized->linear_layers())
+      dense->set_linear(p, std::make_shared<model::DenseLinear>(l->dense_weight(), l->bias()));
+    LoraConfig cfg;
+    cfg.r = 2;
+    cfg.dora = true;
+    std::vector<std::vector<torch::Tensor>> grads;
+    const auto tokens = torch::randint(0, 50, {2, 10}, torch::kInt64);
+    for (auto* m : {quantized.get(), dense.get()}) {
+      model::apply_lora(*m, {"all-linear"}, cfg, 3);
+      // The untied output head stays packed in the quantized model: it must pass gradients back.
+      EXPECT_EQ(model::wrap_grad_through(*m), m == quantized.get() ? 1 : 0);
+      randomize_adapters(*m, 4);
+      m->train();
+      auto logits = m->forward(tokens.slice(1, 0, -1));
+      torch::nn::functional::cross_entropy(logits.reshape({-1, 50}), tokens.slice(1, 1).reshape({-1})).backward();
+      std::vector<torch::Tensor> g;
+      for (auto& [p, l] : model::lora_layers(*m))
+        for (auto* t : {&l->lora_A(), &l->lora_B(), &l->magnitude()}) g.push_back(t->grad().clone());
+      grads.push_back(g);
+    }
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    for (size_t i = 0; i < grads[0].size(); ++i)
+      EXPECT_TRUE(torch::allclose(grads[0][i], grads[1][i], 1e-3, 1e-6)) << kind << " tensor " << i << ": max diff "
+          << (grads[0][i] - grads[1][i]).abs().max().item<double>();
   }
 }
 

@@ -94,6 +94,9 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
     }
     applied = model::apply_lora(m, o.lora.target_modules, lora_config(o.lora), seed);
     r.metrics["lora_layers"] = static_cast<int64_t>(applied.paths.size());
+    // Frozen packed / NF4 projections that are not adapted (an untied quantized output head ...)
+    // must still pass gradients to the adapters before them.
+    model::wrap_grad_through(m);
   } else {
     std::vector<std::regex> keep;
     for (const auto& t : o.trainable) {
@@ -167,6 +170,7 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
       },
       ctx.interrupt_flag);
   if (tr.cancelled) throw Interrupted();
+  model::unwrap_grad_through(m);
   m.eval();
   for (auto& p : m.parameters(/*recurse=*/true)) p.set_requires_grad(false);
 
