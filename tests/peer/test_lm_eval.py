@@ -10,6 +10,8 @@ metric definitions. Checked per sample:
   - loglikelihood of every choice/continuation within LL_TOL,
   - is_greedy (lambada) identical,
   - acc and acc_norm identical (per sample and the task means).
+And for a generation task (greedy continuation of LAMBADA passages until a newline, 40 documents),
+the generated strings are identical.
 
 Tolerance: both run the same f32 weights in f32 (torch eager vs llmopt's native engine). llmopt
 takes the log-softmax and the sum over continuation tokens in float64; lm-eval does both in
@@ -80,6 +82,33 @@ def write_lm_eval_tasks(dirpath: Path, shared: Path):
             test_split: test
         """) + textwrap.dedent(body)
         (dirpath / f"peer_{name}.yaml").write_text(text)
+
+
+# Generation: greedy continuation of LAMBADA passages until "\n" (24 tokens at most) from a task
+# file written here for each side (llmopt: --tasks FILE.yaml). Predictions must be the same
+# strings (the 17M model writes a few words: " the world.", ", \"I can be a good man.", ...).
+GEN_LIMIT = int(os.environ.get("LLMOPT_LM_EVAL_GEN_LIMIT", "40"))
+LM_EVAL_GEN_TASK = """
+    output_type: generate_until
+    doc_to_text: "{{context}}"
+    doc_to_target: "{{' ' + continuation}}"
+    generation_kwargs:
+      until: ["\\n"]
+      max_gen_toks: 24
+      do_sample: false
+    metric_list:
+      - metric: exact_match
+"""
+LLMOPT_GEN_TASK = """
+task: lambada_gen
+data: {data}
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: " {{{{continuation}}}}"
+generation:
+  until: ["\\n"]
+  max_gen_toks: 24
+"""
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +192,35 @@ def test_task_metrics_match_lm_eval(task, ours, theirs):
             assert mine[f"{metric}_stderr"] == pytest.approx(t[f"{metric}_stderr,none"], rel=1e-9), metric
     if task == "lambada_openai":
         assert mine["perplexity"] == pytest.approx(t["perplexity,none"], rel=1e-4)
+
+
+def test_greedy_generations_match_lm_eval(llmopt, export17m, shared, tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    data = shared / "tasks" / "lambada_openai.jsonl"
+    include = tmp_path / "tasks"
+    include.mkdir()
+    (include / "peer_lambada_gen.yaml").write_text(textwrap.dedent(f"""
+        task: peer_lambada_gen
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {data}
+        test_split: test
+    """) + textwrap.dedent(LM_EVAL_GEN_TASK))
+    out = simple_evaluate(model="hf", model_args=f"pretrained={export17m},dtype=float32",
+                          tasks=["peer_lambada_gen"], task_manager=TaskManager(include_path=str(include)),
+                          limit=GEN_LIMIT, batch_size=1, device="cpu", log_samples=True)
+    theirs = {s["doc_id"]: s["resps"][0][0] for s in out["samples"]["peer_lambada_gen"]}
+    ours_yaml = tmp_path / "lambada_gen.yaml"
+    ours_yaml.write_text(LLMOPT_GEN_TASK.format(data=data))
+    logs = tmp_path / "ours"
+    llmopt.run("eval", export17m, "--tasks", ours_yaml, "--limit", GEN_LIMIT, "--log-samples", logs)
+    ours = {r["doc_id"]: r["generation"]
+            for r in map(json.loads, (logs / "lambada_gen.jsonl").read_text().splitlines())}
+    assert sorted(ours) == sorted(theirs) == list(range(GEN_LIMIT))
+    assert sum(1 for g in ours.values() if g.strip()) >= GEN_LIMIT // 2, "mostly empty generations prove little"
+    differ = [(i, ours[i], theirs[i]) for i in ours if ours[i] != theirs[i]]
+    assert not differ, f"{len(differ)} of {GEN_LIMIT} generations differ, first: {differ[:3]}"
