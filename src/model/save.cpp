@@ -30,8 +30,8 @@ namespace {
 // lm_head; bitsandbytes' serialization is not written here), with a warning.
 void add_gptq_layout(LlamaModel& m, io::Checkpoint& ck) {
   const std::string way_out =
-      "re-quantize with bits 2/4/8 and a group size that divides every row (or -1), or write dequantized "
-      "weights with `llmopt convert MODEL OUT --to hf --type f16`";
+      "re-quantize with bits 2/4/8 and a group size that divides every row (or -1; bits 8 when a dimension "
+      "is a multiple of 4 but not of 8), or write dequantized weights with `llmopt convert MODEL OUT --to hf --type f16`";
   std::optional<io::GptqConfig> cfg;
   std::string first;
   std::set<std::string> quantized_children, dense_children;
