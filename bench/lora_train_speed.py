@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""LoRA training speed: `llmopt finetune` vs the same training written in PyTorch-Python with peft
+(issue 10's throughput check), in alternating rounds on the same machine.
+
+Both train LoRA r=8, alpha 16 on all seven projections of the same HF model, AdamW lr 2e-3,
+batch B x T tokens, on the same text, with the same thread count; each reports tokens/s over the
+steps after the first (the first pays for allocation / warm-up). Each round runs llmopt, then
+Python; the ratio is taken within a round and the median over rounds is printed.
+
+Run with the peer venv (Debian's torch 1.13 + transformers 4.44.2 + peft 0.12.0):
+
+  tests/peer/.venv/bin/python bench/lora_train_speed.py --llmopt build/apps/llmopt/llmopt \
+      --model ../shared/models/tinyllama-bpe-17m --text ../shared/text/tinyshakespeare.txt \
+      --threads 2 --batch 4 --seq-len 128 --steps 8 --rounds 2
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_llmopt(exe, model, text, threads, batch, seq_len, steps, tmp):
+    out = os.path.join(tmp, "llmopt-adapter")
+    subprocess.run([exe, "-q", "--threads", str(threads), "finetune", model, "--data", text, "--method", "lora",
+                    "--r", "8", "--alpha", "16", "--steps", str(steps), "--batch-size", str(batch), "--seq-len",
+                    str(seq_len), "--lr", "2e-3", "--schedule", "constant", "--out", out], check=True,
+                   capture_output=True, text=True)
+    # Per-step wall time from the events (tokens/s over steps 2..N, as the Python side measures).
+    events = [json.loads(l) for l in open(os.path.join(out, "train_events.jsonl"))]
+    steps_ev = [e for e in events if e.get("event") == "train_step"]
+    from datetime import datetime
+    t = [datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() for e in steps_ev]
+    tokens = sum(e["tokens"] for e in steps_ev[1:])
+    return tokens / (t[-1] - t[0])
+
+
+def run_python(model_dir, text, threads, batch, seq_len, steps):
+    import torch
+    import transformers
+    import peft
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    ids = tok(open(text, encoding="utf-8").read()[:400000], return_tensors="pt").input_ids[0]
+    model = transformers.LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
+                                                          attn_implementation="eager")
+    cfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    pm = peft.get_peft_model(model, cfg)
+    pm.train()
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
+    rows = (len(ids) - 1) // seq_len
+    times = []
+    for s in range(steps):
+        pick = torch.randint(0, rows, (batch,))
+        x = torch.stack([ids[i * seq_len:i * seq_len + seq_len + 1] for i in pick.tolist()])
+        logits = pm(input_ids=x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in pm.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        times.append(time.perf_counter())
+    return batch * seq_len * (steps - 1) / (times[-1] - times[0])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llmopt", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--text", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    a = ap.parse_args()
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            ours = run_llmopt(a.llmopt, a.model, a.text, a.threads, a.batch, a.seq_len, a.steps, tmp)
+            py = run_python(a.model, a.text, a.threads, a.batch, a.seq_len, a.steps)
+            ratios.append(ours / py)
+            print(f"round {r + 1}: llmopt {ours:.0f} tok/s, PyTorch+peft {py:.0f} tok/s, ratio {ours / py:.2f}",
+                  flush=True)
+    print(f"median ratio llmopt / PyTorch+peft: {statistics.median(ratios):.2f} "
+          f"(threads {a.threads}, batch {a.batch} x {a.seq_len}, {a.steps} steps, {a.rounds} rounds)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
