@@ -25,11 +25,16 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   static double damp = 0.01;
   static bool act_order = false, asym = false;
   static int64_t group_size = 128;
+  static double outlier_threshold = 6.0, smooth_alpha = 0.5;
+  static std::string act_range = "minmax";
+  static double target_bpw = 0;
+  static std::vector<std::string> candidates;
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("OUT", out, "Output path (a .gguf file, or a directory for --to hf)")->required();
   cmd->add_option("--method", method,
-                  "rtn (importance-weighted with --calibration) | gptq | awq | awq_gptq (these need --calibration)")
-      ->check(CLI::IsMember({"rtn", "gptq", "awq", "awq_gptq"}))
+                  "rtn (importance-weighted with --calibration) | gptq | awq | awq_gptq (these need --calibration) | "
+                  "dynamic | static (W8A8; measured in memory with `llmopt run`, no file format holds them)")
+      ->check(CLI::IsMember({"rtn", "gptq", "awq", "awq_gptq", "dynamic", "static"}))
       ->capture_default_str();
   cmd->add_option("--calibration", calibration, "Calibration text (.txt) or jsonl ({\"text\": ...} per line)");
   cmd->add_option("--calibration-samples", cal_samples, "Calibration windows")->capture_default_str();
@@ -40,8 +45,19 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--calibration-seed", cal_seed, "Which windows are drawn")->capture_default_str();
   cmd->add_option("--damp", damp, "GPTQ dampening (fraction of the mean Hessian diagonal)")->capture_default_str();
   cmd->add_flag("--act-order", act_order, "GPTQ: columns by decreasing Hessian diagonal");
+  cmd->add_option("--outlier-threshold", outlier_threshold, "W8A8: |x| above which a column is computed in float")
+      ->capture_default_str();
+  cmd->add_option("--act-range", act_range, "W8A8 static: minmax | percentile | mse")
+      ->check(CLI::IsMember({"minmax", "percentile", "mse"}))
+      ->capture_default_str();
+  cmd->add_option("--smooth-alpha", smooth_alpha, "W8A8: SmoothQuant strength (with --calibration)")
+      ->capture_default_str();
   cmd->add_option("--group-size", group_size, "int-N: columns per scale (32, 64, 128; -1 = per output channel)")
       ->capture_default_str();
+  cmd->add_option("--target-bpw", target_bpw,
+                  "Mixed precision: bits per linear weight to spend; per-projection formats chosen by measured KLD "
+                  "(needs --calibration)");
+  cmd->add_option("--candidates", candidates, "Mixed precision: formats to choose from (repeatable)");
   cmd->add_flag("--asym", asym, "int-N: asymmetric grid with zero points (default symmetric)");
   cmd->add_option("--format", format, "q8_0 | q6_k | q5_k | q5_1 | q5_0 | q4_k | q4_1 | q4_0 | q3_k | q2_k | f16 | bf16 | int2..int8 (--group-size, --asym) | nf4")
       ->capture_default_str();
@@ -64,7 +80,12 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     spec.gptq.damp = damp;
     spec.group_size = group_size;
     spec.sym = !asym;
+    spec.target_bpw = target_bpw;
+    spec.candidates = candidates;
     spec.gptq.act_order = act_order;
+    spec.outlier_threshold = outlier_threshold;
+    spec.act_range = act_range;
+    spec.smooth_alpha = smooth_alpha;
     spec.calibration.where = "--calibration";
     spec.calibration.path = calibration;
     spec.calibration.samples = cal_samples;
@@ -74,7 +95,18 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     spec.calibration.seed = static_cast<uint64_t>(cal_seed);
     spec.imatrix_path = imatrix;
     model::check_quantize_spec(spec);
+    LLMOPT_CHECK_INPUT(method != "dynamic" && method != "static",
+                       "[quantize] --method {}: no file format holds W8A8 layers (int8 activations are computed at "
+                       "run time); measure them in memory with `llmopt run configs/quantize_w8a8.yaml`", method);
     const std::string fmt_name = !to.empty() ? to : (std::filesystem::path(out).extension() == ".gguf" ? "gguf" : "hf");
+    // GGUF has ggml block types only: llmopt's int-N / NF4 layers would go out dequantized.
+    const bool own_format = format == "nf4" || (format.size() == 4 && format.rfind("int", 0) == 0) ||
+                            std::any_of(candidates.begin(), candidates.end(),
+                                        [](const std::string& c) { return c.rfind("int", 0) == 0 || c == "nf4"; });
+    LLMOPT_CHECK_INPUT(!(own_format && fmt_name == "gguf"),
+                       "[quantize] --format {}: GGUF holds ggml block types only (q4_0, q4_k, q8_0 ...); write int-N "
+                       "with --to hf (GPTQ layout: 2/4/8 bits, groups that divide every row) or use `llmopt run` with a "
+                       "quantize stage to measure it in memory", format);
     auto lm = load_for_inference(model, tokenizer,
                                  /*need_tokenizer=*/fmt_name == "gguf" || model::method_needs_calibration(spec));
     const model::QuantizeReport rep = model::quantize_model(*lm.model, lm.tokenizer.get(), spec);

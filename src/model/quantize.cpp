@@ -1,5 +1,7 @@
 #include "model/quantize.h"
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <optional>
 #include <regex>
@@ -9,6 +11,7 @@
 #include "io/architecture.h"
 #include "io/imatrix.h"
 #include "kernels/quant_formats.h"
+#include "kernels/intn.h"
 #include "model/awq.h"
 #include "model/intn_linear.h"
 #include "model/nf4_linear.h"
@@ -75,7 +78,10 @@ std::vector<std::regex> compile(const std::vector<std::string>& patterns) {
 
 }  // namespace
 
+void check_mixed(const QuantizeSpec& spec);
+
 void check_quantize_spec(const QuantizeSpec& spec) {
+  if (spec.method == "dynamic" || spec.method == "static") return check_w8a8_spec(spec);  // W8A8
   const bool own = intn_bits(spec.format).has_value() || spec.format == "nf4";
   if (intn_bits(spec.format)) check_intn_params(intn_params(spec, false), "format");
   LLMOPT_CHECK_INPUT(!(spec.format == "nf4" && method_needs_calibration(spec)),
@@ -84,8 +90,9 @@ void check_quantize_spec(const QuantizeSpec& spec) {
   const DType t = own ? DType::F32 : packable_type(spec.format, "format");
   if (spec.fallback != "error") packable_type(spec.fallback, "fallback");
   compile(spec.skip);
+  check_mixed(spec);
   LLMOPT_CHECK_INPUT(spec.method == "rtn" || spec.method == "gptq" || spec.method == "awq" || spec.method == "awq_gptq",
-                     "[quantize] method: expected rtn, gptq, awq or awq_gptq, got '{}'", spec.method);
+                     "[quantize] method: expected rtn, gptq, awq, awq_gptq, dynamic or static, got '{}'", spec.method);
   LLMOPT_CHECK_INPUT(spec.imatrix_path.empty() || !method_needs_calibration(spec),
                      "[quantize] imatrix: an importance matrix applies to method rtn without calibration "
                      "(got method {}{})", spec.method, spec.calibration.path.empty() ? "" : " with calibration");
@@ -100,8 +107,28 @@ void check_quantize_spec(const QuantizeSpec& spec) {
   }
 }
 
+bool method_needs_calibration(const QuantizeSpec& spec);
+
+void check_mixed(const QuantizeSpec& spec) {
+  LLMOPT_CHECK_INPUT(spec.target_bpw >= 0 && spec.target_bpw <= 32, "[quantize] target_bpw: expected 0..32, got {}",
+                     spec.target_bpw);
+  for (const auto& c : spec.candidates) {
+    if (auto b = intn_bits(c)) {
+      auto p = intn_params(spec, false);
+      p.bits = *b;
+      check_intn_params(p, "candidates");
+    } else {
+      packable_type(c, "candidates");
+    }
+  }
+  for (const auto& [path, f] : spec.layer_format) {
+    if (!intn_bits(f)) packable_type(f, "layer_format");
+  }
+}
+
 bool method_needs_calibration(const QuantizeSpec& spec) {
-  return spec.method != "rtn" || !spec.calibration.path.empty();
+  if (spec.method == "dynamic") return !spec.calibration.path.empty();  // W8A8: smoothing, outlier columns
+  return spec.method != "rtn" || !spec.calibration.path.empty() || spec.target_bpw > 0;
 }
 
 namespace {
@@ -227,8 +254,172 @@ torch::Tensor fake_quantize(const torch::Tensor& w, DType t) {
 
 }  // namespace
 
+namespace {
+
+// What one projection becomes: llmopt's int-N (any row) or a ggml/float type (with the fallback
+// for rows that are not whole blocks).
+struct Target {
+  bool intn = false;
+  IntNParams p;
+  DType t = DType::F32;
+  bool fell_back = false;
+  std::string name;
+  double bits_per_weight(int64_t in) const {
+    if (intn) {
+      const int64_t gs = p.group_size > 0 && p.group_size < in ? p.group_size : in;
+      // As kernels/intn.h stores a row: its codes as one byte-padded stream, an f16 scale per
+      // group, zero points packed like codes when asymmetric.
+      const int64_t groups = (in + gs - 1) / gs;
+      const int64_t bytes = kernels::intn_code_bytes(p.bits, in) + 2 * groups +
+                            (p.sym ? 0 : kernels::intn_code_bytes(p.bits, groups));
+      return 8.0 * static_cast<double>(bytes) / static_cast<double>(in);
+    }
+    return static_cast<double>(dtype_bytes_for(t, in)) * 8.0 / static_cast<double>(in);
+  }
+};
+
+Target target_for(const QuantizeSpec& spec, const std::string& format, const std::string& path, int64_t in) {
+  Target tg;
+  if (auto bits = intn_bits(format)) {
+    tg.intn = true;
+    tg.p = intn_params(spec, false);
+    tg.p.bits = *bits;
+    tg.name = intn_name(tg.p);
+    return tg;
+  }
+  const DType type = packable_type(format, "format");
+  tg.t = type;
+  if (in % dtype_block_elems(type) != 0) {
+    LLMOPT_CHECK_INPUT(spec.fallback != "error",
+                       "[quantize] {}: rows of {} values are not whole {} blocks of {} (set fallback)", path, in,
+                       format, dtype_block_elems(type));
+    const DType fb = packable_type(spec.fallback, "fallback");
+    LLMOPT_CHECK_INPUT(in % dtype_block_elems(fb) == 0,
+                       "[quantize] {}: rows of {} values fit neither format {} nor fallback {}", path, in, format,
+                       spec.fallback);
+    tg.t = fb;
+    tg.fell_back = true;
+  }
+  tg.name = std::string(dtype_name(tg.t));
+  return tg;
+}
+
+torch::Tensor fake_quantize_target(const torch::Tensor& w, const Target& tg) {
+  if (tg.intn) return IntNLinear::quantize(w, {}, tg.p)->dense_weight();
+  return fake_quantize(w, tg.t);
+}
+
+// Mean KL divergence (nats/token) of the model's next-token distributions from `ref_logp`.
+double mean_kld(LlamaModel& m, const torch::Tensor& tokens, const torch::Tensor& ref_logp) {
+  auto logp = torch::log_softmax(m.forward(tokens), -1);
+  return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item<double>();
+}
+
+}  // namespace
+
+std::map<std::string, std::string> assign_bits(LlamaModel& m, const torch::Tensor& calibration_tokens,
+                                               const QuantizeSpec& spec, std::vector<LayerSensitivity>* table) {
+  torch::NoGradGuard no_grad;
+  LLMOPT_CHECK_INPUT(spec.target_bpw > 0, "[quantize] target_bpw: expected > 0, got {}", spec.target_bpw);
+  std::vector<std::string> cands = spec.candidates;
+  if (cands.empty()) {
+    if (intn_bits(spec.format)) {
+      cands = {"int3", "int4", "int5", "int6", "int8"};
+    } else {
+      cands = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0"};
+    }
+  }
+  const auto skip = compile(spec.skip);
+  // A few calibration windows (at most 1024 positions) score each choice.
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(calibration_tokens.size(0), 1024 / calibration_tokens.size(1)));
+  const auto tokens = calibration_tokens.narrow(0, 0, rows);
+  const auto ref = torch::log_softmax(m.forward(tokens), -1);
+  struct Option {
+    std::string format;
+    double bits = 0, kld = 0;
+  };
+  struct Layer {
+    std::string path;
+    double weights = 0;
+    std::vector<Option> options;  // by increasing bits
+    size_t pick = 0;
+  };
+  std::vector<Layer> layers;
+  double fixed_bits = 0, all_weights = 0;
+  for (auto& [path, layer] : m.linear_layers()) {
+    const int64_t in = layer->in_features(), out = layer->out_features();
+    const double n = static_cast<double>(in * out);
+    all_weights += n;
+    bool skipped = false;
+    for (const auto& re : skip) skipped = skipped || std::regex_search(path, re);
+    if (skipped) {
+      const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
+      fixed_bits += 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
+      continue;
+    }
+    Layer L;
+    L.path = path;
+    L.weights = n;
+    const auto w = layer->dense_weight().to(torch::kFloat32);
+    for (const auto& c : cands) {
+      const Target tg = target_for(spec, c, path, in);
+      Option o;
+      o.format = c;
+      o.bits = tg.bits_per_weight(in);
+      auto dense = std::make_shared<DenseLinear>(fake_quantize_target(w, tg), layer->bias());
+      m.set_linear(path, dense);
+      o.kld = mean_kld(m, tokens, ref);
+      m.set_linear(path, layer);
+      L.options.push_back(o);
+    }
+    std::sort(L.options.begin(), L.options.end(), [](const Option& a, const Option& b) { return a.bits < b.bits; });
+    layers.push_back(std::move(L));
+  }
+  // Greedy: everything at its cheapest option, then the upgrade with the largest KLD drop per
+  // added bit while the budget holds.
+  auto total = [&]() {
+    double b = fixed_bits;
+    for (const auto& L : layers) b += L.options[L.pick].bits * L.weights;
+    return b / all_weights;
+  };
+  LLMOPT_CHECK_INPUT(total() <= spec.target_bpw + 1e-9,
+                     "[quantize] target_bpw: {} is below the smallest choice ({:.3f} bits per linear weight with every "
+                     "projection at its cheapest candidate)", spec.target_bpw, total());
+  for (;;) {
+    double best_gain = 0;
+    Layer* best = nullptr;
+    size_t best_next = 0;
+    const double cur = total();
+    for (auto& L : layers) {
+      for (size_t j = L.pick + 1; j < L.options.size(); ++j) {
+        const double add = (L.options[j].bits - L.options[L.pick].bits) * L.weights / all_weights;
+        if (add <= 0 || cur + add > spec.target_bpw + 1e-9) continue;
+        const double gain = (L.options[L.pick].kld - L.options[j].kld) / add;
+        if (gain > best_gain) best_gain = gain, best = &L, best_next = j;
+      }
+    }
+    if (!best) break;
+    best->pick = best_next;
+  }
+  std::map<std::string, std::string> out;
+  for (const auto& L : layers) {
+    out[L.path] = L.options[L.pick].format;
+    if (table) {
+      LayerSensitivity ls;
+      ls.path = L.path;
+      for (const auto& o : L.options) ls.kld[o.format] = o.kld;
+      ls.chosen = L.options[L.pick].format;
+      table->push_back(ls);
+    }
+  }
+  log::info("[quantize] target_bpw {}: {:.3f} bits per linear weight assigned over {} projections", spec.target_bpw,
+            total(), layers.size());
+  return out;
+}
+
 QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
                               const std::function<void(int64_t, int64_t)>& progress) {
+  if (spec.method == "dynamic" || spec.method == "static") return quantize_w8a8(m, tk, spec, progress);
   if (!method_needs_calibration(spec)) {
     auto rep = quantize_rtn(m, spec, progress);
     return rep;
@@ -237,32 +428,23 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
   check_quantize_spec(spec);
   LLMOPT_CHECK_INPUT(tk != nullptr, "[quantize] method {} needs the model's tokenizer to read the calibration text",
                      spec.method);
-  const bool intn = intn_bits(spec.format).has_value();
-  const DType type = intn ? DType::F32 : packable_type(spec.format, "format");
   const auto skip = compile(spec.skip);
   auto skipped = [&](const std::string& path) {
     for (const auto& re : skip)
       if (std::regex_search(path, re)) return true;
     return false;
   };
-  // The stored type of a projection with rows of `in` values.
-  auto type_for = [&](const std::string& path, int64_t in, bool* fell_back) {
-    *fell_back = false;
-    if (intn) return DType::F32;  // unused: int-N holds every row (tail groups)
-    if (in % dtype_block_elems(type) == 0) return type;
-    LLMOPT_CHECK_INPUT(spec.fallback != "error",
-                       "[quantize] {}: rows of {} values are not whole {} blocks of {} (set fallback)", path, in,
-                       spec.format, dtype_block_elems(type));
-    const DType fb = packable_type(spec.fallback, "fallback");
-    LLMOPT_CHECK_INPUT(in % dtype_block_elems(fb) == 0, "[quantize] {}: rows of {} values fit neither format {} nor fallback {}",
-                       path, in, spec.format, spec.fallback);
-    *fell_back = true;
-    return fb;
-  };
-
   const torch::Tensor tokens = load_calibration_tokens(spec.calibration, *tk);
   QuantizeReport rep;
   rep.calibration_tokens = tokens.numel();
+  std::map<std::string, std::string> format_of = spec.layer_format;
+  if (spec.target_bpw > 0) {
+    for (const auto& [p, f] : assign_bits(m, tokens, spec, &rep.sensitivity)) format_of[p] = f;
+  }
+  auto target = [&](const std::string& path, int64_t in) {
+    auto it = format_of.find(path);
+    return target_for(spec, it != format_of.end() ? it->second : spec.format, path, in);
+  };
   const bool awq = spec.method == "awq" || spec.method == "awq_gptq";
   const bool propagate = spec.method == "gptq" || spec.method == "awq_gptq";
   CalibrateOptions co;
@@ -271,18 +453,16 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
   co.batch = spec.calibration_batch;
   co.progress = progress;
   co.include_head = false;
-  for (auto& [path, layer] : m.linear_layers())
-    if (io::arch::parse_hf_name(path + ".weight") && io::arch::parse_hf_name(path + ".weight")->layer < 0 &&
-        !skipped(path))
-      co.include_head = true;
+  for (auto& [path, layer] : m.linear_layers()) {
+    const auto named = io::arch::parse_hf_name(path + ".weight");
+    if (named && named->layer < 0 && !skipped(path)) co.include_head = true;
+  }
 
   std::map<std::string, double> alpha_of;
   calibrate_layerwise(m, tokens, co, [&](LayerCalibration& lc) {
     if (awq) {
       auto fq = [&](const torch::Tensor& w, const std::string& path) {
-        if (intn) return IntNLinear::quantize(w, {}, intn_params(spec, false))->dense_weight();
-        bool fb = false;
-        return fake_quantize(w, type_for(path, w.size(1), &fb));
+        return fake_quantize_target(w, target(path, w.size(1)));
       };
       const auto choices = awq_scale_layer(m, lc, fq, skipped, AwqOptions{spec.awq_grid});
       for (const auto& c : choices)
@@ -294,17 +474,21 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
     for (const auto& path : lc.paths) {
       if (skipped(path)) continue;
       auto layer = current.at(path);
-      bool fell_back = false;
-      const DType t = type_for(path, layer->in_features(), &fell_back);
+      const Target tg = target(path, layer->in_features());
       QuantizedLayer ql;
       ql.path = path;
-      ql.type = intn ? intn_name(intn_params(spec, false)) : std::string(dtype_name(t));
+      ql.type = tg.name;
       ql.method = spec.method;
-      ql.fallback = fell_back;
+      ql.fallback = tg.fell_back;
       if (alpha_of.count(path)) ql.awq_alpha = alpha_of[path];
-      auto cq = intn ? make_intn_column_quantizer(intn_params(spec, /*clip_search=*/!propagate), layer->out_features(),
-                                                  layer->in_features())
-                     : make_ggml_column_quantizer(t, layer->out_features(), layer->in_features());
+      std::unique_ptr<ColumnQuantizer> cq;
+      if (tg.intn) {
+        IntNParams p = tg.p;
+        p.clip_search = !propagate;
+        cq = make_intn_column_quantizer(p, layer->out_features(), layer->in_features());
+      } else {
+        cq = make_ggml_column_quantizer(tg.t, layer->out_features(), layer->in_features());
+      }
       if (cq) {
         GptqOptions go = spec.gptq;
         go.propagate = propagate;
@@ -312,9 +496,9 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
         ql.rel_error = res.rel_error;
         m.set_linear(path, res.layer);
       } else {
-        m.set_linear(path, PackedLinear::pack(layer->dense_weight(), layer->bias(), t));
+        m.set_linear(path, PackedLinear::pack(layer->dense_weight(), layer->bias(), tg.t));
       }
-      if (fell_back) {
+      if (tg.fell_back) {
         log::info("[quantize] {}: rows of {} values are not whole {} blocks: stored as {}", path,
                   layer->in_features(), spec.format, spec.fallback);
       }
@@ -323,8 +507,8 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
   });
   // Totals over every projection (skipped ones as they are).
   double bits = 0, weights = 0;
-  std::map<std::string, const QuantizedLayer*> by_path;
-  for (const auto& l : rep.layers) by_path[l.path] = &l;
+  std::map<std::string, QuantizedLayer*> by_path;
+  for (auto& l : rep.layers) by_path[l.path] = &l;
   for (auto& [path, layer] : m.linear_layers()) {
     const double n = static_cast<double>(layer->in_features() * layer->out_features());
     const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
@@ -335,7 +519,7 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
       ++rep.skipped;
       continue;
     }
-    auto& ql = const_cast<QuantizedLayer&>(*by_path[path]);
+    auto& ql = *by_path[path];
     ql.bits_per_weight = b / n;
     if (!ql.fallback) {
       ++rep.quantized;

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,25 @@ struct QuantizeSpec {
   // llama.cpp importance matrix (llama-imatrix's GGUF or legacy .dat, io/imatrix.h): rtn rounds
   // ggml formats with kernels::quantize_row_weighted, the bytes llama-quantize --imatrix writes.
   std::string imatrix_path;
+  // --- W8A8 (methods dynamic | static, model/w8a8_linear.h, model/quantize_w8a8.cpp) ---
+  double outlier_threshold = 6.0;   // |x| above which an input column is computed in float (≤ 0: none)
+  std::string act_range = "minmax";  // static: minmax | percentile | mse (model/smoothquant.h)
+  double act_percentile = 99.99;     // act_range percentile
+  double smooth_alpha = 0.5;         // SmoothQuant migration strength (with calibration)
+  bool smooth = true;                // SmoothQuant before W8A8 when calibration text is given
+  // Mixed precision: a bits budget over all projections (scales and zeros included); each
+  // projection's candidates are scored by the model's KLD on calibration windows when only it is
+  // rounded, and the greedy assignment spends bits where they lower KLD most (needs calibration).
+  double target_bpw = 0;
+  std::vector<std::string> candidates;  // formats to choose from (default by format family)
+  std::map<std::string, std::string> layer_format;  // per-projection format overrides
+};
+
+// One projection's measured sensitivity: model KLD with only it rounded to each candidate.
+struct LayerSensitivity {
+  std::string path;
+  std::map<std::string, double> kld;
+  std::string chosen;
 };
 
 // What happened to one projection.
@@ -50,6 +70,7 @@ struct QuantizeReport {
   double linear_bits_per_weight = 0;
   std::vector<std::string> fallback_layers;
   std::vector<QuantizedLayer> layers;
+  std::vector<LayerSensitivity> sensitivity;  // target_bpw only
   int64_t calibration_tokens = 0;
 };
 
@@ -63,5 +84,13 @@ QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
 QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
                               const std::function<void(int64_t, int64_t)>& progress = {});
 bool method_needs_calibration(const QuantizeSpec& spec);
+// Methods dynamic and static (model/quantize_w8a8.cpp): int8 weights and activations.
+QuantizeReport quantize_w8a8(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
+                             const std::function<void(int64_t, int64_t)>& progress = {});
+void check_w8a8_spec(const QuantizeSpec& spec);
+// The format of each projection under spec.target_bpw (see QuantizeSpec), optionally with the
+// measured table.
+std::map<std::string, std::string> assign_bits(LlamaModel& m, const torch::Tensor& calibration_tokens,
+                                               const QuantizeSpec& spec, std::vector<LayerSensitivity>* table = nullptr);
 
 }  // namespace llmopt::model

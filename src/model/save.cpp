@@ -123,6 +123,13 @@ void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& toke
   // Projections keep their storage where the format can hold it (GGUF writes packed ggml blocks
   // as they are); HF and llama2.c convert to their float types.
   io::Checkpoint ck = model_to_checkpoint(m, weights);
+  if (weights == CheckpointWeights::AsStored && fmt == ExportFormat::Gguf) {
+    // Never silently: layers GGUF cannot hold as they are (int-N, NF4, LoRA ...) go out dense.
+    for (auto& [path, l] : m.linear_layers())
+      if (!l->file_weight())
+        log::warn("[export] {}: layer kind '{}' has no GGUF type: written as dense {}", path, l->kind(),
+                  dtype_name(type));
+  }
   switch (fmt) {
     case ExportFormat::Hf: {
       if (weights == CheckpointWeights::AsStored) add_gptq_layout(m, ck);

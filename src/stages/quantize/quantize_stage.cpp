@@ -18,9 +18,16 @@ model::QuantizeSpec QuantizeStage::spec(const DataOptions* data) const {
   s.gptq.act_order = o_.act_order;
   s.gptq.block = o_.block;
   s.awq_grid = o_.awq_grid;
+  s.outlier_threshold = o_.outlier_threshold;
+  s.act_range = o_.act_range;
+  s.act_percentile = o_.act_percentile;
+  s.smooth_alpha = o_.smooth_alpha;
+  s.smooth = o_.smooth;
+  s.target_bpw = o_.target_bpw;
+  s.candidates = o_.candidates;
   s.calibration.where = "data.calibration";
   // Plain rtn stays uncalibrated unless asked for a calibrated method.
-  if (data && o_.method != "rtn") {
+  if (data && (o_.method != "rtn" || o_.target_bpw > 0)) {
     const auto& c = data->calibration;
     s.calibration.path = c.path;
     s.calibration.samples = c.samples;
@@ -35,14 +42,14 @@ model::QuantizeSpec QuantizeStage::spec(const DataOptions* data) const {
 }
 
 std::vector<std::string> QuantizeStage::input_files(const DataOptions& data) const {
-  if (o_.method == "rtn" || data.calibration.path.empty()) return {};
+  if ((o_.method == "rtn" && o_.target_bpw <= 0) || data.calibration.path.empty()) return {};
   return {data.calibration.path};
 }
 
 void QuantizeStage::validate(const ModelState& state) const {
   LLMOPT_CHECK_INPUT(state.has_model(), "[quantize] no model to quantize");
   auto s = spec();
-  if (o_.method != "rtn") s.calibration.path = "(checked when the stage runs)";
+  if (o_.method != "rtn" || o_.target_bpw > 0) s.calibration.path = "(checked when the stage runs)";
   model::check_quantize_spec(s);
 }
 
@@ -71,6 +78,8 @@ StageResult QuantizeStage::run(ModelState& state, StageContext& ctx) {
     nlohmann::json j = {{"path", l.path}, {"type", l.type}, {"bits_per_weight", l.bits_per_weight}};
     if (l.rel_error >= 0) j["rel_error"] = l.rel_error;
     if (l.awq_alpha >= 0) j["awq_alpha"] = l.awq_alpha;
+    for (const auto& ls : rep.sensitivity)
+      if (ls.path == l.path) j["kld_if_only_this_rounded"] = ls.kld;
     layers.push_back(j);
   }
   if (!layers.empty()) {

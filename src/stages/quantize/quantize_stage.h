@@ -27,12 +27,22 @@ struct QuantizeOptions {
   bool act_order = false;
   int64_t block = 128;
   int64_t awq_grid = 20;
+  // W8A8 (methods dynamic, static)
+  double outlier_threshold = 6.0;
+  std::string act_range = "minmax";
+  double act_percentile = 99.99;
+  double smooth_alpha = 0.5;
+  bool smooth = true;
+  double target_bpw = 0;
+  std::vector<std::string> candidates;
 
   static void describe(Schema<QuantizeOptions>& s) {
     s.field("method", &QuantizeOptions::method,
             "rtn (round to nearest; importance-weighted with data.calibration), gptq, awq, awq_gptq "
-            "(these need data.calibration)")
-        .choices({"rtn", "gptq", "awq", "awq_gptq"});
+            "(these need data.calibration); dynamic (W8A8: int8 weights per channel, int8 activations per token, "
+            "LLM.int8() outlier columns in float) or static (W8A8 with one calibrated activation scale per "
+            "projection; needs data.calibration); with data.calibration both apply SmoothQuant first")
+        .choices({"rtn", "gptq", "awq", "awq_gptq", "dynamic", "static"});
     s.field("format", &QuantizeOptions::format,
             "Storage type of the quantized projections: ggml blocks bit-compatible with llama.cpp "
             "(q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k), f16/bf16, llmopt's group-wise "
@@ -53,6 +63,25 @@ struct QuantizeOptions {
     s.field("block", &QuantizeOptions::block, "GPTQ: columns updated together").range(1, 1 << 16);
     s.field("awq_grid", &QuantizeOptions::awq_grid, "AWQ: exponents searched for the input scales")
         .range(1, 1000);
+    s.field("outlier_threshold", &QuantizeOptions::outlier_threshold,
+            "W8A8: input columns with |x| above this are computed in float (LLM.int8(); 0 = none)")
+        .range(0, 1e9);
+    s.field("act_range", &QuantizeOptions::act_range,
+            "W8A8 static: activation clip from calibration: minmax, percentile (act_percentile of sampled |x|) "
+            "or mse (clip minimizing squared int8 error)")
+        .choices({"minmax", "percentile", "mse"});
+    s.field("act_percentile", &QuantizeOptions::act_percentile, "W8A8 static, act_range percentile: percentile of |x|")
+        .range(1e-9, 100);
+    s.field("smooth_alpha", &QuantizeOptions::smooth_alpha,
+            "W8A8: SmoothQuant migration strength s = max|X|^a / max|W|^(1-a) (with data.calibration)")
+        .range(0, 1);
+    s.field("smooth", &QuantizeOptions::smooth, "W8A8: apply SmoothQuant when data.calibration is given");
+    s.field("target_bpw", &QuantizeOptions::target_bpw,
+            "Mixed precision: bits per linear weight to spend (0 = one format); each projection's "
+            "candidates scored by KLD on calibration data, bits assigned greedily")
+        .range(0, 32);
+    s.field("candidates", &QuantizeOptions::candidates,
+            "Mixed precision: formats to choose from (default int3..int8 for int-N, q4_0..q8_0 for ggml)");
   }
 };
 
