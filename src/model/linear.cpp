@@ -12,6 +12,7 @@
 #include "model/intn_linear.h"
 #include "model/nf4_linear.h"
 #include "model/packed_linear.h"
+#include "model/w8a8_linear.h"
 
 namespace llmopt::model {
 namespace {
@@ -159,6 +160,7 @@ std::map<std::string, LinearFactory>& factories() {
     init["intn"] = intn_linear_factory();
     init["nf4"] = nf4_linear_factory();
     init["lora"] = lora_linear_factory();
+    init["w8a8"] = w8a8_linear_factory();
     return init;
   }();
   return f;
