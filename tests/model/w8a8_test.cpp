@@ -8,12 +8,15 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
 #include <vector>
 
 #include "core/error.h"
+#include "model/calibration.h"
+#include "model/smoothquant.h"
 #include "model/state_io.h"
 #include "model/synth.h"
 #include "model/w8a8_linear.h"
@@ -185,6 +188,94 @@ TEST(W8A8, StateRoundTrip) {
   auto bad = lq->stored_state();
   bad.tensors.erase(bad.tensors.begin() + 1);
   EXPECT_THROW(model::make_linear(bad, "bad"), InputError);
+}
+
+ModelConfig smooth_config() {
+  ModelConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;  // o_proj reads v's heads directly: the v -> o group is smoothed too
+  c.head_dim = 8;
+  c.vocab_size = 60;
+  return c;
+}
+
+// SmoothQuant leaves the float model's function unchanged and its scales follow
+// s_j = max|X_j|^a / max|W_j|^(1-a), computed here in float64 from the pre-smoothing weights.
+TEST(SmoothQuant, FoldedScalesKeepTheFunction) {
+  torch::NoGradGuard ng;
+  torch::manual_seed(6);
+  auto m = model::synth_model(smooth_config(), 7);
+  auto tokens = torch::randint(0, 60, {2, 12}, torch::kInt64);
+  const auto before = m->forward(tokens);
+  auto get = [&](const std::string& p) {
+    for (auto& [n, l] : m->linear_layers())
+      if (n == p) return l->dense_weight().to(torch::kFloat64).clone();
+    return torch::Tensor();
+  };
+  model::CalibrateOptions co;
+  co.batch = 2;
+  torch::Tensor s_ref, q_old, q_new;
+  int groups = 0;
+  model::calibrate_layerwise(*m, tokens, co, [&](model::LayerCalibration& lc) {
+    if (lc.layer == 0) {
+      q_old = get("model.layers.0.self_attn.q_proj");
+      auto wmax = torch::maximum(torch::maximum(q_old.abs().amax(0), get("model.layers.0.self_attn.k_proj").abs().amax(0)),
+                                 get("model.layers.0.self_attn.v_proj").abs().amax(0));
+      auto xmax = lc.stats.at("model.layers.0.self_attn.q_proj")->abs_max.to(torch::kFloat64);
+      s_ref = xmax.pow(0.7) / wmax.pow(0.3);
+    }
+    groups += static_cast<int>(model::smooth_layer(*m, lc, 0.7, [](const std::string&) { return false; }).size());
+    if (lc.layer == 0) q_new = get("model.layers.0.self_attn.q_proj");
+  });
+  EXPECT_EQ(groups, 8);  // attn_norm, v_proj, ffn_norm, up_proj in each of 2 layers
+  // Float32 weights scaled once: ratios within a few ulp (2^-21 relative).
+  auto ratio = q_new / q_old;
+  auto mask = q_old.abs() > 1e-6;
+  auto rel = ((ratio - s_ref.unsqueeze(0)).abs() / s_ref.unsqueeze(0)).masked_select(mask);
+  EXPECT_LT(rel.max().item<double>(), std::ldexp(1.0, -19));
+  // The model computes the same logits up to float32 reassociation of scaled products: a relative
+  // 2^-16 of the logits' range covers a few hundred ulp of accumulated rounding over two layers.
+  const auto after = m->forward(tokens);
+  const double tol = std::ldexp(before.abs().max().item<double>(), -16);
+  EXPECT_LT((after - before).abs().max().item<double>(), tol);
+  EXPECT_THROW(model::smooth_layer(*m, model::LayerCalibration{}, 1.5, [](const std::string&) { return false; }),
+               InputError);
+}
+
+TEST(SmoothQuant, StaticActivationRanges) {
+  torch::manual_seed(8);
+  auto x = torch::randn({400, 10});
+  x[17][3] = 50.0f;  // one outlier value in column 3
+  x.select(1, 9).mul_(100.0);  // column 9 excluded (kept in float)
+  model::InputStats st;
+  st.add(x, /*hessian=*/false, /*sample_stride=*/1);
+  auto excl = torch::zeros({10}, torch::kBool);
+  excl[9] = true;
+  auto xa = x.index({torch::indexing::Slice(), torch::indexing::Slice(0, 9)}).abs().flatten();
+  std::vector<float> v(xa.data_ptr<float>(), xa.data_ptr<float>() + xa.numel());
+  EXPECT_DOUBLE_EQ(model::activation_clip(st, "minmax", excl), 50.0);
+  // percentile p: the ceil(p/100 · n)-th smallest |x| (nearest rank).
+  std::sort(v.begin(), v.end());
+  const size_t k = static_cast<size_t>(std::ceil(0.99 * v.size())) - 1;
+  EXPECT_DOUBLE_EQ(model::activation_clip(st, "percentile", excl, 99.0), v[k]);
+  // mse: its squared int8 error on the rows is no larger than min-max's or a half clip's.
+  auto err = [&](double c) {
+    double e = 0, step = c / 127.0;
+    for (float a : v) {
+      double q = std::min(127.0, std::nearbyint(a / step)) * step;
+      e += (a - q) * (a - q);
+    }
+    return e;
+  };
+  const double c_mse = model::activation_clip(st, "mse", excl);
+  EXPECT_GT(c_mse, 0.0);
+  EXPECT_LE(c_mse, 50.0);
+  EXPECT_LE(err(c_mse), err(50.0) * (1 + 1e-9));
+  EXPECT_LE(err(c_mse), err(25.0) * (1 + 1e-9));
+  EXPECT_THROW(model::activation_clip(st, "kl", excl), InputError);
 }
 
 }  // namespace
