@@ -16,7 +16,9 @@
 // gemm_quant runs these sums as one fused multiply-add per block and output (in block order), so
 // each output equals gemm_quant_ref's exactly, on every SIMD target and for every thread count.
 // gemv_act_q8 (decode) splits a row over vector lanes and is within float reassociation of the
-// same formula (dot_act_q8_ref). On AVX2 / AVX-512 targets the integer sums are maddubs/madd on
+// same formula (dot_act_q8_ref) for Q8_0/Q4_0; for Q4_K/Q6_K it multiplies by the row's q8_K form
+// (one step per 256, ActRow) and is within reassociation of dot_act_q8k_ref. Each output is
+// computed by one thread in a fixed order: results do not depend on the thread count. On AVX2 / AVX-512 targets the integer sums are maddubs/madd on
 // 256-bit vectors (hand-written for those Highway targets); other targets run a scalar loop.
 #pragma once
 #include <cstdint>
