@@ -255,10 +255,17 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     std::shared_ptr<tok::Tokenizer> tk;
     check_adapter_engine(adapter, engine);
     if (adapter.empty() && resolve_engine(engine, device) == Engine::Native) {
+      // f32 activations: `eval` reports what the evaluate stage reports for the same model (int8
+      // activations are bench/generate's speed path).
       auto lm = infer::load_cpu_model(model, tokenizer);
+      lm.model->set_int8_activations(false);
       eng = std::move(lm.model);
       tk = std::move(lm.tokenizer);
-      if (!baseline.empty()) base_eng = infer::load_cpu_model(baseline, tokenizer).model;
+      if (!baseline.empty()) {
+        auto base = infer::load_cpu_model(baseline, tokenizer).model;
+        base->set_int8_activations(false);
+        base_eng = std::move(base);
+      }
     } else {
       auto lm = load_for_inference(model, tokenizer, true, device, adapter);
       eng = std::make_unique<model::TorchEngine>(lm.model);
