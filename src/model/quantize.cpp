@@ -138,41 +138,28 @@ QuantizeReport quantize_own_format(LlamaModel& m, const QuantizeSpec& spec,
                                    const std::function<void(int64_t, int64_t)>& progress) {
   const auto skip = compile(spec.skip);
   QuantizeReport rep;
-  double bits = 0, weights = 0;
   auto layers = m.linear_layers();
   int64_t done = 0;
   for (auto& [path, layer] : layers) {
     bool skipped = false;
     for (const auto& re : skip) skipped = skipped || std::regex_search(path, re);
-    const double n = static_cast<double>(layer->in_features() * layer->out_features());
-    if (skipped) {
-      ++rep.skipped;
-    } else {
-      std::shared_ptr<LinearLayer> q;
+    if (!skipped) {
       QuantizedLayer ql;
       ql.path = path;
       ql.method = "rtn";
       if (spec.format == "nf4") {
-        q = NF4Linear::quantize(layer->dense_weight(), layer->bias(), /*double_quant=*/false);
+        m.set_linear(path, NF4Linear::quantize(layer->dense_weight(), layer->bias(), /*double_quant=*/false));
         ql.type = "nf4";
       } else {
         const auto p = intn_params(spec, /*clip_search=*/false);
-        q = IntNLinear::quantize(layer->dense_weight(), layer->bias(), p);
+        m.set_linear(path, IntNLinear::quantize(layer->dense_weight(), layer->bias(), p));
         ql.type = intn_name(p);
       }
-      m.set_linear(path, q);
-      layer = q;
-      ++rep.quantized;
       rep.layers.push_back(ql);
     }
-    const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
-    const double b = 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
-    if (!skipped) rep.layers.back().bits_per_weight = b / n;
-    bits += b;
-    weights += n;
     if (progress) progress(++done, static_cast<int64_t>(layers.size()));
   }
-  rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
+  tally_report(m, rep);
   return rep;
 }
 
@@ -417,6 +404,32 @@ std::map<std::string, std::string> assign_bits(LlamaModel& m, const torch::Tenso
   return out;
 }
 
+void tally_report(LlamaModel& m, QuantizeReport& rep) {
+  double bits = 0, weights = 0;
+  std::map<std::string, QuantizedLayer*> by_path;
+  for (auto& l : rep.layers) by_path[l.path] = &l;
+  for (auto& [path, layer] : m.linear_layers()) {
+    const double n = static_cast<double>(layer->in_features() * layer->out_features());
+    const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
+    const double b = 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
+    bits += b;
+    weights += n;
+    if (!by_path.count(path)) {
+      ++rep.skipped;
+      continue;
+    }
+    auto& ql = *by_path[path];
+    ql.bits_per_weight = b / n;
+    if (!ql.fallback) {
+      ++rep.quantized;
+    } else {
+      ++rep.fallback;
+      rep.fallback_layers.push_back(path);
+    }
+  }
+  rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
+}
+
 QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
                               const std::function<void(int64_t, int64_t)>& progress) {
   if (spec.method == "dynamic" || spec.method == "static") return quantize_w8a8(m, tk, spec, progress);
@@ -505,30 +518,7 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
       rep.layers.push_back(ql);
     }
   });
-  // Totals over every projection (skipped ones as they are).
-  double bits = 0, weights = 0;
-  std::map<std::string, QuantizedLayer*> by_path;
-  for (auto& l : rep.layers) by_path[l.path] = &l;
-  for (auto& [path, layer] : m.linear_layers()) {
-    const double n = static_cast<double>(layer->in_features() * layer->out_features());
-    const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
-    const double b = 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
-    bits += b;
-    weights += n;
-    if (!by_path.count(path)) {
-      ++rep.skipped;
-      continue;
-    }
-    auto& ql = *by_path[path];
-    ql.bits_per_weight = b / n;
-    if (!ql.fallback) {
-      ++rep.quantized;
-    } else {
-      ++rep.fallback;
-      rep.fallback_layers.push_back(path);
-    }
-  }
-  rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
+  tally_report(m, rep);
   return rep;
 }
 

@@ -84,6 +84,10 @@ QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
 QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
                               const std::function<void(int64_t, int64_t)>& progress = {});
 bool method_needs_calibration(const QuantizeSpec& spec);
+// Fills rep's totals from the model as it now is: every projection's stored bits (biases
+// excluded) into linear_bits_per_weight and each rep.layers entry's bits_per_weight; projections
+// not in rep.layers count as skipped, the others as quantized or fallback.
+void tally_report(LlamaModel& m, QuantizeReport& rep);
 // Methods dynamic and static (model/quantize_w8a8.cpp): int8 weights and activations.
 QuantizeReport quantize_w8a8(LlamaModel& m, const tok::Tokenizer* tk, const QuantizeSpec& spec,
                              const std::function<void(int64_t, int64_t)>& progress = {});

@@ -113,23 +113,7 @@ QuantizeReport quantize_w8a8(LlamaModel& m, const tok::Tokenizer* tk, const Quan
     log::info("[quantize] {}: {} calibrated outlier columns kept in f16 (threshold {})", spec.method, outliers,
               p.threshold);
   }
-  double bits = 0, weights = 0;
-  std::map<std::string, QuantizedLayer*> by_path;
-  for (auto& l : rep.layers) by_path[l.path] = &l;
-  for (auto& [path, layer] : m.linear_layers()) {
-    const double n = static_cast<double>(layer->in_features() * layer->out_features());
-    const int64_t bias_bytes = layer->bias().defined() ? layer->bias().numel() * 4 : 0;
-    const double b = 8.0 * static_cast<double>(layer->storage_bytes() - bias_bytes);
-    bits += b;
-    weights += n;
-    if (!by_path.count(path)) {
-      ++rep.skipped;
-      continue;
-    }
-    by_path[path]->bits_per_weight = b / n;
-    ++rep.quantized;
-  }
-  rep.linear_bits_per_weight = weights > 0 ? bits / weights : 0;
+  tally_report(m, rep);
   return rep;
 }
 
