@@ -165,10 +165,37 @@ QuantizeReport quantize_own_format(LlamaModel& m, const QuantizeSpec& spec,
 
 }  // namespace
 
+namespace {
+
+// A group larger than a row: the user asked for more columns per scale than some projection has.
+// Refused (naming the projection and the way out) rather than silently stored as one group per row.
+void check_groups_fit(LlamaModel& m, const QuantizeSpec& spec) {
+  std::vector<std::string> formats;
+  if (intn_bits(spec.format)) formats.push_back(spec.format);
+  for (const auto& c : spec.candidates)
+    if (intn_bits(c)) formats.push_back(c);
+  const int64_t gs = spec.group_size;
+  if (formats.empty() || gs <= 0) return;
+  const auto skip = compile(spec.skip);
+  for (auto& [path, layer] : m.linear_layers()) {
+    bool skipped = false;
+    for (const auto& re : skip) skipped = skipped || std::regex_search(path, re);
+    if (skipped) continue;
+    const int64_t in = layer->in_features();
+    LLMOPT_CHECK_INPUT(gs <= in,
+                       "[quantize] group_size: {} columns per group is larger than the rows of {} ({} values); "
+                       "use group_size <= {} (32/64/128), -1 for one group per row, or skip: that projection",
+                       gs, path, in, in);
+  }
+}
+
+}  // namespace
+
 QuantizeReport quantize_rtn(LlamaModel& m, const QuantizeSpec& spec,
                             const std::function<void(int64_t, int64_t)>& progress) {
   torch::NoGradGuard no_grad;
   check_quantize_spec(spec);
+  check_groups_fit(m, spec);
   if (intn_bits(spec.format) || spec.format == "nf4") return quantize_own_format(m, spec, progress);
   const DType type = packable_type(spec.format, "format");
   const auto skip = compile(spec.skip);
@@ -439,6 +466,7 @@ QuantizeReport quantize_model(LlamaModel& m, const tok::Tokenizer* tk, const Qua
   }
   torch::NoGradGuard no_grad;
   check_quantize_spec(spec);
+  check_groups_fit(m, spec);
   LLMOPT_CHECK_INPUT(tk != nullptr, "[quantize] method {} needs the model's tokenizer to read the calibration text",
                      spec.method);
   const auto skip = compile(spec.skip);

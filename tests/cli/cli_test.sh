@@ -47,6 +47,11 @@ check info-gguf 0 "F16" -- "$BIN" info "$TMP/tiny.gguf"
 check info-bits-f32 0 '"linear_bits_per_weight": 32\.0' -- "$BIN" info "$S/stories260K.bin" --tokenizer "$S/tok512.bin" --json -
 check quantize-q4_0 0 "7\.294 bits per linear weight" -- "$BIN" quantize "$S/stories260K.bin" "$TMP/s-q4_0.gguf" \
   --tokenizer "$S/tok512.bin" --method rtn --format q4_0
+# A group larger than a row (stories260K's rows are 64 wide) -> exit 2 naming the projection, no output.
+check quantize-group-larger-than-row 2 "group_size: 128 .*larger than the rows of model\.layers\.0\.self_attn\.q_proj \(64 values\)" -- \
+  "$BIN" quantize "$S/stories260K.bin" "$TMP/s-int4-hf" --tokenizer "$S/tok512.bin" --method rtn --format int4 \
+  --group-size 128 --to hf
+check quantize-group-no-output 1 "" -- test -e "$TMP/s-int4-hf"
 check info-bits-q4_0 0 '"linear_bits_per_weight": 7\.2937' -- "$BIN" info "$TMP/s-q4_0.gguf" --json -
 # llama2.c v2 int8 (q8_0, groups of 32) through the model: byte for byte the reference file (issue 9).
 mkdir -p "$TMP/q80"
