@@ -6,6 +6,7 @@
 #include "infer/weights.h"
 #include "model/fast_ops.h"
 #include "model/llama_layers.h"
+#include "model/prompt_adapter.h"
 
 namespace llmopt::model {
 namespace {
@@ -107,6 +108,8 @@ int64_t KVCache::bytes() const {
 
 KVCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {
   KVCache c;
+  c.reserved = prompt_ ? prompt_->num_virtual_tokens() : 0;
+  capacity += c.reserved;
   c.capacity = capacity;
   auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(embed_tokens_.device());
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
@@ -118,7 +121,44 @@ KVCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {
 
 torch::Device LlamaModel::device() const { return embed_tokens_.device(); }
 
+void LlamaModel::set_prompt_adapter(std::shared_ptr<PromptAdapter> adapter) {
+  std::shared_ptr<torch::nn::Module> as_module = adapter;
+  if (!as_module) as_module = std::make_shared<ModuleGroup>();
+  if (named_children().find("prompt_encoder")) {
+    replace_module("prompt_encoder", as_module);
+  } else {
+    register_module("prompt_encoder", as_module);
+  }
+  prompt_ = std::move(adapter);
+}
+
+void LlamaModel::prime_cache(KVCache& cache) {
+  const int64_t n = prompt_->num_virtual_tokens();
+  LLMOPT_CHECK_INPUT(cache.length == 0 && cache.reserved == n,
+                     "[model] the KV cache was made without room for the prompt adapter's {} virtual tokens "
+                     "(make it after attaching the adapter)",
+                     n);
+  LLMOPT_CHECK_INPUT(!cache.k.empty() && n <= cache.capacity, "[model] KV cache of {} positions cannot hold {} virtual tokens",
+                     cache.capacity, n);
+  const int64_t B = cache.k.front().size(0);
+  if (prompt_->is_prefix()) {
+    for (int64_t li = 0; li < num_layers(); ++li) {
+      auto [k, v] = prompt_->prefix_kv(li);  // [KV, n, hd]
+      cache.k[static_cast<size_t>(li)].narrow(2, 0, n).copy_(k.unsqueeze(0).expand({B, -1, -1, -1}));
+      cache.v[static_cast<size_t>(li)].narrow(2, 0, n).copy_(v.unsqueeze(0).expand({B, -1, -1, -1}));
+    }
+  } else {
+    // The virtual prompt through the model at positions 0..n-1, its keys and values into the cache.
+    auto x = prompt_->virtual_embeddings().unsqueeze(0).expand({B, -1, -1}).to(embed_tokens_.dtype());
+    const LayerInputs in = layer_inputs(n, 0);
+    for (int64_t li = 0; li < num_layers(); ++li) x = forward_layer(li, x, in, &cache);
+  }
+  cache.length = n;
+  cache.primed = true;
+}
+
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) {
+  if (cache && prompt_ && !cache->primed) prime_cache(*cache);
   // One token with a cache on the CPU, no autograd: the fused decode step (decode_cpu.cpp).
   if (cache && tokens.dim() == 2 && tokens.size(0) == 1 && tokens.size(1) == 1 && !torch::GradMode::is_enabled() &&
       embed_tokens_.device().is_cpu() && tokens.device().is_cpu()) {
@@ -136,6 +176,7 @@ torch::Tensor LlamaModel::logits_from_hidden(const torch::Tensor& hidden) {
 torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* cache) {
   LLMOPT_CHECK_INPUT(tokens.dim() == 2, "[model] tokens must be [batch, time], got {} dims", tokens.dim());
   const int64_t B = tokens.size(0), T = tokens.size(1);
+  if (cache && prompt_ && !cache->primed) prime_cache(*cache);
   const int64_t pos0 = cache ? cache->length : 0;
   if (cache) {
     LLMOPT_CHECK_INPUT(pos0 + T <= cache->capacity, "[model] KV cache overflow: {} + {} tokens > capacity {}", pos0,
@@ -158,10 +199,32 @@ torch::Tensor LlamaModel::forward_hidden(const torch::Tensor& tokens, KVCache* c
     intra_op.saved = at::get_num_threads();
     at::set_num_threads(1);
   }
-  const LayerInputs in = layer_inputs(T, pos0);
   auto x = embed(tokens);  // [B, T, dim]
+  // Without a cache, a prompt adapter's n virtual tokens enter here (with a cache they are in its
+  // reserved positions already): virtual embeddings prepended (prompt, P-tuning; their outputs
+  // dropped below), or per-layer past keys / values with the real tokens at positions n.. (prefix).
+  int64_t drop = 0;
+  LayerInputs in;
+  if (prompt_ && !cache) {
+    const int64_t n = prompt_->num_virtual_tokens();
+    if (prompt_->is_prefix()) {
+      in = layer_inputs(T, n);
+      for (int64_t li = 0; li < num_layers(); ++li) {
+        auto [k, v] = prompt_->prefix_kv(li);
+        in.past_k.push_back(k.unsqueeze(0).expand({B, -1, -1, -1}).to(x.dtype()));
+        in.past_v.push_back(v.unsqueeze(0).expand({B, -1, -1, -1}).to(x.dtype()));
+      }
+    } else {
+      x = torch::cat({prompt_->virtual_embeddings().unsqueeze(0).expand({B, -1, -1}).to(x.dtype()), x}, 1);
+      in = layer_inputs(n + T, 0);
+      drop = n;
+    }
+  } else {
+    in = layer_inputs(T, pos0);
+  }
   for (int64_t li = 0; li < num_layers(); ++li) x = forward_layer(li, x, in, cache);
   if (cache) cache->length = pos0 + T;
+  if (drop > 0) x = x.narrow(1, drop, T);
   return rms_norm(x, norm_, cfg_.rms_norm_eps);
 }
 
@@ -218,6 +281,9 @@ torch::Tensor LlamaModel::forward_layer(int64_t li, const torch::Tensor& x_in, c
     cache->v[static_cast<size_t>(li)].narrow(2, pos0, T).copy_(v);
     K = cache->k[static_cast<size_t>(li)].narrow(2, 0, S);
     V = cache->v[static_cast<size_t>(li)].narrow(2, 0, S);
+  } else if (!in.past_k.empty()) {
+    K = torch::cat({in.past_k[static_cast<size_t>(li)], k}, 2);  // [B, KV, pos0 + T, hd]
+    V = torch::cat({in.past_v[static_cast<size_t>(li)], v}, 2);
   }
   // Grouped-query attention: queries [B, KV, G*T, hd] against keys [B, KV, S, hd].
   auto qg = q.reshape({B, KV, G * T, hd});
@@ -275,6 +341,8 @@ int64_t LlamaModel::storage_bytes() {
   int64_t b = embed_tokens_.numel() * embed_tokens_.element_size() + norm_.numel() * norm_.element_size();
   for (auto& L : layers_) b += (L->attn_norm.numel() + L->ffn_norm.numel()) * 4;
   for (auto& [name, l] : linear_layers()) b += l->storage_bytes();
+  if (prompt_)
+    for (const auto& p : prompt_->parameters()) b += p.numel() * p.element_size();
   return b;
 }
 

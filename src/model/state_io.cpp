@@ -12,6 +12,7 @@
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "model/prompt_adapter.h"
 
 namespace llmopt::model {
 namespace fs = std::filesystem;
@@ -108,9 +109,16 @@ void save_model_state(LlamaModel& m, const std::string& dir) {
       for (const auto& t : s.tensors) tensors[t.name] = add(path + "#" + t.name, t);
       layers[path] = {{"kind", s.kind}, {"meta", s.meta}, {"tensors", tensors}};
     }
+    json doc = {{"format", kFormat}, {"version", kVersion}, {"tensors", plain}, {"layers", layers}};
+    // The optional prompt-learning adapter (model/prompt_adapter.h), stored like a layer.
+    if (PromptAdapter* a = m.prompt_adapter()) {
+      LayerState s = a->stored_state();
+      json tensors = json::object();
+      for (const auto& t : s.tensors) tensors[t.name] = add("prompt_encoder#" + t.name, t);
+      doc["prompt_adapter"] = {{"kind", s.kind}, {"meta", s.meta}, {"tensors", tensors}};
+    }
     io::write_safetensors((tmp / kStateTensors).string(), out);
     io::write_hf_config((tmp / "config.json").string(), m.config(), DType::F32);
-    const json doc = {{"format", kFormat}, {"version", kVersion}, {"tensors", plain}, {"layers", layers}};
     io::write_file_atomic((tmp / kStateJson).string(), doc.dump(1) + "\n");
     fs::remove_all(final_dir, ec);
     fs::rename(tmp, final_dir);
@@ -169,7 +177,18 @@ std::shared_ptr<LlamaModel> load_model_state(const std::string& dir) {
       for (const auto& [name, te] : e.at("tensors").items()) s.tensors.push_back(view(name, te));
       layers.emplace(path, std::move(s));
     }
-    return assemble(cfg, layers, plain, dir);
+    auto m = assemble(cfg, layers, plain, dir);
+    if (doc.contains("prompt_adapter")) {
+      const json& e = doc["prompt_adapter"];
+      LayerState s;
+      s.kind = e.at("kind").get<std::string>();
+      s.meta = e.value("meta", json::object());
+      for (const auto& [name, te] : e.at("tensors").items()) s.tensors.push_back(view(name, te));
+      auto a = PromptAdapter::from_state(s, cfg, dir + ": prompt_adapter");
+      for (auto& p : a->parameters()) p.set_requires_grad(false);
+      m->set_prompt_adapter(a);
+    }
+    return m;
   } catch (const json::exception& e) {
     throw_input("[state] {}: malformed state description: {}", json_path, e.what());
   }
@@ -182,6 +201,11 @@ std::shared_ptr<LlamaModel> clone_model(LlamaModel& m) {
   std::map<std::string, LayerState> layers;
   for (auto& [path, layer] : m.linear_layers()) layers.emplace(path, layer->stored_state());
   auto copy = assemble(m.config(), layers, plain, "clone");
+  if (PromptAdapter* a = m.prompt_adapter()) {
+    auto c = PromptAdapter::from_state(a->stored_state(), m.config(), "clone: prompt_adapter");
+    for (auto& p : c->parameters()) p.set_requires_grad(false);
+    copy->set_prompt_adapter(c);
+  }
   copy->to(m.device());
   return copy;
 }

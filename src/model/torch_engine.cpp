@@ -28,9 +28,9 @@ TorchEngine::TorchEngine(std::shared_ptr<LlamaModel> model) : model_(std::move(m
 }
 
 void TorchEngine::Cache::truncate(int64_t n) {
-  LLMOPT_CHECK_INPUT(n >= 0 && n <= kv.length, "[model] cannot truncate a KV cache of {} positions to {}",
-                     kv.length, n);
-  kv.length = n;
+  LLMOPT_CHECK_INPUT(n >= 0 && n <= length(), "[model] cannot truncate a KV cache of {} positions to {}", length(),
+                     n);
+  kv.length = n + (kv.primed ? kv.reserved : 0);  // a prompt adapter's virtual tokens stay
 }
 
 std::unique_ptr<infer::EngineCache> TorchEngine::make_cache(int64_t capacity) const {
@@ -49,9 +49,9 @@ void TorchEngine::prefill(const int64_t* tokens, int64_t n, infer::EngineCache& 
   for (int64_t t = 0; t < n; ++t)
     LLMOPT_CHECK_INPUT(tokens[t] >= 0 && tokens[t] < V, "[model] token id {} out of range for vocab size {}",
                        tokens[t], V);
-  LLMOPT_CHECK_INPUT(c.kv.length + n <= c.kv.capacity,
-                     "[model] {} tokens do not fit the KV cache ({} of {} positions used)", n, c.kv.length,
-                     c.kv.capacity);
+  LLMOPT_CHECK_INPUT(c.length() + n <= c.capacity(),
+                     "[model] {} tokens do not fit the KV cache ({} of {} positions used)", n, c.length(),
+                     c.capacity());
   const auto dev = model_->device();
   auto ids = torch::from_blob(const_cast<int64_t*>(tokens), {1, n}, torch::kLong).to(dev);
   if (n == 1) return copy_out(model_->forward(ids, &c.kv)[0], logits);  // the fused CPU decode step
@@ -65,7 +65,7 @@ void TorchEngine::decode(int64_t token, infer::EngineCache& cache, float* logits
 }
 
 bool native_equivalent(LlamaModel& m) {
-  if (!m.device().is_cpu()) return false;
+  if (!m.device().is_cpu() || m.prompt_adapter() != nullptr) return false;
   for (auto& [name, layer] : m.linear_layers()) {
     // Plain and packed (ggml blocks, f16, bf16) matrices: the native engine holds them as stored.
     if (layer->kind() != "dense" && layer->kind() != "packed") return false;

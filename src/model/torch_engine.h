@@ -20,8 +20,9 @@ class TorchEngine : public infer::Engine {
   // The torch engine's cache: model::KVCache of batch 1 on the model's device.
   struct Cache : infer::EngineCache {
     KVCache kv;
-    int64_t length() const override { return kv.length; }
-    int64_t capacity() const override { return kv.capacity; }
+    // Positions of real tokens: a prompt adapter's reserved virtual positions are not counted.
+    int64_t length() const override { return kv.primed ? kv.length - kv.reserved : kv.length; }
+    int64_t capacity() const override { return kv.capacity - kv.reserved; }
     void truncate(int64_t n) override;
     int64_t bytes() const override { return kv.bytes(); }
   };
