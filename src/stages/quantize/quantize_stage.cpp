@@ -25,6 +25,7 @@ model::QuantizeSpec QuantizeStage::spec(const DataOptions* data) const {
   s.smooth = o_.smooth;
   s.target_bpw = o_.target_bpw;
   s.candidates = o_.candidates;
+  s.imatrix_path = o_.imatrix;
   s.calibration.where = "data.calibration";
   // Plain rtn stays uncalibrated unless asked for a calibrated method.
   if (data && (o_.method != "rtn" || o_.target_bpw > 0)) {
@@ -42,8 +43,11 @@ model::QuantizeSpec QuantizeStage::spec(const DataOptions* data) const {
 }
 
 std::vector<std::string> QuantizeStage::input_files(const DataOptions& data) const {
-  if ((o_.method == "rtn" && o_.target_bpw <= 0) || data.calibration.path.empty()) return {};
-  return {data.calibration.path};
+  std::vector<std::string> files;
+  if (!o_.imatrix.empty()) files.push_back(o_.imatrix);
+  if ((o_.method == "rtn" && o_.target_bpw <= 0) || data.calibration.path.empty()) return files;
+  files.push_back(data.calibration.path);
+  return files;
 }
 
 void QuantizeStage::validate(const ModelState& state) const {

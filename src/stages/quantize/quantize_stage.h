@@ -35,6 +35,7 @@ struct QuantizeOptions {
   bool smooth = true;
   double target_bpw = 0;
   std::vector<std::string> candidates;
+  std::string imatrix;
 
   static void describe(Schema<QuantizeOptions>& s) {
     s.field("method", &QuantizeOptions::method,
@@ -82,6 +83,9 @@ struct QuantizeOptions {
         .range(0, 32);
     s.field("candidates", &QuantizeOptions::candidates,
             "Mixed precision: formats to choose from (default int3..int8 for int-N, q4_0..q8_0 for ggml)");
+    s.field("imatrix", &QuantizeOptions::imatrix,
+            "Method rtn without calibration: a llama.cpp importance matrix (llama-imatrix's imatrix.dat or "
+            ".gguf) weighting each block's scale search as llama-quantize --imatrix does");
   }
 };
 
