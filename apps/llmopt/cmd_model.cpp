@@ -30,6 +30,7 @@
 #include "model/synth.h"
 #include "model/torch_engine.h"
 #include "core/progress.h"
+#include "apps/llmopt/cmd_onnx.h"
 
 namespace llmopt::cli {
 namespace {
@@ -441,10 +442,15 @@ void register_convert(CLI::App& app, GlobalOptions& g) {
     } else {
       t = parse_float_type(type);
     }
+    if (to == "onnx") {
+      convert_to_onnx(model, tokenizer, type, out);
+      return;
+    }
     auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false);
     save_model(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, to, t, out);
     log::info("[convert] wrote {}", out);
   });
+  add_onnx_convert_options(cmd);
 }
 
 

@@ -108,7 +108,8 @@ ExportFormat parse_export_format(const std::string& name) {
   if (name == "hf") return ExportFormat::Hf;
   if (name == "gguf") return ExportFormat::Gguf;
   if (name == "llama2c") return ExportFormat::Llama2c;
-  throw_input("[export] unknown format '{}' (valid: hf, gguf, llama2c)", name);
+  if (name == "onnx") return ExportFormat::Onnx;
+  throw_input("[export] unknown format '{}' (valid: hf, gguf, llama2c, onnx)", name);
 }
 
 DType parse_float_type(const std::string& name) {
@@ -118,8 +119,26 @@ DType parse_float_type(const std::string& name) {
   throw_input("[export] unknown --type '{}' (valid: f32, f16, bf16)", name);
 }
 
+void write_hf_tokenizer(const tok::Tokenizer& tk, const std::string& tokenizer_file, const std::string& dir) {
+  const fs::path dst = fs::path(dir) / "tokenizer.json";
+  if (!tokenizer_file.empty() && fs::path(tokenizer_file).filename() == "tokenizer.json") {
+    std::ifstream in(tokenizer_file, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    tok::write_file_atomic(dst.string(), bytes);
+  } else {
+    tok::write_file_atomic(dst.string(), tok::export_hf_tokenizer_json(tk.vocab()));
+  }
+}
+
 void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& tokenizer_file, ExportFormat fmt,
                 DType type, const std::string& out, CheckpointWeights weights) {
+  if (fmt == ExportFormat::Onnx) {
+    io::OnnxExportOptions o;
+    o.dtype = type;
+    o.require_packed = false;
+    save_onnx(m, tk, tokenizer_file, o, OnnxVariants::Kv, out);
+    return;
+  }
   // Projections keep their storage where the format can hold it (GGUF writes packed ggml blocks
   // as they are); HF and llama2.c convert to their float types.
   io::Checkpoint ck = model_to_checkpoint(m, weights);
@@ -135,16 +154,7 @@ void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& toke
       if (weights == CheckpointWeights::AsStored) add_gptq_layout(m, ck);
       fs::create_directories(out);
       io::write_hf(ck, out, type);
-      if (tk) {
-        const fs::path dst = fs::path(out) / "tokenizer.json";
-        if (!tokenizer_file.empty() && fs::path(tokenizer_file).filename() == "tokenizer.json") {
-          std::ifstream in(tokenizer_file, std::ios::binary);
-          std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-          tok::write_file_atomic(dst.string(), bytes);
-        } else {
-          tok::write_file_atomic(dst.string(), tok::export_hf_tokenizer_json(tk->vocab()));
-        }
-      }
+      if (tk) write_hf_tokenizer(*tk, tokenizer_file, out);
       break;
     }
     case ExportFormat::Gguf: {
@@ -152,6 +162,8 @@ void save_model(LlamaModel& m, const tok::Tokenizer* tk, const std::string& toke
       io::write_gguf(out, ck, type, tok::export_gguf_kvs(tk->vocab()));
       break;
     }
+    case ExportFormat::Onnx:
+      break;  // handled above
     case ExportFormat::Llama2c: {
       // llama2.c holds fp32 (legacy) or int8 groups (v2, export.py's version 2): q8_0 writes v2 with
       // ggml's block of 32 values per scale.

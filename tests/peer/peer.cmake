@@ -12,3 +12,7 @@ foreach(peer_name transformers tokenizers gguf_package llama_cpp llama_perplexit
     TIMEOUT 1500
     ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_SHARED_DIR=${LLMOPT_SHARED_DIR}")
 endforeach()
+# ONNX export (tests/peer/test_onnx.py): onnx's checker and ONNX Runtime on `llmopt convert --to onnx`.
+add_test(NAME peer_onnx COMMAND ${LLMOPT_PEER_DIR}/run-pytest.sh ${LLMOPT_PEER_DIR}/test_onnx.py)
+set_tests_properties(peer_onnx PROPERTIES LABELS peer SKIP_RETURN_CODE 77 TIMEOUT 1500
+  ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_SHARED_DIR=${LLMOPT_SHARED_DIR}")

@@ -11,6 +11,7 @@
 #include "model/loader.h"
 #include "model/save.h"
 #include "model/verify.h"
+#include "core/log.h"
 
 namespace fs = std::filesystem;
 
@@ -26,7 +27,25 @@ void ExportStage::validate(const ModelState& state) const {
     if (f == "gguf")
       LLMOPT_CHECK_INPUT(state.tokenizer != nullptr,
                          "[export] gguf needs a tokenizer; set model.tokenizer in the recipe");
+    if (f == "onnx") {
+      LLMOPT_CHECK_INPUT(o_.dtype == "f32" || o_.dtype == "f16",
+                         "[export] formats: onnx is written as f32 or f16, but dtype is {}; export onnx in a "
+                         "stage of its own with dtype: f16",
+                         o_.dtype);
+      LLMOPT_CHECK_INPUT(!o_.optimize,
+                         "[export] optimize: true (fused contrib-op ONNX graph) is not available yet; set "
+                         "optimize: false for the standard-op graph, which ONNX Runtime runs as it is");
+      io::validate_onnx_options(onnx_options(), state.config());
+    }
   }
+}
+
+io::OnnxExportOptions ExportStage::onnx_options() const {
+  io::OnnxExportOptions o;
+  o.opset = o_.opset;
+  o.dtype = model::parse_float_type(o_.dtype);
+  o.external_data_threshold = o_.external_data;
+  return o;
 }
 
 // Every regular file under `dir`, as paths relative to it, sorted (deterministic artifact lists).
@@ -87,11 +106,25 @@ StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
       case model::ExportFormat::Hf: out_name = o_.basename + "-hf"; break;
       case model::ExportFormat::Gguf: out_name = o_.basename + ".gguf"; break;
       case model::ExportFormat::Llama2c: out_name = o_.basename + ".bin"; break;
+      case model::ExportFormat::Onnx: out_name = o_.basename + "-onnx"; break;
     }
     try {
-      model::save_model(*state.model, state.tokenizer.get(), state.provenance.tokenizer_path, format,
-                        type, (tmp / out_name).string());
-      if (o_.verify) {
+      if (format == model::ExportFormat::Onnx) {
+        const auto r = model::save_onnx(*state.model, state.tokenizer.get(), state.provenance.tokenizer_path,
+                                        onnx_options(), model::parse_onnx_variants(o_.onnx_variant),
+                                        (tmp / out_name).string());
+        result.metrics["onnx_checked"] = r.check_note.find("passed") != std::string::npos ? 1 : 0;
+        // No C++ ONNX Runtime here: the written graph cannot be replayed in-process. The peer
+        // tests (tests/peer/test_onnx.py) run exports in ONNX Runtime against llmopt's logits.
+        if (o_.verify)
+          log::info("[export] onnx: not replayed in-process (no ONNX Runtime in llmopt; {}); "
+                    "tests/peer/test_onnx.py checks exports in ONNX Runtime",
+                    r.check_note);
+      }
+      if (format != model::ExportFormat::Onnx)
+        model::save_model(*state.model, state.tokenizer.get(), state.provenance.tokenizer_path, format,
+                          type, (tmp / out_name).string());
+      if (o_.verify && format != model::ExportFormat::Onnx) {
         // Declared done only after the written artifact, loaded back as a user would load it,
         // computes what the in-memory model computes (optimum only warns, optimum#1755).
         if (ctx.note) ctx.note("verifying " + format_name);

@@ -1,10 +1,12 @@
 // `export`: writes the current model (and its tokenizer) into artifacts/ as Hugging Face
-// safetensors directories, GGUF files and/or llama2.c checkpoints, at f32, f16 or bf16.
+// safetensors directories, GGUF files, llama2.c checkpoints and/or ONNX directories, at f32, f16
+// or bf16 (ONNX: f32/f16, docs/onnx.md).
 // Quantized export types plug in here when the quantization stages land.
 #pragma once
 #include <string>
 #include <vector>
 
+#include "io/onnx_graph.h"
 #include "stages/options.h"
 #include "stages/stage.h"
 
@@ -19,11 +21,16 @@ struct ExportOptions {
   double verify_min_top1 = -1;  // < 0: by dtype (f32 0.99, f16 0.9, bf16 0.8)
   int64_t verify_sequences = 4;
   int64_t verify_tokens = 64;
+  int64_t opset = 17;
+  std::string onnx_variant = "kv";
+  bool optimize = false;
+  int64_t external_data = int64_t{2000} * 1000 * 1000;
 
   static void describe(Schema<ExportOptions>& s) {
     s.field("formats", &ExportOptions::formats,
-            "Formats to write: hf (directory), gguf (file), llama2c (.bin + tokenizer .bin)")
-        .choices({"hf", "gguf", "llama2c"});
+            "Formats to write: hf (directory), gguf (file), llama2c (.bin + tokenizer .bin), onnx "
+            "(directory: model.onnx, config.json, tokenizer.json)")
+        .choices({"hf", "gguf", "llama2c", "onnx"});
     s.field("dtype", &ExportOptions::dtype, "Tensor storage type of the exported weights")
         .choices({"f32", "f16", "bf16"});
     s.field("basename", &ExportOptions::basename,
@@ -40,6 +47,19 @@ struct ExportOptions {
             "Sequences replayed (from data.eval when set, else seeded random tokens)")
         .range(1, 1024);
     s.field("verify_tokens", &ExportOptions::verify_tokens, "Tokens per replayed sequence").range(2, 4096);
+    s.field("opset", &ExportOptions::opset,
+            "onnx: ai.onnx opset of the graph (libonnx's C++ checker verifies up to 17; 18-21 are checked by "
+            "the peer tests)")
+        .range(14, 21);
+    s.field("onnx_variant", &ExportOptions::onnx_variant,
+            "onnx: kv (past/present key-values, model.onnx), nocache (scoring graph, model.onnx) or both "
+            "(model.onnx + model_nocache.onnx)")
+        .choices({"kv", "nocache", "both"});
+    s.field("optimize", &ExportOptions::optimize,
+            "onnx: fused contrib-op graph for ONNX Runtime (reserved: not available yet, must be false)");
+    s.field("external_data", &ExportOptions::external_data,
+            "onnx: weights above this many bytes go to model.onnx.data next to model.onnx (0 = always)")
+        .range(0, int64_t{1} << 50);
   }
 };
 
@@ -48,7 +68,7 @@ class ExportStage : public Stage {
   using Options = ExportOptions;
   static constexpr const char* kType = "export";
   static constexpr const char* kDoc =
-      "Write the model to artifacts/ as hf, gguf and/or llama2c at f32/f16/bf16";
+      "Write the model to artifacts/ as hf, gguf, llama2c and/or onnx at f32/f16/bf16";
 
   explicit ExportStage(Options o) : o_(std::move(o)) {}
   std::string type() const override { return kType; }
@@ -57,6 +77,7 @@ class ExportStage : public Stage {
   nlohmann::json options_json() const override { return schema_of<Options>().json(o_); }
 
  private:
+  io::OnnxExportOptions onnx_options() const;
   Options o_;
 };
 
