@@ -110,6 +110,21 @@ check synth-bare-generate 0 "^hi" -- "$BIN" generate "$TMP/bare.gguf" --prompt "
 check synth-vocab-too-small 2 "at least 260" -- "$BIN" synth "$TMP/bare2" --preset tiny --vocab 100
 (umask 027 && "$BIN" convert "$TMP/tiny" "$TMP/mode.gguf" --to gguf >/dev/null 2>&1)
 check output-mode 0 "^640$" -- stat -c %a "$TMP/mode.gguf"
+# ONNX export (docs/onnx.md): a directory laid out as optimum does, and exit 2 naming the option.
+check convert-onnx 0 "checker and strict shape inference passed" -- "$BIN" convert "$S/stories260K.bin" "$TMP/onnx" \
+  --to onnx --tokenizer "$S/tok512.bin" --onnx-variant both --type f16
+check convert-onnx-files 0 "config.json model.onnx model_nocache.onnx tokenizer.json" -- bash -c "cd '$TMP/onnx' && echo *"
+check convert-onnx-opset-low 2 "opset 13 is not supported: opset must be in 14\.\.21" -- "$BIN" convert "$S/stories260K.bin" \
+  "$TMP/onnx-bad" --to onnx --tokenizer "$S/tok512.bin" --opset 13
+check convert-onnx-opset-high 2 "opset 22 is not supported" -- "$BIN" convert "$S/stories260K.bin" "$TMP/onnx-bad" \
+  --to onnx --tokenizer "$S/tok512.bin" --opset 22
+check convert-onnx-bf16 2 "writes --type f32 or f16, not 'bf16'" -- "$BIN" convert "$S/stories260K.bin" "$TMP/onnx-bad" \
+  --to onnx --tokenizer "$S/tok512.bin" --type bf16
+check convert-onnx-optimize 2 "drop --optimize" -- "$BIN" convert "$S/stories260K.bin" "$TMP/onnx-bad" --to onnx \
+  --tokenizer "$S/tok512.bin" --optimize
+check convert-onnx-variant 2 "onnx_variant 'merged' \(valid: kv, nocache, both\)" -- "$BIN" convert "$S/stories260K.bin" \
+  "$TMP/onnx-bad" --to onnx --tokenizer "$S/tok512.bin" --onnx-variant merged
+check convert-onnx-nothing-written 1 "" -- test -e "$TMP/onnx-bad/model.onnx"
 
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]
