@@ -11,7 +11,9 @@
 4. A synth model of another shape (GQA 6/2 heads, head_dim 16, FFN 200, q/k/v biases, tied
    embeddings, Llama-3 RoPE scaling; also against transformers) and a LoRA-merged stories260K
    (`llmopt finetune --merge`) export and match.
-5. Padding: a left-padded batch of two prompts gives each prompt's own logits (attention_mask).
+5. Sliding window (Mistral config) against llmopt and transformers; the export stage recipe
+   configs/export_onnx.yaml in ORT.
+6. Padding: a left-padded batch of two prompts gives each prompt's own logits (attention_mask).
 
 Tolerance (f32): ONNX Runtime and llmopt compute in float32 from the same float32 weights; they
 differ in summation order and libm (exp, sqrt, sin/cos) only, a few 1e-6 on logits of O(10):
@@ -178,6 +180,21 @@ def merged(llmopt, stories_bin, stories_tok, shared, tmp_path_factory):
     return ex
 
 
+def config_effect(llmopt, src, tmp, ids, **overrides):
+    """Max |logit change| of llmopt on `src` with config.json fields replaced by `overrides`."""
+    alt = tmp / f"alt-{len(list(tmp.glob('alt-*')))}"
+    alt.mkdir()
+    cfg = model_config(src)
+    cfg.update(overrides)
+    (alt / "config.json").write_text(json.dumps(cfg))
+    for f in src.iterdir():
+        if f.name != "config.json":
+            (alt / f.name).symlink_to(f)
+    a = llmopt_logit_matrix(llmopt.logits(src, tmp, "--ids", ",".join(map(str, ids))))
+    b = llmopt_logit_matrix(llmopt.logits(alt, tmp, "--ids", ",".join(map(str, ids))))
+    return float(np.abs(a - b).max())
+
+
 def check_f32(ex, label):
     nocache = run_nocache(session(ex.f32 / "model_nocache.onnx"), ex.ids)
     assert nocache.shape == ex.ref.shape
@@ -241,6 +258,10 @@ def test_synth_other_shape(synth):
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]) == (6, 2, 200)
     assert cfg.get("attention_bias") is True and cfg.get("tie_word_embeddings") is True
     assert cfg["rope_scaling"]["rope_type"] == "llama3"
+    # The scaling and the biases matter on these positions (else the test could not see them lost).
+    tmp = synth.model.parent
+    assert config_effect(synth.llmopt, synth.model, tmp, synth.ids, rope_scaling=None) > 10 * LOGIT_TOL
+    assert config_effect(synth.llmopt, synth.model, tmp, synth.ids, attention_bias=False) > 100 * LOGIT_TOL
     check_f32(synth, "synth 96/6x2/200 bias tied llama3-rope")
     check_f16(synth, "synth 96/6x2/200 bias tied llama3-rope")
 
@@ -361,3 +382,53 @@ def test_bad_options_exit_2(llmopt, stories_bin, stories_tok, tmp_path, args, ex
     assert p.returncode == 2, p.stderr
     assert expect in p.stderr, p.stderr
     assert not (tmp_path / "bad" / "model.onnx").exists()
+
+
+def test_export_stage_recipe(llmopt, stories, tmp_path):
+    """configs/export_onnx.yaml (export stage, formats: [onnx], f16, both variants) runs, and its
+    artifacts run in ONNX Runtime within the f16 tolerance of llmopt's logits."""
+    from conftest import REPO
+    run = tmp_path / "run"
+    subprocess.run([str(llmopt.exe), "-q", "run", str(REPO / "configs" / "export_onnx.yaml"), "--out", str(run)],
+                   cwd=REPO, check=True, capture_output=True, text=True, timeout=900)
+    out = run / "artifacts" / "model-onnx"
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "model_nocache.onnx", "config.json", "tokenizer.json"}
+    cfg = model_config(out)
+    assert cfg["torch_dtype"] == "float16"
+    got = run_nocache(session(out / "model_nocache.onnx"), stories.ids)
+    tol = f16_tol(cfg["num_hidden_layers"], stories.ref)
+    diff = np.abs(got - stories.ref).max()
+    print(f"export stage (f16): max |diff| vs llmopt f32 {diff:.3g} (tol {tol:.3g})")
+    assert diff <= tol
+
+
+def test_mistral_sliding_window(llmopt, tmp_path):
+    """A Mistral-style synth (sliding_window 8, GQA 4/2) over 30 tokens: the window is part of the
+    mask of both graphs; checked against llmopt and transformers' MistralForCausalLM (eager)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    src = tmp_path / "mistral"
+    llmopt.run("synth", src, "--dim", 64, "--ffn", 128, "--layers", 2, "--heads", 4, "--kv-heads", 2,
+               "--vocab", 300, "--seed", 4)
+    cfg = model_config(src)
+    cfg.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=8)
+    (src / "config.json").write_text(json.dumps(cfg, indent=2))
+    ids = [int(i) for i in np.random.default_rng(8).integers(0, 300, 30)]
+    ours = llmopt.logits(src, tmp_path, "--ids", ",".join(map(str, ids)))
+    out = tmp_path / "mistral-onnx"
+    llmopt.run("convert", src, out, "--to", "onnx", "--onnx-variant", "both")
+    ex = Exported.__new__(Exported)
+    ex.f32, ex.cfg, ex.ids, ex.ref = out, model_config(out), ours["ids"], llmopt_logit_matrix(ours)
+    assert ex.cfg.get("sliding_window") == 8
+    check_f32(ex, "mistral synth, sliding window 8")
+    model = transformers.MistralForCausalLM.from_pretrained(str(src), torch_dtype=torch.float32,
+                                                            attn_implementation="eager")
+    model.eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].double().numpy()
+    got = run_nocache(session(out / "model_nocache.onnx"), ids)
+    # The window matters here: without it, llmopt's logits after position 8 move by far more than
+    # LOGIT_TOL (else this test could not tell a graph that ignores the window).
+    assert config_effect(llmopt, src, tmp_path, ids, sliding_window=None) > 100 * LOGIT_TOL
+    print(f"mistral: ONNX vs transformers max |diff| = {np.abs(got - ref).max():.3g}")
+    assert np.abs(got - ref).max() <= LOGIT_TOL
