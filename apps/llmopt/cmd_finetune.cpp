@@ -1,6 +1,7 @@
-// `llmopt finetune MODEL --data FILE --method lora|full [...] --out DIR`: the finetune stage's
-// work (stages/finetune) on one model without a recipe. Method lora writes the PEFT adapter
-// (adapter_config.json, adapter_model.safetensors) into DIR; method full (and lora --merge) writes
+// `llmopt finetune MODEL --data FILE --method lora|qlora|full|prompt|prefix|ptuning [...] --out DIR`:
+// the finetune stage's work (stages/finetune) on one model without a recipe. Methods lora and the
+// prompt-learning ones write the PEFT adapter (adapter_config.json, adapter_model.safetensors)
+// into DIR; method full (and lora --merge) writes
 // the trained model as a Hugging Face directory (DIR/model). Per-step metrics go to
 // DIR/train_events.jsonl; trainer checkpoints to DIR/checkpoints every --save-every steps (and on
 // Ctrl-C), picked up by --resume and removed once the run completes.
@@ -20,7 +21,7 @@ namespace llmopt::cli {
 namespace fs = std::filesystem;
 
 void register_finetune_command(CLI::App& app, GlobalOptions& g) {
-  auto* cmd = app.add_subcommand("finetune", "Fine-tune a model (LoRA / DoRA adapters in PEFT format, or full)");
+  auto* cmd = app.add_subcommand("finetune", "Fine-tune a model (LoRA / DoRA or prompt / prefix / P-tuning adapters in PEFT format, or full)");
   static std::string model, tokenizer, out, json_out;
   static bool resume = false;
   static stages::FinetuneOptions o;
@@ -36,7 +37,17 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--val", o.val.path, "Validation file (same format)");
   cmd->add_option("--val-fraction", o.val.fraction, "Tail of the training rows held out for validation")
       ->capture_default_str();
-  cmd->add_option("--method", o.method, "lora | qlora (NF4 base) | full")->capture_default_str();
+  cmd->add_option("--method", o.method, "lora | qlora (NF4 base) | full | prompt | prefix | ptuning")
+      ->capture_default_str();
+  cmd->add_option("--num-virtual-tokens", o.prompt.num_virtual_tokens,
+                  "prompt / prefix / ptuning: virtual tokens (prefix: key/value positions per layer)")
+      ->capture_default_str();
+  cmd->add_option("--prompt-init", o.prompt.init, "prompt: random | text (embeddings of --prompt-init-text)")
+      ->capture_default_str();
+  cmd->add_option("--prompt-init-text", o.prompt.init_text, "prompt, --prompt-init text: the initializing text");
+  cmd->add_option("--encoder-hidden", o.prompt.encoder_hidden,
+                  "ptuning: hidden width of the prompt encoder MLP (0 = the model's hidden size)")
+      ->capture_default_str();
   cmd->add_option("--r", o.lora.r, "LoRA rank")->capture_default_str();
   cmd->add_option("--alpha", o.lora.alpha, "LoRA alpha (scaling alpha / r)")->capture_default_str();
   cmd->add_option("--dropout", o.lora.dropout, "LoRA dropout")->capture_default_str();

@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "model/device.h"
 #include "model/lora_adapter.h"
+#include "model/prompt_adapter.h"
 
 namespace llmopt::cli {
 namespace fs = std::filesystem;
@@ -17,7 +18,7 @@ model::LoadedModel load_for_inference(const std::string& path, const std::string
   model::ModelLoadOptions mo;
   mo.tokenizer_path = tokenizer;
   auto lm = model::load_model(path, mo);
-  if (!adapter.empty()) model::load_peft_adapter(*lm.model, adapter);
+  if (!adapter.empty()) model::load_any_adapter(*lm.model, adapter);  // LoRA family or prompt learning
   lm.model->eval();
   if (!dev.is_cpu()) lm.model->to(dev);
   if (need_tokenizer && !lm.tokenizer)
@@ -26,7 +27,7 @@ model::LoadedModel load_for_inference(const std::string& path, const std::string
 }
 
 void add_adapter_option(CLI::App* cmd, std::string& adapter) {
-  cmd->add_option("--adapter", adapter, "PEFT LoRA adapter directory applied to the model (runs on the torch engine)");
+  cmd->add_option("--adapter", adapter, "PEFT adapter directory (LoRA / DoRA, prompt / prefix / P-tuning) applied to the model (runs on the torch engine)");
 }
 
 void check_adapter_engine(const std::string& adapter, const std::string& engine) {

@@ -9,6 +9,7 @@
 #include "model/lora_adapter.h"
 #include "model/lora_linear.h"
 #include "model/nf4_linear.h"
+#include "model/prompt_adapter.h"
 #include "model/state_io.h"
 #include "stages/finetune/finetune_run.h"
 #include "train/finetune_data.h"
@@ -41,12 +42,29 @@ double merge_kld(model::LlamaModel& adapter, model::LlamaModel& merged, const tr
   return (lp.exp() * (lp - lq)).sum(-1).mean().item<double>();
 }
 
+bool is_prompt_method(const std::string& m) { return m == "prompt" || m == "prefix" || m == "ptuning"; }
+
+model::PromptAdapterConfig prompt_config(const FinetuneOptions& o) {
+  model::PromptAdapterConfig c;
+  c.method = o.method;
+  c.num_virtual_tokens = o.prompt.num_virtual_tokens;
+  c.encoder_hidden = o.prompt.encoder_hidden;
+  c.init = o.prompt.init;
+  c.init_text = o.prompt.init_text;
+  return c;
+}
+
 }  // namespace
 
 void check_finetune_options(const FinetuneOptions& o) {
-  if (o.method != "full") lora_config(o.lora).validate();
-  LLMOPT_CHECK_INPUT(o.method == "lora" || o.method == "qlora" || o.method == "full",
-                     "[finetune] method must be lora, qlora or full, found '{}'", o.method);
+  LLMOPT_CHECK_INPUT(o.method == "lora" || o.method == "qlora" || o.method == "full" || is_prompt_method(o.method),
+                     "[finetune] method must be lora, qlora, full, prompt, prefix or ptuning, found '{}'", o.method);
+  if (o.method == "lora" || o.method == "qlora") lora_config(o.lora).validate();
+  if (is_prompt_method(o.method)) prompt_config(o).validate();
+  LLMOPT_CHECK_INPUT(!is_prompt_method(o.method) || !o.merge,
+                     "[finetune] merge applies to methods lora and qlora, not {} (virtual tokens have no weights to "
+                     "merge into)",
+                     o.method);
   LLMOPT_CHECK_INPUT(o.min_lr <= o.lr, "[finetune] min_lr {} exceeds lr {}", o.min_lr, o.lr);
   LLMOPT_CHECK_INPUT(o.patience == 0 || o.eval_every > 0, "[finetune] patience needs eval_every > 0");
   LLMOPT_CHECK_INPUT(o.eval_every == 0 || !o.val.path.empty() || o.val.fraction > 0,
@@ -78,7 +96,23 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
 
   StageResult r;
   model::LoraApplyResult applied;
-  if (o.method != "full") {
+  if (is_prompt_method(o.method)) {
+    // Prompt learning: a PromptAdapter (virtual tokens / prefixes) in front of the frozen base.
+    std::vector<int64_t> text_ids;
+    if (o.prompt.init == "text") {
+      tok::EncodeOptions eo;
+      eo.add_bos = state.tokenizer->add_bos_default();  // as PEFT's tokenizer(init_text) does
+      for (int32_t id : state.tokenizer->encode(o.prompt.init_text, eo)) text_ids.push_back(id);
+    }
+    LLMOPT_CHECK_INPUT(m.prompt_adapter() == nullptr, "[finetune] the model already holds a prompt adapter");
+    model::apply_prompt_adapter(m, prompt_config(o), seed, text_ids);
+    for (auto& p : m.parameters(/*recurse=*/true)) {
+      applied.total_params += p.numel();
+      if (p.requires_grad()) applied.trainable_params += p.numel();
+    }
+    r.metrics["num_virtual_tokens"] = o.prompt.num_virtual_tokens;
+    model::wrap_grad_through(m);  // gradients through frozen packed / NF4 projections to the prompt
+  } else if (o.method != "full") {
     if (o.method == "qlora") {
       // QLoRA: the frozen base of every adapted projection in NF4 (double-quantized absmax), so no
       // full-precision copy of it stays in memory; LoRA in float32 on top.
@@ -187,7 +221,15 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
     r.metrics["val_loss_best"] = tr.best_val_loss;
   }
 
-  if (o.method != "full") {
+  if (is_prompt_method(o.method)) {
+    if (!dirs.adapter.empty()) {
+      model::PromptAdapterSaveOptions so;
+      so.base_model_name_or_path = state.provenance.source_path;
+      model::save_prompt_adapter(m, dirs.adapter, so);
+      if (!dirs.adapter_rel.empty()) r.artifacts.push_back(dirs.adapter_rel + "/adapter_config.json"),
+            r.artifacts.push_back(dirs.adapter_rel + "/adapter_model.safetensors");
+    }
+  } else if (o.method != "full") {
     if (!dirs.adapter.empty()) {
       model::AdapterSaveOptions so;
       so.base_model_name_or_path = state.provenance.source_path;

@@ -2,7 +2,9 @@
 // (src/train/trainer.h). Method `lora` wraps the targeted projections in LoRA / DoRA layers
 // (model::LoraLinear, over any base kind: dense or packed) that stay in the model for the next
 // stages and checkpoints, and writes a PEFT adapter to artifacts/adapter/; method `full` trains
-// every weight (or the parameters matching `trainable`). Per-step metrics go to events.jsonl
+// every weight (or the parameters matching `trainable`); methods prompt / prefix / ptuning put a
+// model::PromptAdapter (virtual tokens, key/value prefixes, or an MLP prompt encoder) in front of
+// the frozen model and write it as a PEFT prompt-learning adapter. Per-step metrics go to events.jsonl
 // (event "train_step"); a trainer checkpoint every `save_every` steps (and on Ctrl-C) lets
 // `llmopt run --resume` continue mid-stage with the same bytes.
 #pragma once
@@ -35,6 +37,27 @@ struct FinetuneLoraOptions {
     s.field("dora", &FinetuneLoraOptions::dora, "DoRA: a trained magnitude per output row over the LoRA direction");
     s.field("bias", &FinetuneLoraOptions::bias, "Biases trained: none, all, or lora_only (of the adapted projections)")
         .choices({"none", "all", "lora_only"});
+  }
+};
+
+struct FinetunePromptOptions {
+  int64_t num_virtual_tokens = 20;
+  std::string init = "random";
+  std::string init_text;
+  int64_t encoder_hidden = 0;
+
+  static void describe(Schema<FinetunePromptOptions>& s) {
+    s.field("num_virtual_tokens", &FinetunePromptOptions::num_virtual_tokens,
+            "Virtual tokens (prompt, ptuning) or key/value prefix positions per layer (prefix)")
+        .range(1, 1 << 16);
+    s.field("init", &FinetunePromptOptions::init,
+            "Method prompt: random (N(0,1), PEFT's RANDOM) or text (the token embeddings of init_text, repeated or "
+            "cut to num_virtual_tokens)")
+        .choices({"random", "text"});
+    s.field("init_text", &FinetunePromptOptions::init_text, "Method prompt, init text: the initializing text");
+    s.field("encoder_hidden", &FinetunePromptOptions::encoder_hidden,
+            "Method ptuning: hidden width of the prompt encoder MLP (0 = the model's hidden size)")
+        .range(0, 1 << 20);
   }
 };
 
@@ -78,6 +101,7 @@ struct FinetuneValOptions {
 struct FinetuneOptions {
   std::string method = "lora";
   FinetuneLoraOptions lora;
+  FinetunePromptOptions prompt;
   FinetuneTrainDataOptions train;
   FinetuneValOptions val;
   std::vector<std::string> trainable;
@@ -99,9 +123,12 @@ struct FinetuneOptions {
   static void describe(Schema<FinetuneOptions>& s) {
     s.field("method", &FinetuneOptions::method,
             "lora (adapters, base frozen), qlora (the adapted projections first quantized to NF4, double-quantized, "
-            "dequantized on the fly), or full (train the weights)")
-        .choices({"lora", "qlora", "full"});
+            "dequantized on the fly), full (train the weights), or prompt learning with the base frozen: prompt "
+            "(virtual token embeddings), prefix (per-layer key/value prefixes), ptuning (virtual tokens from an MLP "
+            "prompt encoder)")
+        .choices({"lora", "qlora", "full", "prompt", "prefix", "ptuning"});
     s.field("lora", &FinetuneOptions::lora, "LoRA settings (method lora)");
+    s.field("prompt", &FinetuneOptions::prompt, "Prompt-learning settings (methods prompt, prefix, ptuning)");
     s.field("train", &FinetuneOptions::train, "Training data");
     s.field("val", &FinetuneOptions::val, "Validation data (loss every eval_every steps, early stopping)");
     s.field("trainable", &FinetuneOptions::trainable,
@@ -136,7 +163,7 @@ class FinetuneStage : public Stage {
  public:
   using Options = FinetuneOptions;
   static constexpr const char* kType = "finetune";
-  static constexpr const char* kDoc = "Fine-tune (LoRA / DoRA adapters or full) on text or instruction data";
+  static constexpr const char* kDoc = "Fine-tune (LoRA / DoRA adapters, prompt / prefix / P-tuning, or full) on text or instruction data";
 
   explicit FinetuneStage(Options o) : o_(std::move(o)) {}
   std::string type() const override { return kType; }
