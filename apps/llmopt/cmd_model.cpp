@@ -12,6 +12,7 @@
 
 #include "apps/llmopt/commands.h"
 #include "apps/llmopt/model_io.h"
+#include "model/lora_adapter.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/memory.h"
@@ -424,16 +425,33 @@ void register_synth(CLI::App& app, GlobalOptions& g) {
 }
 
 // ---------------------------------------------------------------- convert
+// `convert ADAPTER_DIR OUT.gguf --to gguf-lora --base MODEL`: a PEFT adapter as llama.cpp's --lora
+// reads it (convert_lora_to_gguf.py's counterpart), checked against the base it applies to.
+static void convert_adapter_to_gguf(const std::string& adapter, const std::string& base, const std::string& tokenizer,
+                                    const std::string& out, const std::string& type) {
+  LLMOPT_CHECK_INPUT(!base.empty(), "[convert] --to gguf-lora needs --base MODEL (the model the adapter applies to)");
+  LLMOPT_CHECK_INPUT(type == "f32" || type == "f16", "[convert] --to gguf-lora writes f32 or f16, not --type {}", type);
+  auto lm = load_for_inference(base, tokenizer, /*need_tokenizer=*/false, "cpu", adapter);
+  model::save_gguf_lora_adapter(*lm.model, out, model::gguf_lora_architecture(base), parse_float_type(type));
+  log::info("[convert] wrote {} (llama.cpp: --lora {})", out, out);
+}
+
 void register_convert(CLI::App& app, GlobalOptions& g) {
   auto* cmd = app.add_subcommand("convert", "Convert between HF, GGUF and llama2.c at f32/f16/bf16");
-  static std::string model, tokenizer, to, type = "f32", out;
-  cmd->add_option("MODEL", model, "Model path")->required();
+  static std::string model, tokenizer, to, type = "f32", out, base;
+  cmd->add_option("MODEL", model, "Model path (with --to gguf-lora: the PEFT adapter directory)")->required();
   cmd->add_option("OUT", out, "Output path (directory for hf)")->required();
-  cmd->add_option("--to", to, "hf | gguf | llama2c")->required();
+  cmd->add_option("--to", to, "hf | gguf | llama2c | gguf-lora (a PEFT adapter for llama.cpp's --lora)")->required();
   cmd->add_option("--type", type, "f32 | f16 | bf16 (| q8_0 with --to llama2c: v2 int8 groups of 32)");
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
+  cmd->add_option("--base", base, "--to gguf-lora: the base model the adapter was trained on (its GGUF's "
+                  "architecture is matched; other formats give llmopt's GGUF export layout)");
   cmd->callback([&g] {
     apply_threads(g);
+    if (to == "gguf-lora") {
+      convert_adapter_to_gguf(model, base, tokenizer, out, type);
+      return;
+    }
     DType t = DType::F32;
     if (type == "q8_0") {
       LLMOPT_CHECK_INPUT(to == "llama2c", "[convert] --type q8_0 is for --to llama2c (v2 int8); for a q8_0 {} use "

@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
+#include "io/gguf.h"
+#include "io/gguf_lora.h"
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
 
@@ -129,7 +131,101 @@ void save_peft_adapter(LlamaModel& model, const std::string& dir, const AdapterS
   io::write_file_atomic((fs::path(dir) / kConfigFile).string(), config.dump(2) + "\n");
 }
 
+std::string gguf_lora_unsupported(LlamaModel& model) {
+  for (const auto& [p, l] : lora_layers(model)) {
+    const LoraConfig& c = l->config();
+    if (c.dora) return "DoRA has no llama.cpp adapter form (merge instead)";
+    if (c.bias != "none" && l->base()->bias().defined())
+      return fmt::format("{}: trained biases have no place in a llama.cpp adapter (merge instead)", p);
+    if (p == "lm_head" && model.config().tie_word_embeddings)
+      return "lm_head over tied embeddings: llama.cpp's GGUF has no output.weight to adapt (merge instead)";
+  }
+  return "";
+}
+
+std::string gguf_lora_architecture(const std::string& source_path) {
+  if (fs::is_regular_file(source_path) && ends_with(source_path, ".gguf")) {
+    const io::GgufFile g = io::GgufFile::open(source_path);
+    if (g.find("general.architecture")) return g.get_string("general.architecture");
+  }
+  return "llama";
+}
+
+void save_gguf_lora_adapter(LlamaModel& model, const std::string& path, const std::string& architecture, DType type) {
+  const auto layers = lora_layers(model);
+  LLMOPT_CHECK_INPUT(!layers.empty(), "[gguf-lora] the model has no LoRA layer to save");
+  io::GgufLoraAdapter a;
+  a.architecture = architecture;
+  const LoraConfig& first = layers.front().second->config();
+  // llama.cpp scales a pair by alpha / r with r its rank: alpha = scaling · r reproduces the
+  // scaling of every layer that shares the first one's scaling·r (all of them for plain LoRA, and
+  // for rsLoRA of one rank); any other layer has the ratio folded into its B.
+  const double alpha = first.scaling() * static_cast<double>(first.r);
+  a.alpha = static_cast<float>(alpha);
+  for (const auto& [p, l] : layers) {
+    const LoraConfig& c = l->config();
+    LLMOPT_CHECK_INPUT(!c.dora,
+                       "[gguf-lora] {}: DoRA has no llama.cpp adapter form (llama.cpp adds s*B*A*x only, without "
+                       "DoRA's magnitude vector); merge instead (llmopt finetune --merge writes OUT/model, then "
+                       "llmopt convert OUT/model model.gguf --to gguf), or train without --dora",
+                       p);
+    LLMOPT_CHECK_INPUT(c.bias == "none" || !l->base()->bias().defined(),
+                       "[gguf-lora] {}: trained biases (bias {}) have no place in a llama.cpp LoRA adapter; merge "
+                       "instead (llmopt finetune --merge), or train with bias none",
+                       p, c.bias);
+    LLMOPT_CHECK_INPUT(!l->merged(), "[gguf-lora] {}: the adapter is merged into the base; unmerge it first", p);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor A = l->lora_A().detach().to(torch::kCPU, torch::kFloat32).contiguous();
+    torch::Tensor B = l->lora_B().detach().to(torch::kCPU, torch::kFloat64);
+    const double ratio = c.scaling() * static_cast<double>(c.r) / alpha;
+    if (std::abs(ratio - 1) > 1e-12) B = B * ratio;
+    B = B.to(torch::kFloat32).contiguous();
+    io::GgufLoraPair pair;
+    pair.module_path = p;
+    pair.r = c.r;
+    pair.A.assign(A.data_ptr<float>(), A.data_ptr<float>() + A.numel());
+    pair.B.assign(B.data_ptr<float>(), B.data_ptr<float>() + B.numel());
+    a.pairs.push_back(std::move(pair));
+  }
+  if (const auto parent = fs::path(path).parent_path(); !parent.empty()) fs::create_directories(parent);
+  io::write_gguf_lora(path, model.config(), a, type);
+}
+
+namespace {
+
+// A llama.cpp GGUF LoRA adapter applied as LoRA layers: scaling alpha / r per pair (1 when the
+// file has no alpha, as llama.cpp does).
+AdapterLoadResult load_gguf_lora_adapter(LlamaModel& model, const std::string& path) {
+  const io::GgufLoraAdapter a = io::read_gguf_lora(path, model.config());
+  AdapterLoadResult res;
+  std::map<std::string, std::shared_ptr<LinearLayer>> by_path;
+  for (auto& [p, l] : model.linear_layers()) by_path[p] = l;
+  for (auto& p : model.parameters(/*recurse=*/true)) p.set_requires_grad(false);
+  for (const auto& pair : a.pairs) {
+    LLMOPT_CHECK_INPUT(by_path.count(pair.module_path), "[adapter] {}: module '{}' is not in the base model", path,
+                       pair.module_path);
+    auto base = by_path.at(pair.module_path);
+    LLMOPT_CHECK_INPUT(!std::dynamic_pointer_cast<LoraLinear>(base), "[adapter] {}: module '{}' already holds an "
+                       "adapter", path, pair.module_path);
+    LoraConfig c;
+    c.r = pair.r;
+    c.alpha = a.alpha != 0 ? a.alpha : static_cast<double>(pair.r);
+    const int64_t in = static_cast<int64_t>(pair.A.size()) / pair.r, out = static_cast<int64_t>(pair.B.size()) / pair.r;
+    const torch::Tensor A = torch::from_blob(const_cast<float*>(pair.A.data()), {pair.r, in}, torch::kFloat32);
+    const torch::Tensor B = torch::from_blob(const_cast<float*>(pair.B.data()), {out, pair.r}, torch::kFloat32);
+    model.set_linear(pair.module_path,
+                     std::make_shared<LoraLinear>(base, c, A, B, torch::Tensor(), path + " (" + pair.module_path + ")"));
+    res.paths.push_back(pair.module_path);
+    if (res.paths.size() == 1) res.config = c;
+  }
+  log::info("[adapter] {}: llama.cpp LoRA alpha={} on {} projections", path, a.alpha, res.paths.size());
+  return res;
+}
+
+}  // namespace
+
 AdapterLoadResult load_peft_adapter(LlamaModel& model, const std::string& dir) {
+  if (fs::is_regular_file(dir) && ends_with(dir, ".gguf")) return load_gguf_lora_adapter(model, dir);
   const std::string config_path = (fs::path(dir) / kConfigFile).string();
   const std::string weights_path = (fs::path(dir) / kWeightsFile).string();
   LLMOPT_CHECK_INPUT(fs::is_directory(dir), "[adapter] {}: not a directory (expected a PEFT adapter with {} and {})",

@@ -32,10 +32,27 @@ struct AdapterLoadResult {
   LoraConfig config;
   std::vector<std::string> paths;  // projections that got an adapter
 };
-// Reads a PEFT LoRA adapter directory and wraps the named projections of `model` in LoraLinear
+// Reads a PEFT LoRA adapter directory (or a llama.cpp GGUF LoRA adapter file, *.gguf) and wraps the named projections of `model` in LoraLinear
 // layers holding its tensors. InputError (exit 2) naming the file/tensor for a missing file, a
 // non-LORA peft_type, unsupported settings, an unknown module or a shape that does not fit.
 AdapterLoadResult load_peft_adapter(LlamaModel& model, const std::string& dir);
+
+// The LoRA layers of `model` as a llama.cpp adapter (io/gguf_lora.h: general.type adapter,
+// blk.N.<proj>.weight.lora_a / .lora_b, q/k rows of B permuted as the base GGUF's W) for a base
+// GGUF of `architecture` ("llama": llmopt's own GGUF exports). llama.cpp scales each pair by
+// alpha / r: alpha is written so that this equals each layer's scaling (rsLoRA: alpha·sqrt(r));
+// a layer whose scaling differs from the others' gets it folded into its B. InputError (exit 2,
+// naming the way out: merge) for DoRA (llama.cpp has no magnitude vector), trained biases, and an
+// lm_head adapter over tied embeddings. `type`: F32 or F16.
+void save_gguf_lora_adapter(LlamaModel& model, const std::string& path, const std::string& architecture = "llama",
+                            DType type = DType::F32);
+// Why `model`'s adapters have no llama.cpp form ("" when they have one): DoRA, trained biases.
+std::string gguf_lora_unsupported(LlamaModel& model);
+// general.architecture of the GGUF an adapter for the model loaded from `source_path` applies to:
+// that file's own when it is a GGUF, else "llama" (what llmopt convert --to gguf writes).
+std::string gguf_lora_architecture(const std::string& source_path);
+// The file name save_gguf_lora_adapter gets inside an adapter directory.
+inline constexpr const char* kGgufAdapterFile = "adapter.gguf";
 
 // PEFT's key prefix of a module path and the tensor suffixes.
 std::string peft_key(const std::string& module_path, const std::string& suffix);

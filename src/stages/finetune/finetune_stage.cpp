@@ -237,6 +237,15 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
       model::save_peft_adapter(m, dirs.adapter, so);
       if (!dirs.adapter_rel.empty()) r.artifacts.push_back(dirs.adapter_rel + "/adapter_config.json"),
             r.artifacts.push_back(dirs.adapter_rel + "/adapter_model.safetensors");
+      // The same adapter for llama.cpp's --lora, where it has a llama.cpp form (not DoRA, no
+      // trained biases), for the base's GGUF (llmopt convert --to gguf, or the GGUF it came from).
+      if (const std::string why = model::gguf_lora_unsupported(m); why.empty()) {
+        model::save_gguf_lora_adapter(m, (fs::path(dirs.adapter) / model::kGgufAdapterFile).string(),
+                                      model::gguf_lora_architecture(state.provenance.source_path));
+        if (!dirs.adapter_rel.empty()) r.artifacts.push_back(dirs.adapter_rel + "/" + model::kGgufAdapterFile);
+      } else {
+        log::info("[finetune] no llama.cpp adapter ({}): {}", model::kGgufAdapterFile, why);
+      }
     }
     if (o.merge) {
       bool packed_base = false;
