@@ -43,7 +43,7 @@ std::vector<BadRecipe> bad_recipes() {
       {"stage_not_mapping", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - evaluate\n"}}, {}, "r.yaml", 5, 5, {"expected a stage mapping"}},
       {"empty_pipeline", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline: []\n"}}, {}, "r.yaml", 4, 11, {"non-empty list of stages"}},
       {"missing_pipeline", {{"r.yaml", "seed: 0\n"}}, {}, "r.yaml", 1, 1, {"missing required key 'pipeline'"}},
-      {"export_bad_format", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - {type: export, formats: [onnx]}\n"}}, {}, "r.yaml", 5, 30, {"'onnx' is not one of: hf, gguf, llama2c"}},
+      {"export_bad_format", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - {type: export, formats: [tflite]}\n"}}, {}, "r.yaml", 5, 30, {"'tflite' is not one of: hf, gguf, llama2c, onnx"}},
       {"duplicate_stage_names", {{"r.yaml", "seed: 0\nmodel:\n  path: @MODEL@\npipeline:\n  - {type: evaluate, name: a}\n  - {type: export, name: a}\n"}}, {}, "r.yaml", 6, 26, {"stage name 'a' is used twice"}},
       {"duplicate_yaml_key", {{"r.yaml", "seed: 0\nseed: 1\nmodel:\n  path: @MODEL@\npipeline:\n  - {type: evaluate}\n"}}, {}, "r.yaml", 2, 1, {"duplicate key 'seed'"}},
       {"cyclic_defaults", {{"r.yaml", "defaults: [a]\n" + kValid}, {"a.yaml", "defaults: [b]\nseed: 1\n"}, {"b.yaml", "defaults: [a]\n"}}, {}, "b.yaml", 1, 12, {"cyclic defaults", "a.yaml -> ", "b.yaml -> ", "a.yaml"}},
