@@ -20,6 +20,7 @@
 #include "kernels/gemm_quant.h"
 #include "kernels/gemv.h"
 #include "kernels/quant_formats.h"
+#include "kernels/repack.h"
 
 namespace {
 using llmopt::DType;
@@ -65,15 +66,22 @@ void counters(benchmark::State& state, double bytes, double ops, const Fastest& 
   state.counters["best_GOP/s"] = ops * 1e-9 / f.s();
 }
 
-// Args: type index, path (0: f32 activations, kernels::gemv; 1: int8, gemv_act_q8), n, k, threads.
+// Args: type index, path (0: f32 activations, kernels::gemv; 1: int8, gemv_act_q8; 2: int8 on
+// the row-interleaved form, gemv_repacked, Q4_0/Q4_K), n, k, threads.
 void BM_QuantGemv(benchmark::State& state) {
   const DType t = kTypes[state.range(0)];
-  const bool int8 = state.range(1) != 0;
+  const bool int8 = state.range(1) != 0, repacked = state.range(1) == 2;
   const int64_t n = state.range(2), kk = state.range(3);
   const int threads = static_cast<int>(state.range(4));
-  const int64_t bytes = llmopt::dtype_bytes_for(t, n * kk);
+  const int64_t bytes = repacked ? k::repacked_bytes(t, n, kk) : llmopt::dtype_bytes_for(t, n * kk);
   const int64_t copies = std::max<int64_t>(1, (int64_t{256} << 20) / bytes);
-  const auto w = make_weights(t, n * kk * copies);
+  auto w = make_weights(t, n * kk * copies);
+  if (repacked) {
+    const auto blocks = w;
+    w.resize(static_cast<size_t>(bytes * copies));
+    for (int64_t c = 0; c < copies; ++c)
+      k::repack_rows(t, blocks.data() + c * llmopt::dtype_bytes_for(t, n * kk), w.data() + c * bytes, n, kk);
+  }
   std::vector<float> x(kk), y(n);
   std::mt19937 rng(2);
   std::normal_distribution<float> dist;
@@ -83,7 +91,9 @@ void BM_QuantGemv(benchmark::State& state) {
   for (auto _ : state) {
     f.start();
     const uint8_t* wc = w.data() + c * bytes;
-    if (int8)
+    if (repacked)
+      k::gemv_repacked(t, wc, x.data(), nullptr, y.data(), n, kk, threads);
+    else if (int8)
       k::gemv_act_q8(t, wc, x.data(), nullptr, y.data(), n, kk, threads);
     else
       k::gemv(t, wc, x.data(), nullptr, y.data(), n, kk, threads);
@@ -92,7 +102,7 @@ void BM_QuantGemv(benchmark::State& state) {
     c = (c + 1) % copies;
   }
   counters(state, static_cast<double>(bytes), 2.0 * n * kk, f);
-  state.SetLabel(std::string(llmopt::dtype_name(t)) + (int8 ? " int8-act" : " f32-act"));
+  state.SetLabel(std::string(llmopt::dtype_name(t)) + (repacked ? " int8-act repacked" : int8 ? " int8-act" : " f32-act"));
 }
 
 // Args: type index, path (0: gemv_batch in groups of 8 rows, f32 activations; 1: gemm_quant),
@@ -127,8 +137,10 @@ void BM_QuantGemm(benchmark::State& state) {
 void GemvArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"type", "int8", "n", "k", "thr"});
   for (int t = 0; t < 4; ++t)
-    for (int path : {0, 1})
+    for (int path : {0, 1, 2}) {
+      if (path == 2 && kTypes[t] != DType::Q4_0 && kTypes[t] != DType::Q4_K) continue;
       for (int thr : {1, 2}) b->Args({t, path, 2048, 768, thr}), b->Args({t, path, 768, 2048, thr});
+    }
 }
 
 void GemmArgs(benchmark::internal::Benchmark* b) {

@@ -23,6 +23,7 @@
 #include "infer/weights.h"
 #include "kernels/gemm_quant.h"
 #include "kernels/gemv.h"
+#include "kernels/repack.h"
 #include "kernels/vec_math.h"
 
 namespace llmopt::infer {
@@ -51,12 +52,15 @@ void for_rows(int64_t n, int t, int nt, std::atomic<int64_t>& next, Fn&& fn) {
   }
 }
 
-// xq: x quantized to int8 blocks (kernels::quantize_act), or null: f32 activations.
+// xq: x quantized to int8 blocks (kernels::quantize_act), or null: f32 activations. for_rows
+// hands out ranges that start at multiples of 16, so a repacked matrix's 8-row groups are never split.
 void gemv_range(const Matrix& m, const float* x, const kernels::ActRow* xq, float* y, int64_t r0, int64_t r1) {
-  if (xq != nullptr && kernels::act_q8_supports(m.type))
+  if (xq != nullptr && m.repacked)
+    kernels::gemv_repacked_rows(m.type, m.w, *xq, m.bias, y, r0, r1);
+  else if (xq != nullptr && kernels::act_q8_supports(m.type))
     kernels::gemv_act_q8_rows(m.type, m.w, *xq, m.bias, y, r0, r1);
   else
-    kernels::gemv_rows(m.type, m.w, x, m.bias, y, r0, r1, m.k);
+    gemv_rows_f32(m, x, y, r0, r1);
 }
 
 // Whether any projection (or the head) takes int8 activations.
@@ -70,6 +74,19 @@ bool any_int8(const Weights& w) {
 }
 
 }  // namespace
+
+void gemv_rows_f32(const Matrix& m, const float* x, float* y, int64_t r0, int64_t r1) {
+  if (!m.repacked) return kernels::gemv_rows(m.type, m.w, x, m.bias, y, r0, r1, m.k);
+  constexpr int64_t kChunk = 64;
+  const int64_t rb = dtype_bytes_for(m.type, m.k);
+  thread_local std::vector<uint8_t> rows;
+  rows.resize(static_cast<size_t>(std::min(kChunk, r1 - r0) * rb));
+  for (int64_t c0 = r0; c0 < r1; c0 += kChunk) {
+    const int64_t c1 = std::min(r1, c0 + kChunk);
+    kernels::unpack_rows(m.type, m.w, m.k, c0, c1, rows.data());
+    kernels::gemv_rows(m.type, rows.data(), x, m.bias ? m.bias + c0 : nullptr, y + c0, 0, c1 - c0, m.k);
+  }
+}
 
 std::vector<float> rope_inv_freq(const ModelConfig& c) {
   const int64_t half = c.head_dim / 2;

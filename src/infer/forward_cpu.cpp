@@ -14,6 +14,7 @@
 #include "kernels/gemm_quant.h"
 #include "kernels/gemv.h"
 #include "kernels/quant_formats.h"
+#include "kernels/repack.h"
 #include "kernels/vec_math.h"
 
 namespace llmopt::infer {
@@ -31,10 +32,10 @@ constexpr int64_t kTileFloats = int64_t{1} << 18;
 // int8: Q8_0/Q4_0/Q4_K/Q6_K weights take the integer-dot GEMM on int8-quantized rows of X.
 void gemm(const Matrix& m, const float* x, float* y, int64_t T, bool int8) {
   if (int8 && kernels::act_q8_supports(m.type)) {
-    kernels::gemm_quant(m.type, m.w, x, m.bias, y, T, m.n, m.k);
+    kernels::gemm_quant(m.type, m.w, x, m.bias, y, T, m.n, m.k, 0, m.repacked);
     return;
   }
-  if (m.type != DType::F32 && T <= kernels::kMaxGemvBatch) {
+  if (m.type != DType::F32 && T <= kernels::kMaxGemvBatch && !m.repacked) {
     // A few rows: stream the packed weight once (bandwidth-bound, like decode).
     kernels::gemv_batch(m.type, m.w, x, m.bias, y, T, m.n, m.k);
     return;
@@ -45,14 +46,23 @@ void gemm(const Matrix& m, const float* x, float* y, int64_t T, bool int8) {
     // Packed: dequantize a tile of rows, multiply it into the tile's output columns, move on; no
     // f32 copy of the weight is kept (the dequantization is amortized over the T rows of X).
     const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(m.n, kTileFloats / m.k));
+    // (Repacked rows are first unpacked, a few at a time, into ggml blocks.)
     const int64_t row_bytes = dtype_bytes_for(m.type, m.k);
     std::vector<float> tile(static_cast<size_t>(rows * m.k));
     const auto* w = static_cast<const uint8_t*>(m.w);
     for (int64_t r0 = 0; r0 < m.n; r0 += rows) {
       const int64_t nr = std::min(rows, m.n - r0);
 #pragma omp parallel for if (nr * m.k > kParallelElems / 4)
-      for (int64_t r = 0; r < nr; ++r)
-        kernels::dequantize_row(m.type, w + (r0 + r) * row_bytes, tile.data() + r * m.k, m.k);
+      for (int64_t r = 0; r < nr; ++r) {
+        if (m.repacked) {
+          thread_local std::vector<uint8_t> row;
+          row.resize(static_cast<size_t>(row_bytes));
+          kernels::unpack_rows(m.type, m.w, m.k, r0 + r, r0 + r + 1, row.data());
+          kernels::dequantize_row(m.type, row.data(), tile.data() + r * m.k, m.k);
+        } else {
+          kernels::dequantize_row(m.type, w + (r0 + r) * row_bytes, tile.data() + r * m.k, m.k);
+        }
+      }
       sgemm(true, T, nr, m.k, 1.0f, x, m.k, tile.data(), m.k, 0.0f, y + r0, m.n);
     }
   }
@@ -174,10 +184,18 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, EngineCache& ec, float*
   } else {
     // Only the last position's: what a generator (and llama-bench) needs.
     blocks::rms_norm_rows(x.data() + (T - 1) * D, w_.final_norm, xn.data(), 0, 1, D, eps);
-    if (w_.int8_activations && kernels::act_q8_supports(w_.head.type))
-      kernels::gemv_act_q8(w_.head.type, w_.head.w, xn.data(), w_.head.bias, logits, V, D);
-    else
-      kernels::gemv(w_.head.type, w_.head.w, xn.data(), w_.head.bias, logits, V, D);
+    const Matrix& h = w_.head;
+    if (w_.int8_activations && h.repacked) {
+      kernels::gemv_repacked(h.type, h.w, xn.data(), h.bias, logits, V, D);
+    } else if (w_.int8_activations && kernels::act_q8_supports(h.type)) {
+      kernels::gemv_act_q8(h.type, h.w, xn.data(), h.bias, logits, V, D);
+    } else if (h.repacked) {
+      constexpr int64_t kChunk = 256;
+#pragma omp parallel for schedule(static)
+      for (int64_t r0 = 0; r0 < V; r0 += kChunk) gemv_rows_f32(h, xn.data(), logits, r0, std::min(V, r0 + kChunk));
+    } else {
+      kernels::gemv(h.type, h.w, xn.data(), h.bias, logits, V, D);
+    }
   }
   cache.filled = S;
 }

@@ -17,6 +17,7 @@
 #include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 #include "kernels/gemv.h"
+#include "kernels/repack.h"
 #include "kernels/vec_math.h"
 
 namespace llmopt::infer {
@@ -41,10 +42,16 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
   // Arena layout: every tensor at a 64-byte aligned offset, in the architecture description's
   // order. Projections stored in a type the packed GEMV reads (ggml blocks, f16, bf16) stay in that
   // type: a 4-bit model runs at 4-bit size and bandwidth. Everything else is converted to f32.
+  // Q4_0 / Q4_K projections with a multiple of 8 rows are held in kernels/repack.h's 8-row
+  // interleaved form instead of the file's blocks (Copy only: a borrowed tensor stays as it lies),
+  // which the int8-activation decode GEMV reads at about twice the speed; the arena holds that
+  // form only, never both.
   struct Slot {
     int64_t offset = 0;  // bytes
     DType type = DType::F32;
     const uint8_t* borrowed = nullptr;  // used where it lies (Borrow)
+    bool repacked = false;
+    int64_t n = 0, k = 0;
   };
   std::unordered_map<std::string, Slot> slots;
   int64_t total = 0;
@@ -55,7 +62,11 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
     const bool packed = io::arch::describe(t.role).linear && !t.bias && v.dtype != DType::F32 &&
                         kernels::gemv_supports(v.dtype);
     s.type = packed ? v.dtype : DType::F32;
-    const int64_t bytes = packed ? v.nbytes : v.numel() * 4;
+    if (packed && storage == Storage::Copy && t.shape.size() == 2 &&
+        kernels::repack_supports(v.dtype, t.shape[0], t.shape[1])) {
+      s.repacked = true, s.n = t.shape[0], s.k = t.shape[1];
+    }
+    const int64_t bytes = s.repacked ? kernels::repacked_bytes(s.type, s.n, s.k) : packed ? v.nbytes : v.numel() * 4;
     weight_bytes_ += bytes;
     // Borrowed when already in the engine's type and aligned for its loads (f32: 4 bytes; blocks
     // are read bytewise / with unaligned loads).
@@ -78,6 +89,8 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
     if (slot.borrowed != nullptr) continue;
     if (slot.type == DType::F32) {
       io::tensor_to_f32_into(v, reinterpret_cast<float*>(base + slot.offset));
+    } else if (slot.repacked) {
+      kernels::repack_rows(slot.type, v.data, base + slot.offset, slot.n, slot.k);
     } else {
       std::memcpy(base + slot.offset, v.data, static_cast<size_t>(v.nbytes));
     }
@@ -88,6 +101,7 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
     return reinterpret_cast<const float*>(it->second.borrowed ? it->second.borrowed : base + it->second.offset);
   };
   auto type_of = [&](const std::string& name) { return slots.at(name).type; };
+  auto repacked = [&](const std::string& name) { return slots.at(name).repacked; };
 
   // Bind every tensor by its role in the architecture description.
   inv_freq_ = rope_inv_freq(c);
@@ -102,6 +116,7 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
       w_.final_norm = p;
     } else if (t.role == Role::Output) {
       w_.head.w = p, w_.head.n = t.shape[0], w_.head.k = t.shape[1], w_.head.type = type_of(t.hf_name);
+      w_.head.repacked = repacked(t.hf_name);
     } else if (t.role == Role::AttnNorm) {
       w_.layers[static_cast<size_t>(t.layer)].ln1 = p;
     } else if (t.role == Role::FfnNorm) {
@@ -112,10 +127,14 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
         m.bias = p;
       } else {
         m.w = p, m.n = t.shape[0], m.k = t.shape[1], m.type = type_of(t.hf_name);
+        m.repacked = repacked(t.hf_name);
       }
     }
   });
-  if (c.tie_word_embeddings) w_.head.w = w_.embed, w_.head.n = c.vocab_size, w_.head.k = c.hidden_size;
+  if (c.tie_word_embeddings) {
+    w_.head.w = w_.embed, w_.head.n = c.vocab_size, w_.head.k = c.hidden_size;
+    w_.head.type = DType::F32, w_.head.repacked = false;
+  }
 }
 
 CpuLlama::~CpuLlama() = default;

@@ -21,7 +21,8 @@ namespace llmopt::infer {
 class CpuLlama : public Engine {
  public:
   // Copy: every tensor of `ckpt` goes into the engine's arena (projections stored as ggml
-  // blocks / f16 / bf16 kept in that type, everything else converted to f32); the checkpoint may
+  // blocks / f16 / bf16 kept in that type, Q4_0/Q4_K ones with a multiple of 8 rows in the 8-row
+  // interleaved form of kernels/repack.h, everything else converted to f32); the checkpoint may
   // be dropped afterwards. Borrow: tensors already in the type the engine computes with are used
   // where they lie (a memory-mapped file, an in-memory model's tensors), only the others are
   // converted into the arena; the engine keeps the checkpoint's storage alive. InputError naming

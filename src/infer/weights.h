@@ -12,13 +12,22 @@
 
 namespace llmopt::infer {
 
-// One projection y = W·x + bias with W [n, k] row-major in a kernels::gemv storage type.
+// One projection y = W·x + bias with W [n, k] row-major in a kernels::gemv storage type, or
+// (repacked) Q4_0/Q4_K rows in kernels/repack.h's 8-row interleaved form: the int8-activation
+// decode GEMV reads that form directly; every other path unpacks the rows it needs
+// (gemv_rows_f32, the prefill GEMMs) into ggml blocks first.
 struct Matrix {
   const void* w = nullptr;
   DType type = DType::F32;
   const float* bias = nullptr;  // [n] or null
   int64_t n = 0, k = 0;
+  bool repacked = false;
 };
+
+// y[r] = row r of m · x (+ bias) for r in [r0, r1), f32 activations (kernels::gemv_rows; repacked
+// rows are unpacked into a per-thread buffer first, so the result is the same). On the calling
+// thread; each row's result does not depend on r0/r1.
+void gemv_rows_f32(const Matrix& m, const float* x, float* y, int64_t r0, int64_t r1);
 
 struct LayerWeights {
   // Indexed as io::arch::kLayerLinears lists the projections.

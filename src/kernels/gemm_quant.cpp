@@ -18,6 +18,7 @@
 #include "core/half.h"
 #include "core/threads.h"
 #include "kernels/quant_formats.h"
+#include "kernels/repack.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/gemm_quant.cpp"
@@ -539,6 +540,7 @@ constexpr int kNR = HWY_TARGET == HWY_AVX2 ? 4 : 8;
 
 // Output rows [r0, r1) of Y for all panels: the rows are prepared once, then every panel passes
 // over them kNR rows at a time.
+// w points at row r0 (in ggml blocks).
 template <DType T>
 void GemmRowsT(const void* w, const Panel* panels, const float* bias, float* y, int64_t m, int64_t n,
                int64_t k, int64_t r0, int64_t r1) {
@@ -551,7 +553,7 @@ void GemmRowsT(const void* w, const Panel* panels, const float* bias, float* y, 
   W.step.resize(static_cast<size_t>(nr * nb));
   W.m.resize(static_cast<size_t>(nr * nb));
   if (T == DType::Q6_K) W.mul.resize(static_cast<size_t>(nr * nb * 2));
-  for (int64_t r = 0; r < nr; ++r) Prepare<T>(base + (r0 + r) * rb, nb, static_cast<int>(r), W);
+  for (int64_t r = 0; r < nr; ++r) Prepare<T>(base + r * rb, nb, static_cast<int>(r), W);
   alignas(32) float lanes[8];
   auto store = [&](int64_t r, int64_t p, __m256 v) {
     _mm256_store_ps(lanes, v);
@@ -612,7 +614,7 @@ void GemmRows(DType t, const void* w, const Panel* panels, const float* bias, fl
   const auto* base = static_cast<const uint8_t*>(w);
   std::vector<RefBlock> blocks(static_cast<size_t>(nb));
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t j = 0; j < nb; ++j) ref_block(t, base + r * rb, j, blocks[j]);
+    for (int64_t j = 0; j < nb; ++j) ref_block(t, base + (r - r0) * rb, j, blocks[j]);
     for (int64_t row = 0; row < m; ++row) {
       const int64_t p = row / 8, l = row % 8;
       float acc = 0.0f, accm = 0.0f;
@@ -778,9 +780,13 @@ void gemv_act_q8(DType t, const void* w, const float* x, const float* bias, floa
 }
 
 void gemm_quant(DType t, const void* w, const float* x, const float* bias, float* y, int64_t m, int64_t n,
-                int64_t k, int num_threads) {
+                int64_t k, int num_threads, bool w_repacked) {
   check("gemm_quant", t, m, n, k);
+  LLMOPT_CHECK_INPUT(!w_repacked || repack_supports(t, n, k),
+                     "[kernels.gemm_quant] repacked weights must be Q4_0/Q4_K with a multiple of 8 rows, got {} n={}",
+                     dtype_name(t), n);
   if (m == 0 || n == 0) return;
+  const int64_t rb = dtype_bytes_for(t, k);
   const int64_t nb = k / kActBlock, np = (m + 7) / 8;
   std::vector<Panel> panels(static_cast<size_t>(np * nb));
   const int threads = resolve(num_threads, m * n * k);
@@ -792,8 +798,17 @@ void gemm_quant(DType t, const void* w, const float* x, const float* bias, float
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < np; ++p) quant(x, panels.data(), m, k, p, p + 1);
 #pragma omp for schedule(dynamic)
-    for (int64_t c = 0; c < chunks; ++c)
-      rows(t, w, panels.data(), bias, y, m, n, k, c * kRowsPerChunk, std::min(n, (c + 1) * kRowsPerChunk));
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t r0 = c * kRowsPerChunk, r1 = std::min(n, (c + 1) * kRowsPerChunk);
+      const uint8_t* rows_at = static_cast<const uint8_t*>(w) + r0 * rb;
+      if (w_repacked) {  // the chunk's rows back in ggml blocks (chunks are whole groups of 8)
+        thread_local std::vector<uint8_t> unpacked;
+        unpacked.resize(static_cast<size_t>((r1 - r0) * rb));
+        unpack_rows(t, w, k, r0, r1, unpacked.data());
+        rows_at = unpacked.data();
+      }
+      rows(t, rows_at, panels.data(), bias, y, m, n, k, r0, r1);
+    }
   }
 }
 

@@ -101,8 +101,10 @@ void gemv_act_q8(DType w_type, const void* w, const float* x, const float* bias,
 // vector), weight rows decoded once per call and taken 4 (AVX2) or 8 (AVX-512) at a time, threads
 // split the weight rows in chunks of 32; each
 // output is one fma per block in block order (bit-identical to gemm_quant_ref).
+// w_repacked: W is in repack.h's row-interleaved form (Q4_0/Q4_K, n a multiple of 8); each
+// chunk's rows are unpacked into ggml blocks first, so the result is the same.
 void gemm_quant(DType w_type, const void* w, const float* x, const float* bias, float* y,
-                int64_t m, int64_t n, int64_t k, int num_threads = 0);
+                int64_t m, int64_t n, int64_t k, int num_threads = 0, bool w_repacked = false);
 // Scalar twin: quantize_act_ref of each row, then dot_act_q8_ref (+ bias).
 void gemm_quant_ref(DType w_type, const void* w, const float* x, const float* bias, float* y,
                     int64_t m, int64_t n, int64_t k);
