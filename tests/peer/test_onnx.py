@@ -437,3 +437,17 @@ def test_mistral_sliding_window(llmopt, tmp_path):
     assert config_effect(llmopt, src, tmp_path, ids, sliding_window=None) > 100 * LOGIT_TOL
     print(f"mistral: ONNX vs transformers max |diff| = {np.abs(got - ref).max():.3g}")
     assert np.abs(got - ref).max() <= LOGIT_TOL
+
+
+def test_quantized_model_exports(llmopt, stories_bin, stories_tok, tmp_path):
+    """A q4_0 model (`llmopt quantize --method rtn`) exports (packed layers without an ONNX mapping
+    dequantized from their blocks) and its graph gives llmopt's logits on the packed GGUF."""
+    q = tmp_path / "s-q4_0.gguf"
+    llmopt.run("quantize", stories_bin, q, "--tokenizer", stories_tok, "--method", "rtn", "--format", "q4_0",
+               "--fallback", "f16")
+    out = tmp_path / "q-onnx"
+    llmopt.run("convert", q, out, "--to", "onnx", "--onnx-variant", "both")
+    ours = llmopt.logits(q, tmp_path, "--text", PROMPT_STORIES)
+    ex = Exported.__new__(Exported)
+    ex.f32, ex.cfg, ex.ids, ex.ref = out, model_config(out), ours["ids"], llmopt_logit_matrix(ours)
+    check_f32(ex, "stories260K q4_0")
