@@ -14,6 +14,7 @@
 #include "core/half.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
+#include "io/onnx_optimized.h"
 
 namespace llmopt::io {
 namespace fs = std::filesystem;
@@ -83,6 +84,7 @@ void validate_onnx_options(const OnnxExportOptions& o, const ModelConfig& cfg) {
   LLMOPT_CHECK_INPUT(cfg.num_key_value_heads > 0 && cfg.num_attention_heads % cfg.num_key_value_heads == 0,
                      "[onnx] {} attention heads are not a multiple of {} key/value heads", cfg.num_attention_heads,
                      cfg.num_key_value_heads);
+  if (o.optimize) validate_onnx_optimized_options(o, cfg);
 }
 
 // ------------------------------------------------------------------ registry
@@ -531,6 +533,10 @@ onnx::ModelProto build_onnx_model(const OnnxModelSource& src, const OnnxExportOp
   auto* imp = m.add_opset_import();
   imp->set_domain("");
   imp->set_version(o.opset);
+  if (o.optimize) {
+    build_onnx_optimized_decoder(src, o, m);
+    return m;
+  }
   DecoderBuilder b(src, o, m);
   b.build();
   return m;
@@ -547,6 +553,9 @@ std::string check_onnx_model(const onnx::ModelProto& m) {
     return fmt::format("not checked in-process: libonnx {}'s checker and shape inference know opsets up to {} "
                        "(opset {}); the peer tests check it with onnx's Python checker",
                        "1.12", kOnnxCheckerMaxOpset, opset);
+  // ORT's SimplifiedLayerNormalization (optimized graph) sits in the ai.onnx domain: give the
+  // checker its schema rather than have it reject the op as unknown.
+  if (foreign_domain) register_ort_onnx_domain_schemas();
   try {
     onnx::checker::check_model(m);
   } catch (const std::exception& e) {

@@ -60,6 +60,8 @@ struct OnnxExportOptions {
   // next to the model ("<model file name>.data"); protobuf cannot serialize a message over 2 GB.
   int64_t external_data_threshold = int64_t{2000} * 1000 * 1000;
   std::string producer_version;  // written as the model's producer_version
+  // The fused contrib-op graph of io/onnx_optimized.h instead of the standard-op one.
+  bool optimize = false;
 };
 
 // Checks the options against the supported range (InputError naming the option and the way out).

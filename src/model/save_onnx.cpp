@@ -7,7 +7,9 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "infer/weights.h"
+#include "io/atomic_file.h"
 #include "io/hf_config.h"
+#include "io/onnx_optimized.h"
 #include "model/save.h"
 
 namespace llmopt::model {
@@ -100,6 +102,12 @@ OnnxSaveResult save_onnx(LlamaModel& m, const tok::Tokenizer* tk, const std::str
       one(io::OnnxVariant::Kv, "model.onnx");
       one(io::OnnxVariant::NoCache, "model_nocache.onnx");
       break;
+  }
+  if (o.optimize && variants != OnnxVariants::NoCache) {
+    // onnxruntime-genai reads its own configuration next to the KV graph.
+    const std::string genai_path = (fs::path(out_dir) / "genai_config.json").string();
+    io::write_file_atomic(genai_path, io::onnx_genai_config(cfg, "model.onnx").dump(4) + "\n");
+    r.files.push_back(genai_path);
   }
   const std::string config_path = (fs::path(out_dir) / "config.json").string();
   io::write_hf_config(config_path, cfg, o.dtype);

@@ -16,3 +16,7 @@ endforeach()
 add_test(NAME peer_onnx COMMAND ${LLMOPT_PEER_DIR}/run-pytest.sh ${LLMOPT_PEER_DIR}/test_onnx.py)
 set_tests_properties(peer_onnx PROPERTIES LABELS peer SKIP_RETURN_CODE 77 TIMEOUT 1500
   ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_SHARED_DIR=${LLMOPT_SHARED_DIR}")
+# Optimized ONNX graph (tests/peer/test_onnx_optimized.py): ORT's fused contrib ops, onnxruntime-genai.
+add_test(NAME peer_onnx_optimized COMMAND ${LLMOPT_PEER_DIR}/run-pytest.sh ${LLMOPT_PEER_DIR}/test_onnx_optimized.py)
+set_tests_properties(peer_onnx_optimized PROPERTIES LABELS peer SKIP_RETURN_CODE 77 TIMEOUT 1500
+  ENVIRONMENT "LLMOPT_BIN=$<TARGET_FILE:llmopt>;LLMOPT_SHARED_DIR=${LLMOPT_SHARED_DIR}")

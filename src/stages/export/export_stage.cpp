@@ -32,9 +32,6 @@ void ExportStage::validate(const ModelState& state) const {
                          "[export] formats: onnx is written as f32 or f16, but dtype is {}; export onnx in a "
                          "stage of its own with dtype: f16",
                          o_.dtype);
-      LLMOPT_CHECK_INPUT(!o_.optimize,
-                         "[export] optimize: true (fused contrib-op ONNX graph) is not available yet; set "
-                         "optimize: false for the standard-op graph, which ONNX Runtime runs as it is");
       io::validate_onnx_options(onnx_options(), state.config());
     }
   }
@@ -45,6 +42,7 @@ io::OnnxExportOptions ExportStage::onnx_options() const {
   o.opset = o_.opset;
   o.dtype = model::parse_float_type(o_.dtype);
   o.external_data_threshold = o_.external_data;
+  o.optimize = o_.optimize;
   return o;
 }
 

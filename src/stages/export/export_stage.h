@@ -56,7 +56,9 @@ struct ExportOptions {
             "(model.onnx + model_nocache.onnx)")
         .choices({"kv", "nocache", "both"});
     s.field("optimize", &ExportOptions::optimize,
-            "onnx: fused contrib-op graph for ONNX Runtime (reserved: not available yet, must be false)");
+            "onnx: ONNX Runtime's fused contrib ops (GroupQueryAttention, RotaryEmbedding, "
+            "SkipSimplifiedLayerNormalization, MatMulNBits for 4-bit kinds; f32 only) plus genai_config.json for "
+            "onnxruntime-genai");
     s.field("external_data", &ExportOptions::external_data,
             "onnx: weights above this many bytes go to model.onnx.data next to model.onnx (0 = always)")
         .range(0, int64_t{1} << 50);
