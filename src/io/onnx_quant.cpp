@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "core/log.h"
+#include "io/onnx_graph.h"
 #include "kernels/intn.h"
 #include "kernels/quant_formats.h"
 
@@ -613,11 +614,90 @@ bool onnx_quant_check_mappable(const OnnxPackedWeight& w, const std::string& lay
   if (why.empty()) return true;
   if (why == "not quantized") return false;
   LLMOPT_CHECK_INPUT(dequantize_unmapped,
-                     "[onnx] {}: {}; give `{}: true` (or --onnx-dequantize) to write such layers dense (f32/f16), or "
-                     "re-quantize to q4_0/q4_k/q8_0 or int-N",
+                     "[onnx] {}: {}; export it dequantized ({}), or re-quantize to q4_0, q4_1, q4_k, q8_0, "
+                     "int-N (4 or 8 bits) or w8a8",
                      layer, why, kOnnxDequantizeOption);
-  log::warn("[onnx] {}: {}; written dense ({}: true)", layer, why, kOnnxDequantizeOption);
+  log::warn("[onnx] {}: {}; written dequantized", layer, why);
   return false;
+}
+
+namespace {
+
+OnnxPackedWeight packed_from_linear(const OnnxLinearWeight& w) {
+  OnnxPackedWeight p;
+  p.kind = w.kind;
+  p.meta = w.meta;
+  p.out = w.out;
+  p.in = w.in;
+  for (const auto& t : w.stored) {
+    TensorView v;
+    v.name = t.name;
+    v.dtype = t.dtype;
+    v.shape = t.shape;
+    v.data = t.data;
+    v.nbytes = t.nbytes;
+    p.tensors.push_back(std::move(v));
+  }
+  return p;
+}
+
+// W [out, in] decoded from the stored tensors by the kernels (what the layer's dense_weight()
+// gives), for layers of a registered kind that have no mapping.
+std::vector<float> dequantized_weight(const OnnxPackedWeight& p, const std::string& where) {
+  std::vector<float> w(static_cast<size_t>(p.out * p.in));
+  if (p.kind == "packed") {
+    const auto t = packed_type(p);
+    const TensorView* v = p.find("weight");
+    LLMOPT_CHECK_INPUT(t && v && v->dtype == *t && v->nbytes == p.out * dtype_bytes_for(*t, p.in),
+                       "[onnx] {}: packed layer's stored weight does not match its type and shape [{}, {}]", where,
+                       p.out, p.in);
+    const int64_t row = dtype_bytes_for(*t, p.in);
+    for (int64_t r = 0; r < p.out; ++r) kernels::dequantize_row(*t, v->data + r * row, w.data() + r * p.in, p.in);
+  } else if (p.kind == "intn") {
+    kernels::intn_dequantize_rows(intn_view(p, where), 0, p.out, w.data());
+  } else {
+    throw_input("[onnx] {}: layer kind '{}' cannot be dequantized here", where, p.kind);
+  }
+  return w;
+}
+
+std::string emit_registered(OnnxGraphBuilder& g, const std::string& x, const OnnxLinearWeight& w) {
+  OnnxQuantOptions o;
+  o.opset = static_cast<int>(g.opset());
+  o.float_type = g.act_type() == static_cast<int32_t>(OnnxElemType::Float16) ? OnnxElemType::Float16 : OnnxElemType::Float;
+  const OnnxPackedWeight p = packed_from_linear(w);
+  if (!onnx_quant_check_mappable(p, w.path, o, !g.options().require_packed)) {
+    const std::vector<float> dense = dequantized_weight(p, w.path);
+    std::vector<float> t(dense.size());  // MatMul takes Wᵀ [in, out]
+    for (int64_t r = 0; r < w.out; ++r)
+      for (int64_t c = 0; c < w.in; ++c) t[static_cast<size_t>(c * w.out + r)] = dense[static_cast<size_t>(r * w.in + c)];
+    return g.op("MatMul", {x, g.float_initializer(w.path + ".weight.T", {w.in, w.out}, t.data())});
+  }
+  const std::string y = g.fresh(w.path + ".out");
+  const OnnxQuantProjection q = onnx_quant_projection(p, w.path, x, y, o);
+  LLMOPT_CHECK_INPUT(q.min_opset <= o.opset, "[onnx] {}: {} needs opset {} or newer, the export asks for {}", w.path,
+                     q.mapping, q.min_opset, o.opset);
+  if (q.uses_ms_domain) g.use_domain(kOnnxMsDomain, 1);
+  for (const auto& i : q.initializers)
+    g.initializer(i.name, static_cast<int32_t>(i.type), i.dims, i.raw.data(), i.raw.size());
+  for (const auto& n : q.nodes) {
+    onnx::NodeProto& node = g.node(n.op_type, n.inputs, n.outputs, n.domain);
+    for (const auto& a : n.attributes) {
+      switch (a.kind) {
+        case OnnxAttribute::Kind::Int: OnnxGraphBuilder::set_attr(node, a.name, a.i); break;
+        case OnnxAttribute::Kind::Float: OnnxGraphBuilder::set_attr(node, a.name, a.f); break;
+        case OnnxAttribute::Kind::Ints: OnnxGraphBuilder::set_attr(node, a.name, a.ints); break;
+      }
+    }
+  }
+  log::debug("[onnx] {}: {}", w.path, q.mapping);
+  return y;
+}
+
+}  // namespace
+
+void register_onnx_quant_kinds() {
+  for (const char* kind : {"packed", "intn", "w8a8"}) register_onnx_linear_kind(kind, emit_registered);
 }
 
 }  // namespace llmopt::io

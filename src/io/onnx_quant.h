@@ -132,8 +132,14 @@ OnnxQuantProjection onnx_quant_projection(const OnnxPackedWeight& w, const std::
 // The option that writes unmapped quantized layers dense, and the policy every writer applies:
 // InputError (exit 2) naming `layer`, why and the way out unless `dequantize_unmapped`, when a
 // warning is logged instead and false returned (write the layer dense). True when mapped.
-inline constexpr const char* kOnnxDequantizeOption = "onnx_dequantize";
+inline constexpr const char* kOnnxDequantizeOption = "onnx_require_packed: false";
 bool onnx_quant_check_mappable(const OnnxPackedWeight& w, const std::string& layer, const OnnxQuantOptions& opts,
                                bool dequantize_unmapped);
+
+// Registers these mappings with the ONNX graph builder (io/onnx_graph.h) for the layer kinds
+// "packed", "intn" and "w8a8". A layer of such a kind that has no mapping (packed q6_k, f16 ...)
+// is written dense from its own stored tensors, dequantized by the kernels, after the check above
+// (refused when the export asked for packed weights only). Idempotent.
+void register_onnx_quant_kinds();
 
 }  // namespace llmopt::io

@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
 #include "io/onnx_optimized.h"
+#include "io/onnx_quant.h"
 #include "model/save.h"
 
 namespace llmopt::model {
@@ -37,6 +38,9 @@ OnnxSaveResult save_onnx(LlamaModel& m, const tok::Tokenizer* tk, const std::str
   torch::NoGradGuard no_grad;
   const ModelConfig& cfg = m.config();
   io::validate_onnx_options(o, cfg);
+  // Packed projections (ggml blocks, int-N, W8A8) as MatMulNBits / DequantizeLinear /
+  // MatMulInteger: io/onnx_quant.h.
+  io::register_onnx_quant_kinds();
   // With require_packed, refuse before any file is written.
   std::unordered_map<std::string, std::shared_ptr<LinearLayer>> linears;
   for (auto& [n, l] : m.linear_layers()) {
