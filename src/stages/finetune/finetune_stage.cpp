@@ -99,7 +99,9 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
   if (is_prompt_method(o.method)) {
     // Prompt learning: a PromptAdapter (virtual tokens / prefixes) in front of the frozen base.
     std::vector<int64_t> text_ids;
-    if (o.prompt.init == "text") {
+    if (o.prompt.init == "text" && o.method != "prompt")
+      log::warn("[finetune] prompt.init text applies to method prompt only; {} starts from PEFT's own init", o.method);
+    if (o.prompt.init == "text" && o.method == "prompt") {
       tok::EncodeOptions eo;
       eo.add_bos = state.tokenizer->add_bos_default();  // as PEFT's tokenizer(init_text) does
       for (int32_t id : state.tokenizer->encode(o.prompt.init_text, eo)) text_ids.push_back(id);
