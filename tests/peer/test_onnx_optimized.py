@@ -256,3 +256,32 @@ def test_onnxruntime_genai_generates(request, name):
     print(f"{name}: onnxruntime-genai {og.__version__ if hasattr(og, '__version__') else ''} generated "
           f"{len(toks)} tokens, first difference vs llmopt at {first}")
     assert toks == ref
+
+
+def test_quantized_q4_0(llmopt, hf17m, tmp_path):
+    """A q4_0 tinyllama-bpe-17m (`llmopt quantize --method rtn`): the optimized graph keeps each
+    packed projection as the plain export maps it (MatMulNBits where io/onnx_quant.h has the
+    mapping; the dense packing of q/k/v and gate/up applies to dense weights only) and gives
+    llmopt's logits on the packed GGUF within OPT_TOL (the same float32 arithmetic on the same
+    dequantized values, summed in another order)."""
+    q = tmp_path / "17m-q4_0.gguf"
+    llmopt.run("quantize", hf17m, q, "--method", "rtn", "--format", "q4_0", "--fallback", "f16")
+    plain, opt = tmp_path / "plain", tmp_path / "opt"
+    llmopt.run("convert", q, plain, "--to", "onnx")
+    llmopt.run("convert", q, opt, "--to", "onnx", "--optimize")
+
+    def count(d, op):
+        return sum(n.op_type == op for n in onnx.load(str(d / "model.onnx")).graph.node)
+
+    n_plain, n_opt = count(plain, "MatMulNBits"), count(opt, "MatMulNBits")
+    ours = llmopt.logits(q, tmp_path, "--text", PROMPT_17M)
+    ref = llmopt_logit_matrix(ours)
+    cfg = model_config(opt)
+    prompt = KvRunner(opt / "model.onnx", cfg).step(ours["ids"])
+    kv = KvRunner(opt / "model.onnx", cfg)
+    stepped = np.stack([kv.step([t])[0] for t in ours["ids"]])
+    d_prompt, d_step = float(np.abs(prompt - ref).max()), float(np.abs(stepped - ref).max())
+    print(f"17M q4_0: MatMulNBits nodes plain {n_plain} / optimized {n_opt}; optimized graph max |diff| vs llmopt "
+          f"on the GGUF: prompt {d_prompt:.3g}, token by token {d_step:.3g}")
+    assert n_opt == n_plain
+    assert d_prompt <= OPT_TOL and d_step <= OPT_TOL
