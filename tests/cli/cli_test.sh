@@ -120,8 +120,8 @@ check convert-onnx-opset-high 2 "opset 22 is not supported" -- "$BIN" convert "$
   --to onnx --tokenizer "$S/tok512.bin" --opset 22
 check convert-onnx-bf16 2 "writes --type f32 or f16, not 'bf16'" -- "$BIN" convert "$S/stories260K.bin" "$TMP/onnx-bad" \
   --to onnx --tokenizer "$S/tok512.bin" --type bf16
-check convert-onnx-optimize 2 "drop --optimize" -- "$BIN" convert "$S/stories260K.bin" "$TMP/onnx-bad" --to onnx \
-  --tokenizer "$S/tok512.bin" --optimize
+check convert-onnx-optimize-f16 2 "optimize: true writes float32 graphs only" -- "$BIN" convert "$S/stories260K.bin" \
+  "$TMP/onnx-bad" --to onnx --tokenizer "$S/tok512.bin" --optimize --type f16
 check convert-onnx-variant 2 "onnx_variant 'merged' \(valid: kv, nocache, both\)" -- "$BIN" convert "$S/stories260K.bin" \
   "$TMP/onnx-bad" --to onnx --tokenizer "$S/tok512.bin" --onnx-variant merged
 check convert-onnx-nothing-written 1 "" -- test -e "$TMP/onnx-bad/model.onnx"

@@ -377,7 +377,7 @@ def test_external_data(llmopt, stories_bin, stories_tok, tmp_path):
     (["--opset", "13"], "opset"),
     (["--opset", "22"], "opset"),
     (["--type", "bf16"], "f16"),
-    (["--optimize"], "--optimize"),
+    (["--optimize", "--type", "f16"], "optimize: true writes float32 graphs only"),
     (["--onnx-variant", "merged"], "onnx_variant"),
 ])
 def test_bad_options_exit_2(llmopt, stories_bin, stories_tok, tmp_path, args, expect):
@@ -440,13 +440,16 @@ def test_mistral_sliding_window(llmopt, tmp_path):
 
 
 def test_quantized_model_exports(llmopt, stories_bin, stories_tok, tmp_path):
-    """A q4_0 model (`llmopt quantize --method rtn`) exports (packed layers without an ONNX mapping
-    dequantized from their blocks) and its graph gives llmopt's logits on the packed GGUF."""
+    """A q4_0 model (`llmopt quantize --method rtn`) exports with its blocks as MatMulNBits
+    (src/io/onnx_quant.h, through the builder's emit_linear) and its graph gives llmopt's logits on
+    the packed GGUF."""
     q = tmp_path / "s-q4_0.gguf"
     llmopt.run("quantize", stories_bin, q, "--tokenizer", stories_tok, "--method", "rtn", "--format", "q4_0",
                "--fallback", "f16")
     out = tmp_path / "q-onnx"
     llmopt.run("convert", q, out, "--to", "onnx", "--onnx-variant", "both")
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("MatMulNBits") > 0
     ours = llmopt.logits(q, tmp_path, "--text", PROMPT_STORIES)
     ex = Exported.__new__(Exported)
     ex.f32, ex.cfg, ex.ids, ex.ref = out, model_config(out), ours["ids"], llmopt_logit_matrix(ours)
