@@ -54,9 +54,9 @@ void PromptAdapterConfig::validate() const {
                      encoder_hidden);
   LLMOPT_CHECK_INPUT(init == "random" || init == "text", "[prompt] prompt_init must be random or text, found '{}'",
                      init);
-  LLMOPT_CHECK_INPUT(init != "text" || method == "prompt",
-                     "[prompt] prompt_init text applies to method prompt (PEFT's prompt_tuning_init), not {}", method);
-  LLMOPT_CHECK_INPUT(init != "text" || !init_text.empty(), "[prompt] prompt init text needs the text (init_text, --prompt-init-text)");
+  // (init applies to method prompt only, as PEFT's prompt_tuning_init; the others ignore it.)
+  LLMOPT_CHECK_INPUT(init != "text" || method != "prompt" || !init_text.empty(),
+                     "[prompt] prompt init text needs the text (init_text, --prompt-init-text)");
 }
 
 int64_t prompt_token_dim(const std::string& method, const ModelConfig& cfg) {
