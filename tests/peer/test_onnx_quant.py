@@ -242,3 +242,29 @@ def test_w8a8_pipeline_export_matches_llmopt(llmopt, hf17m, shared, workdir, met
     print(f"w8a8 {method}: perplexity ORT {ppl:.4f} vs llmopt {ev['perplexity']:.4f} "
           f"(rel {ppl / ev['perplexity'] - 1:+.2e})")
     assert abs(ppl / ev["perplexity"] - 1) <= PPL_REL_TOL
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("q4_0", "q4_k", "gptq-desc-act-g64")],
+                         ids=lambda c: c.name)
+def test_f16_export_of_packed_models(llmopt, hf17m, shared, workdir, case):
+    """f16 graphs hold the scales (and q4_k's float zero points) as f16 and MatMulNBits computes
+    with f16 activations: within test_onnx.py's f16 tolerance 4·2⁻¹¹·√(10·layers)·max|logit| of
+    llmopt's f32 logits on the same packed model; the same argmax wherever llmopt's top-2 margin
+    exceeds twice that tolerance."""
+    tmp, _ = workdir
+    model = tmp / case.out_name
+    if not model.exists():
+        model = quantized(llmopt, hf17m, shared, tmp, case)
+    d = tmp / f"{case.name}-onnx-f16"
+    llmopt.run("convert", model, d, "--to", "onnx", "--onnx-variant", "nocache", "--type", "f16")
+    assert op_counts(d / "model.onnx").get("MatMulNBits", 0) == case.expect["MatMulNBits"]
+    ours = llmopt.logits(model, tmp, "--text", PROMPT)
+    ref = np.array([p["logits"] for p in ours["positions"]], dtype=np.float64)
+    got = logits_nocache(session(d / "model.onnx"), ours["ids"])
+    tol = 4 * 2.0 ** -11 * np.sqrt(10 * 6) * np.abs(ref).max()
+    diff = float(np.abs(got - ref).max())
+    print(f"{case.name} f16: logits max |diff| {diff:.3g} (tolerance {tol:.3g})")
+    assert diff <= tol
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * tol
+    assert (got.argmax(1) == ref.argmax(1))[clear].all()
