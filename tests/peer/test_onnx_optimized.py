@@ -285,3 +285,18 @@ def test_quantized_q4_0(llmopt, hf17m, tmp_path):
           f"on the GGUF: prompt {d_prompt:.3g}, token by token {d_step:.3g}")
     assert n_opt == n_plain
     assert d_prompt <= OPT_TOL and d_step <= OPT_TOL
+
+
+def test_nocache_variant(llmopt, stories, stories_bin, stories_tok, tmp_path):
+    """The optimized no-cache graph (GroupQueryAttention without past) scores a prompt as llmopt."""
+    out = tmp_path / "nc"
+    llmopt.run("convert", stories_bin, out, "--to", "onnx", "--optimize", "--onnx-variant", "nocache",
+               "--tokenizer", stories_tok)
+    assert not (out / "genai_config.json").exists()  # genai runs the KV graph only
+    ids = np.array([stories.ids], np.int64)
+    logits = session(out / "model.onnx").run(["logits"], {
+        "input_ids": ids, "attention_mask": np.ones_like(ids),
+        "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]})[0][0]
+    diff = float(np.abs(logits - stories.ref).max())
+    print(f"stories: optimized no-cache graph max |diff| vs llmopt {diff:.3g}")
+    assert diff <= OPT_TOL
