@@ -125,6 +125,10 @@ check convert-onnx-optimize-f16 2 "optimize: true writes float32 graphs only" --
 check convert-onnx-variant 2 "onnx_variant 'merged' \(valid: kv, nocache, both\)" -- "$BIN" convert "$S/stories260K.bin" \
   "$TMP/onnx-bad" --to onnx --tokenizer "$S/tok512.bin" --onnx-variant merged
 check convert-onnx-nothing-written 1 "" -- test -e "$TMP/onnx-bad/model.onnx"
+printf 'name: bad-onnx\nmodel: {path: %s, tokenizer: %s}\npipeline:\n  - {type: export, formats: [onnx], dtype: bf16}\n' \
+  "$S/stories260K.bin" "$S/tok512.bin" > "$TMP/bad-onnx.yaml"
+check run-export-onnx-bf16 2 "onnx is written as f32 or f16, but dtype is bf16" -- "$BIN" run "$TMP/bad-onnx.yaml" \
+  --out "$TMP/bad-onnx-run"
 
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]
