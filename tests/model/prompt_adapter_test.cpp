@@ -17,6 +17,7 @@
 #include "model/prompt_adapter.h"
 #include "model/state_io.h"
 #include "model/synth.h"
+#include "model/torch_engine.h"
 
 namespace llmopt {
 namespace {
@@ -207,6 +208,34 @@ TEST(PromptAdapter, CachedDecodingMatchesFullForward) {
     std::vector<torch::Tensor> parts = {m->forward(tokens.narrow(1, 0, 2), &cache)};
     for (int64_t t = 2; t < 9; ++t) parts.push_back(m->forward(tokens.narrow(1, t, 1), &cache));
     EXPECT_LT((torch::cat(parts, 1) - want).abs().max().item<double>(), 2e-5) << method;
+  }
+}
+
+// The torch engine (generate, eval, bench) over a model with an adapter: its cache counts real
+// tokens only, truncate(0) keeps the virtual ones, prefill + decode give the model's logits.
+TEST(PromptAdapter, TorchEngineCacheHoldsVirtualTokens) {
+  for (const std::string method : {"prompt", "prefix"}) {
+    auto m = model::synth_model(tiny_config(), 24);
+    model::apply_prompt_adapter(*m, cfg_of(method, 3), 6);
+    m->eval();
+    torch::NoGradGuard g;
+    const std::vector<int64_t> ids = {1, 17, 4, 33, 8, 20};
+    const auto want = m->forward(torch::tensor(ids).view({1, -1}))[0];  // [6, V]
+    model::TorchEngine engine(m);
+    auto cache = engine.make_cache(6);
+    EXPECT_EQ(cache->capacity(), 6);
+    std::vector<float> logits(6 * 50);
+    for (int round = 0; round < 2; ++round) {  // the second round after truncate(0)
+      engine.prefill(ids.data(), 4, *cache, logits.data(), /*all_positions=*/true);
+      EXPECT_EQ(cache->length(), 4);
+      engine.decode(ids[4], *cache, logits.data() + 4 * 50);
+      engine.decode(ids[5], *cache, logits.data() + 5 * 50);
+      EXPECT_EQ(cache->length(), 6);
+      const auto got = torch::from_blob(logits.data(), {6, 50}, torch::kFloat32);
+      EXPECT_LT((got - want).abs().max().item<double>(), 2e-5) << method << " round " << round;
+      cache->truncate(0);
+      EXPECT_EQ(cache->length(), 0);
+    }
   }
 }
 
