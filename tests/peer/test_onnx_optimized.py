@@ -300,3 +300,36 @@ def test_nocache_variant(llmopt, stories, stories_bin, stories_tok, tmp_path):
     diff = float(np.abs(logits - stories.ref).max())
     print(f"stories: optimized no-cache graph max |diff| vs llmopt {diff:.3g}")
     assert diff <= OPT_TOL
+
+
+def test_mistral_sliding_window(llmopt, tmp_path):
+    """A Mistral-style synth (sliding_window 8, GQA 4/2) over 30 tokens: GroupQueryAttention's
+    local_window_size (sliding_window - 1: it counts the keys left of the query) keeps the same
+    keys as llmopt's window, with the prompt at once and token by token."""
+    src = tmp_path / "mistral"
+    llmopt.run("synth", src, "--dim", 64, "--ffn", 128, "--layers", 2, "--heads", 4, "--kv-heads", 2,
+               "--vocab", 300, "--seed", 4)
+    cfg = model_config(src)
+    cfg.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=8)
+    (src / "config.json").write_text(json.dumps(cfg, indent=2))
+    ids = [int(i) for i in np.random.default_rng(8).integers(0, 300, 30)]
+    ref = llmopt_logit_matrix(llmopt.logits(src, tmp_path, "--ids", ",".join(map(str, ids))))
+    # The window matters: without it llmopt's logits move by far more than OPT_TOL.
+    alt = tmp_path / "nowindow"
+    alt.mkdir()
+    (alt / "config.json").write_text(json.dumps({**cfg, "sliding_window": None}))
+    for f in src.iterdir():
+        if f.name != "config.json":
+            (alt / f.name).symlink_to(f)
+    no_window = llmopt_logit_matrix(llmopt.logits(alt, tmp_path, "--ids", ",".join(map(str, ids))))
+    assert np.abs(no_window - ref).max() > 100 * OPT_TOL
+    out = tmp_path / "mistral-opt"
+    llmopt.run("convert", src, out, "--to", "onnx", "--optimize")
+    ocfg = model_config(out)
+    prompt = KvRunner(out / "model.onnx", ocfg).step(ids)
+    kv = KvRunner(out / "model.onnx", ocfg)
+    stepped = np.stack([kv.step([t])[0] for t in ids])
+    d_prompt, d_step = float(np.abs(prompt - ref).max()), float(np.abs(stepped - ref).max())
+    print(f"mistral sliding window 8: optimized graph max |diff| vs llmopt: prompt {d_prompt:.3g}, "
+          f"token by token {d_step:.3g}")
+    assert d_prompt <= OPT_TOL and d_step <= OPT_TOL
