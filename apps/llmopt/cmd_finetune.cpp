@@ -74,6 +74,15 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
       ->capture_default_str();
   cmd->add_option("--seed", o.seed, "LoRA init and data order seed")->capture_default_str();
   cmd->add_flag("--merge", o.merge, "Merge the adapters after training and write OUT/model");
+  cmd->add_option("--merge-requant", o.merge_requant,
+                  "Merging into a quantized base: auto | rtn | gptq (auto: gptq with --merge-calibration)")
+      ->capture_default_str();
+  cmd->add_option("--merge-calibration", o.merge_calibration.path, "Calibration text for GPTQ re-quantization on merge");
+  cmd->add_option("--merge-calibration-bytes", o.merge_calibration.max_bytes, "Bytes of it used (0 = all)")
+      ->capture_default_str();
+  cmd->add_option("--merge-samples", o.merge_calibration.samples, "Calibration windows")->capture_default_str();
+  cmd->add_option("--merge-seq-len", o.merge_calibration.seq_len, "Tokens per calibration window")
+      ->capture_default_str();
   cmd->add_flag("--resume", resume, "Continue from the newest checkpoint in OUT/checkpoints");
   cmd->add_option("--json", json_out, "Write the metrics as JSON here ('-' = stdout)");
   cmd->callback([&g] {

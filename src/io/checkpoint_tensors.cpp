@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "core/half.h"
 #include "kernels/convert.h"
 #include "kernels/quant_formats.h"
@@ -99,6 +100,7 @@ void check_tensors_finite(const Checkpoint& ckpt) {
     if (bad >= 0)
       throw_input("[io] {}: tensor '{}' has a non-finite value ({}) at element {}", ckpt.path,
                   t.name, value, bad);
+    release_mapped_pages(t.data, static_cast<size_t>(t.nbytes));  // scanned: not resident for nothing
   }
 }
 

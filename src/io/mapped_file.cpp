@@ -5,14 +5,27 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "core/error.h"
 
 namespace llmopt::io {
+namespace {
+
+// Live mappings of open(): start address -> size.
+std::mutex g_maps_mutex;
+std::map<uintptr_t, size_t>& live_maps() {
+  static std::map<uintptr_t, size_t> maps;
+  return maps;
+}
+
+}  // namespace
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -39,6 +52,8 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
     }
     file->data_ = static_cast<const uint8_t*>(p);
     file->mapped_ = true;
+    std::lock_guard<std::mutex> lock(g_maps_mutex);
+    live_maps()[reinterpret_cast<uintptr_t>(p)] = file->size_;
   }
   ::close(fd);  // the mapping stays valid without the descriptor
   return file;
@@ -55,7 +70,30 @@ std::shared_ptr<const MappedFile> MappedFile::from_bytes(std::vector<uint8_t> by
 }
 
 MappedFile::~MappedFile() {
-  if (mapped_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (!mapped_) return;
+  {
+    std::lock_guard<std::mutex> lock(g_maps_mutex);
+    live_maps().erase(reinterpret_cast<uintptr_t>(data_));
+  }
+  ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+void release_mapped_pages(const void* p, size_t n) {
+  if (p == nullptr || n == 0) return;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(g_maps_mutex);
+  auto& maps = live_maps();
+  auto it = maps.upper_bound(a);
+  if (it == maps.begin()) return;
+  --it;
+  const uintptr_t start = it->first, end = it->first + it->second;
+  if (a >= end) return;
+  // Whole pages covering the range, clamped to the mapping (page-aligned at its start). Pages it
+  // shares with neighbouring tensors are only dropped from memory, never changed.
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = std::max(start, a / page * page);
+  const uintptr_t hi = std::min(end, (a + n + page - 1) / page * page);
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 std::string read_text_file(const std::string& path, const char* component) {

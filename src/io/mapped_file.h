@@ -34,6 +34,11 @@ class MappedFile {
   std::vector<uint8_t> owned_;  // backing store of from_bytes()
 };
 
+// Drops the resident pages of [p, p + n) where they lie in a live mapping made by open() (read-only
+// file pages: touched again, they are read back from the page cache), so a loader that has copied
+// a tensor out of the file stops paying for it in resident memory. A no-op for other memory.
+void release_mapped_pages(const void* p, size_t n);
+
 // Reads a whole (small) file into a string: config.json, index files. InputError if unreadable.
 std::string read_text_file(const std::string& path, const char* component);
 

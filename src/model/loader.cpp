@@ -11,6 +11,7 @@
 #include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 #include "io/gptq.h"
+#include "io/mapped_file.h"
 #include "kernels/gemv.h"
 #include "model/intn_linear.h"
 #include "model/packed_linear.h"
@@ -79,6 +80,9 @@ std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt) {
     // io::tensor_to_f32 converts F16/BF16 and dequantizes block formats (src/kernels).
     std::vector<float> values = io::tensor_to_f32(t);
     it->second.copy_(torch::from_blob(values.data(), it->second.sizes(), torch::kFloat32));
+    // Copied: the file's pages need not stay resident beside the model's own (peak RSS of a
+    // load is then about the model, not model + file).
+    io::release_mapped_pages(t.data, static_cast<size_t>(t.nbytes));
     ++assigned;
     params.erase(it);
   }

@@ -8,6 +8,8 @@
 #include "core/log.h"
 #include "model/lora_adapter.h"
 #include "model/lora_linear.h"
+#include "model/lora_merge.h"
+#include "model/calibration.h"
 #include "model/nf4_linear.h"
 #include "model/prompt_adapter.h"
 #include "model/state_io.h"
@@ -31,17 +33,6 @@ model::LoraConfig lora_config(const FinetuneLoraOptions& o) {
   return c;
 }
 
-// Mean KL(P_adapter || P_merged) per token (nats) over up to `rows` rows of `data`, in float64.
-double merge_kld(model::LlamaModel& adapter, model::LlamaModel& merged, const train::FinetuneDataset& data,
-                 int64_t rows) {
-  torch::NoGradGuard no_grad;
-  const torch::Tensor r = data.rows(0, std::min(rows, data.size()));
-  const torch::Tensor tokens = (r.dim() == 3 ? r.select(1, 0) : r).slice(1, 0, -1).contiguous();
-  const auto lp = torch::log_softmax(adapter.forward(tokens).to(torch::kFloat64), -1);
-  const auto lq = torch::log_softmax(merged.forward(tokens).to(torch::kFloat64), -1);
-  return (lp.exp() * (lp - lq)).sum(-1).mean().item<double>();
-}
-
 bool is_prompt_method(const std::string& m) { return m == "prompt" || m == "prefix" || m == "ptuning"; }
 
 model::PromptAdapterConfig prompt_config(const FinetuneOptions& o) {
@@ -55,6 +46,67 @@ model::PromptAdapterConfig prompt_config(const FinetuneOptions& o) {
 }
 
 }  // namespace
+
+// Folds the adapters into the base (model/lora_merge.h). A quantized base is re-quantized by rtn
+// and, with calibration data, by GPTQ; the KL divergence of each merged model from the unmerged
+// adapter model is reported (merge_kld_rtn, merge_kld_gptq; merge_kld_mean: the one kept).
+static void merge_adapters(const FinetuneOptions& o, model::LlamaModel& m, ModelState& state, StageContext& ctx,
+                    const train::FinetuneData& data, StageResult& r) {
+  bool quantized_base = false;
+  for (auto& [p, l] : model::lora_layers(m)) quantized_base = quantized_base || l->base()->kind() != "dense";
+  if (!quantized_base) {
+    r.metrics["layers_merged"] = model::merge_lora_requantized(m, {}).merged;
+    return;
+  }
+  CalibrationDataOptions cd = o.merge_calibration;
+  std::string where = "merge_calibration";
+  if (cd.path.empty() && ctx.data) cd = ctx.data->calibration, where = "data.calibration";
+  const std::string method = o.merge_requant == "auto" ? (cd.path.empty() ? "rtn" : "gptq") : o.merge_requant;
+  LLMOPT_CHECK_INPUT(method != "gptq" || !cd.path.empty(),
+                     "[finetune] merge_requant gptq needs calibration text (merge_calibration.path or "
+                     "data.calibration.path)");
+  // The probe: held-out rows when there are any (up to 32), else the first 8 training rows.
+  const auto& probe_set = data.val ? *data.val : *data.train;
+  const torch::Tensor pr = probe_set.rows(0, std::min<int64_t>(data.val ? 32 : 8, probe_set.size()));
+  const torch::Tensor probe = (pr.dim() == 3 ? pr.select(1, 0) : pr).slice(1, 0, -1).contiguous();
+  auto adapter_model = model::clone_model(m);
+  adapter_model->eval();
+  model::LoraMergeOptions mo;
+  if (method == "gptq") {
+    auto rtn = model::clone_model(m);
+    model::merge_lora_requantized(*rtn, mo);
+    rtn->eval();
+    r.metrics["merge_kld_rtn"] = model::model_kld(*adapter_model, *rtn, probe);
+    model::CalibrationOptions co;
+    co.path = cd.path;
+    co.samples = cd.samples;
+    co.seq_len = cd.seq_len;
+    co.seed = static_cast<uint64_t>(cd.seed);
+    co.offset = cd.offset;
+    co.max_bytes = cd.max_bytes;
+    co.format = cd.format;
+    co.field = cd.field;
+    co.where = where;
+    mo.method = "gptq";
+    mo.calibration = model::load_calibration_tokens(co, *state.tokenizer);
+    r.metrics["merge_calibration_tokens"] = mo.calibration.numel();
+    if (ctx.note) ctx.note("merging: GPTQ re-quantization");
+  }
+  const model::LoraMergeResult res = model::merge_lora_requantized(m, mo);
+  m.eval();
+  const double kld = model::model_kld(*adapter_model, m, probe);
+  r.metrics["merge_kld_" + method] = kld;
+  r.metrics["merge_kld_mean"] = kld;
+  r.metrics["merge_requant"] = method;
+  r.metrics["merge_kld_tokens"] = probe.numel();
+  r.metrics["layers_merged"] = res.merged;
+  r.metrics["layers_requantized"] = res.requantized;
+  log::info("[finetune] merged {} adapters ({} re-quantized, {} by GPTQ): KL from the adapter model {:.5g}{}",
+            res.merged, res.requantized, res.gptq, kld,
+            r.metrics.contains("merge_kld_rtn") && method == "gptq"
+                ? fmt::format(" (rtn: {:.5g})", r.metrics["merge_kld_rtn"].get<double>())
+                : std::string());
+}
 
 void check_finetune_options(const FinetuneOptions& o) {
   LLMOPT_CHECK_INPUT(o.method == "lora" || o.method == "qlora" || o.method == "full" || is_prompt_method(o.method),
@@ -249,18 +301,7 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
         log::info("[finetune] no llama.cpp adapter ({}): {}", model::kGgufAdapterFile, why);
       }
     }
-    if (o.merge) {
-      bool packed_base = false;
-      for (auto& [p, l] : model::lora_layers(m)) packed_base = packed_base || l->base()->kind() != "dense";
-      if (packed_base) {
-        auto merged = model::clone_model(m);
-        model::merge_lora(*merged);
-        merged->eval();
-        const auto& probe = data.val ? *data.val : *data.train;
-        r.metrics["merge_kld_mean"] = merge_kld(m, *merged, probe, 8);
-      }
-      r.metrics["layers_merged"] = model::merge_lora(m);
-    }
+    if (o.merge) merge_adapters(o, m, state, ctx, data, r);
   }
   if (!dirs.checkpoints.empty()) fs::remove_all(dirs.checkpoints);
   r.metrics["model_bytes"] = m.storage_bytes();
@@ -270,6 +311,7 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
 std::vector<std::string> FinetuneStage::input_files(const DataOptions&) const {
   std::vector<std::string> f = {o_.train.path};
   if (!o_.val.path.empty()) f.push_back(o_.val.path);
+  if (o_.merge && !o_.merge_calibration.path.empty()) f.push_back(o_.merge_calibration.path);
   return f;
 }
 

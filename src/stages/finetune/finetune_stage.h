@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "stages/data_config.h"
 #include "stages/options.h"
 #include "stages/stage.h"
 
@@ -119,6 +120,8 @@ struct FinetuneOptions {
   int64_t save_every = 0;
   int64_t seed = 0;
   bool merge = false;
+  std::string merge_requant = "auto";
+  CalibrationDataOptions merge_calibration;
 
   static void describe(Schema<FinetuneOptions>& s) {
     s.field("method", &FinetuneOptions::method,
@@ -156,6 +159,13 @@ struct FinetuneOptions {
     s.field("merge", &FinetuneOptions::merge,
             "Merge the adapters into the base after training (packed bases: dequantize, merge, re-pack; the merged "
             "model's KL divergence from the adapter model is reported)");
+    s.field("merge_requant", &FinetuneOptions::merge_requant,
+            "Merge into a quantized base (ggml blocks, int-N, NF4): re-quantize the merged weights by rtn (round to "
+            "nearest) or gptq (GPTQ on calibration inputs; both KLDs are reported); auto = gptq when calibration "
+            "data is given (merge_calibration or data.calibration), else rtn")
+        .choices({"auto", "rtn", "gptq"});
+    s.field("merge_calibration", &FinetuneOptions::merge_calibration,
+            "Calibration text for merge_requant gptq (empty path: data.calibration)");
   }
 };
 
