@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "io/onnx_graph.h"
 #include "kernels/intn.h"
+#include "kernels/nf4.h"
 #include "kernels/quant_formats.h"
 
 namespace llmopt::io {
@@ -542,6 +543,59 @@ void emit_w8a8(Builder& b, const OnnxPackedWeight& w, const std::string& input, 
   b.result().mapping = fmt::format("W8A8 {} MatMulInteger{}", mode, nk > 0 ? fmt::format(" + {} f16 columns", nk) : "");
 }
 
+kernels::NF4Matrix nf4_view(const OnnxPackedWeight& w, const std::string& where) {
+  kernels::NF4Matrix m;
+  try {
+    m.double_quant = w.meta.at("double_quant").get<bool>();
+  } catch (const nlohmann::json::exception& e) {
+    throw_input("[onnx] {}: nf4 layer meta needs double_quant: {}", where, e.what());
+  }
+  m.rows = w.out;
+  m.cols = w.in;
+  const TensorView* q = w.find("qweight");
+  LLMOPT_CHECK_INPUT(q, "[onnx] {}: nf4 layer needs stored tensor qweight", where);
+  m.codes = typed<uint8_t>(*q, DType::U8, m.rows * m.code_row_bytes(), where);
+  const int64_t n_abs = m.rows * m.blocks_per_row();
+  if (m.double_quant) {
+    const TensorView* c = w.find("absmax_codes");
+    const TensorView* sc = w.find("absmax_scales");
+    const TensorView* off = w.find("absmax_offset");
+    LLMOPT_CHECK_INPUT(c && sc && off, "[onnx] {}: double-quantized nf4 layer needs absmax_codes, absmax_scales, "
+                       "absmax_offset", where);
+    m.absmax_codes = typed<int8_t>(*c, DType::I8, n_abs, where);
+    m.absmax_scales = typed<float>(*sc, DType::F32, (n_abs + kernels::kNF4DoubleQuantBlock - 1) /
+                                                        kernels::kNF4DoubleQuantBlock, where);
+    m.absmax_offset = *typed<float>(*off, DType::F32, 1, where);
+  } else {
+    const TensorView* a = w.find("absmax");
+    LLMOPT_CHECK_INPUT(a, "[onnx] {}: nf4 layer needs stored tensor absmax", where);
+    m.absmax = typed<float>(*a, DType::F32, n_abs, where);
+  }
+  return m;
+}
+
+// NF4 → com.microsoft.MatMulBnb4 (quant_type 1 = NF4, bitsandbytes' 16 values): B is the [N, K]
+// weight's codes flattened, two per byte, first in the high nibble (llmopt's NF4 rows as stored,
+// when K is a multiple of the block so row blocks are the flattened blocks); absmax [N·K/64] the
+// decoded absmax of each block (double quantization decoded by the kernel's own block_absmax).
+// ORT decodes f32(value·absmax), as the kernel does: exact.
+void emit_nf4(Builder& b, const kernels::NF4Matrix& m, const std::string& input, const std::string& output) {
+  const int64_t nb = m.blocks_per_row();
+  std::vector<float> absmax(static_cast<size_t>(m.rows * nb));
+  for (int64_t r = 0; r < m.rows; ++r)
+    for (int64_t blk = 0; blk < nb; ++blk) absmax[static_cast<size_t>(r * nb + blk)] = m.block_absmax(r, blk);
+  const int64_t code_bytes = m.rows * m.code_row_bytes();
+  std::vector<uint8_t> codes(m.codes, m.codes + code_bytes);
+  const std::string q = b.init("qweight", OnnxElemType::Uint8, {code_bytes}, std::move(codes));
+  const std::string a = b.init_float("absmax", {m.rows * nb}, absmax, b.opts().float_type);
+  b.node("MatMulBnb4", {input, q, a},
+         {OnnxAttribute::of_int("K", m.cols), OnnxAttribute::of_int("N", m.rows),
+          OnnxAttribute::of_int("block_size", kernels::kNF4Block), OnnxAttribute::of_int("quant_type", 1)},
+         output, kOnnxMsDomain);
+  b.result().mapping = fmt::format("MatMulBnb4 NF4 block {}{}", kernels::kNF4Block,
+                                   m.double_quant ? " (double-quantized absmax decoded)" : "");
+}
+
 std::optional<DType> packed_type(const OnnxPackedWeight& w) {
   if (!w.meta.contains("type") || !w.meta["type"].is_string()) return std::nullopt;
   return dtype_from_name(w.meta["type"].get<std::string>());
@@ -578,8 +632,14 @@ std::string onnx_quant_unsupported(const OnnxPackedWeight& w, const OnnxQuantOpt
     return act_order_problem(m);
   }
   if (w.kind == "w8a8") return {};
-  if (w.kind == "nf4")
-    return "NF4's 16 levels are not a linear grid: neither MatMulNBits nor DequantizeLinear can express them";
+  if (w.kind == "nf4") {
+    const kernels::NF4Matrix m = nf4_view(w, "nf4");
+    if (m.cols % kernels::kNF4Block != 0)
+      return fmt::format("NF4 rows of {} columns end in a short block; MatMulBnb4 blocks the flattened weight "
+                         "(bitsandbytes' layout), which only agrees for rows of whole blocks of {}",
+                         m.cols, kernels::kNF4Block);
+    return {};
+  }
   return fmt::format("layer kind '{}' is not packed quantized storage", w.kind);
 }
 
@@ -590,6 +650,10 @@ OnnxQuantProjection onnx_quant_projection(const OnnxPackedWeight& w, const std::
   Builder b(prefix, opts);
   if (w.kind == "w8a8") {
     emit_w8a8(b, w, input, output, prefix);
+    return std::move(b.result());
+  }
+  if (w.kind == "nf4") {
+    emit_nf4(b, nf4_view(w, prefix), input, output);
     return std::move(b.result());
   }
   BlockGrid g;
@@ -655,6 +719,8 @@ std::vector<float> dequantized_weight(const OnnxPackedWeight& p, const std::stri
     for (int64_t r = 0; r < p.out; ++r) kernels::dequantize_row(*t, v->data + r * row, w.data() + r * p.in, p.in);
   } else if (p.kind == "intn") {
     kernels::intn_dequantize_rows(intn_view(p, where), 0, p.out, w.data());
+  } else if (p.kind == "nf4") {
+    kernels::nf4_dequantize_rows(nf4_view(p, where), 0, p.out, w.data());
   } else {
     throw_input("[onnx] {}: layer kind '{}' cannot be dequantized here", where, p.kind);
   }
@@ -697,7 +763,7 @@ std::string emit_registered(OnnxGraphBuilder& g, const std::string& x, const Onn
 }  // namespace
 
 void register_onnx_quant_kinds() {
-  for (const char* kind : {"packed", "intn", "w8a8"}) register_onnx_linear_kind(kind, emit_registered);
+  for (const char* kind : {"packed", "intn", "w8a8", "nf4"}) register_onnx_linear_kind(kind, emit_registered);
 }
 
 }  // namespace llmopt::io

@@ -37,8 +37,11 @@
 //       exceeds the threshold anywhere in the call, from the int8 weights dequantized) are
 //       zeroed before quantization and added back through a float MatMul — the layer's
 //       forward() step by step. min_opset 13.
-// Not mapped (onnx_quant_unsupported names why): NF4 (16 non-uniform levels: no linear grid),
-// ggml q5_0/q5_1/q2_k/q3_k/q5_k/q6_k (codes of 5, 2, 3, 5, 6 bits with float offsets or 16-wide
+//   NF4 (rows of whole 64-blocks) → com.microsoft.MatMulBnb4(x, B, absmax), quant_type 1:
+//       llmopt's codes as stored (first element in the high nibble, bitsandbytes' packing; the
+//       [N, K] weight flattened), absmax per block decoded (double quantization included); ORT
+//       decodes f32(value·absmax) like the kernel: exact.
+// Not mapped (onnx_quant_unsupported names why): NF4 rows ending in a short block, ggml q5_0/q5_1/q2_k/q3_k/q5_k/q6_k (codes of 5, 2, 3, 5, 6 bits with float offsets or 16-wide
 // sub-blocks MatMulNBits cannot hold on ORT's CPU kernel), kinds that are not packed storage
 // (LoRA, masks). The writer then exits 2 naming the option that writes such layers dense.
 //
@@ -103,7 +106,8 @@ struct OnnxQuantProjection {
 // A projection's weight as its layer kind stores it: a torch-free mirror of model::LayerState
 // (kind, meta and stored tensors by name, e.g. "packed" {type: q4_0} with "weight" [out, in] of
 // ggml blocks; "intn" {bits, group_size, sym, in_features} with qweight/scales/qzeros/g_idx;
-// "w8a8" {mode, threshold} with qweight/wscale/act_scale/outlier_cols/outlier_w).
+// "w8a8" {mode, threshold} with qweight/wscale/act_scale/outlier_cols/outlier_w; "nf4"
+// {double_quant} with qweight and absmax or absmax_codes/absmax_scales/absmax_offset).
 struct OnnxPackedWeight {
   std::string kind;
   nlohmann::json meta = nlohmann::json::object();
@@ -137,7 +141,7 @@ bool onnx_quant_check_mappable(const OnnxPackedWeight& w, const std::string& lay
                                bool dequantize_unmapped);
 
 // Registers these mappings with the ONNX graph builder (io/onnx_graph.h) for the layer kinds
-// "packed", "intn" and "w8a8". A layer of such a kind that has no mapping (packed q6_k, f16 ...)
+// "packed", "intn", "w8a8" and "nf4". A layer of such a kind that has no mapping (packed q6_k, f16 ...)
 // is written dense from its own stored tensors, dequantized by the kernels, after the check above
 // (refused when the export asked for packed weights only). Idempotent.
 void register_onnx_quant_kinds();

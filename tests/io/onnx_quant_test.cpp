@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "kernels/intn.h"
+#include "kernels/nf4.h"
 #include "kernels/quant_formats.h"
 
 namespace llmopt::io {
@@ -195,6 +196,29 @@ Tensor matmul_nbits(const OnnxNode& node, const std::vector<const Tensor*>& in) 
   return matmul(*in[0], wt);
 }
 
+// MatMulBnb4 (ContribOperators.md; bitsandbytes' NF4): B holds the [N, K] weight's 4-bit codes
+// flattened, two per byte, the first in the HIGH nibble; absmax one per block_size flattened
+// elements; W[n, k] = NF4[code]·absmax. NF4 values as bitsandbytes' create_normal_map lists them.
+Tensor matmul_bnb4(const OnnxNode& node, const std::vector<const Tensor*>& in) {
+  static const double kNF4[16] = {-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                                  -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                                  0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                                  0.44070982933044434, 0.5626170039176941, 0.7229568362236328, 1.0};
+  const int64_t K = attr_i(node, "K", -1), N = attr_i(node, "N", -1), bs = attr_i(node, "block_size", -1);
+  EXPECT_EQ(attr_i(node, "quant_type", -1), 1);
+  EXPECT_EQ(in[1]->numel(), (N * K + 1) / 2);
+  EXPECT_EQ(in[2]->numel(), (N * K + bs - 1) / bs);
+  Tensor wt;
+  wt.shape = {K, N};
+  wt.v.resize(static_cast<size_t>(K * N));
+  for (int64_t i = 0; i < N * K; ++i) {
+    const int byte = static_cast<int>(in[1]->v[i / 2]);
+    const int code = i % 2 == 0 ? byte >> 4 : byte & 15;
+    wt.v[(i % K) * N + i / K] = kNF4[code] * in[2]->v[i / bs];
+  }
+  return matmul(*in[0], wt);
+}
+
 // Runs the projection on x; returns y (the output named `out`).
 Tensor run(const OnnxQuantProjection& p, const std::string& in_name, const Tensor& x, const std::string& out,
            const OnnxQuantOptions& o) {
@@ -216,12 +240,15 @@ Tensor run(const OnnxQuantProjection& p, const std::string& in_name, const Tenso
       if (it == env.end()) return {};
       in.push_back(&it->second);
     }
-    EXPECT_EQ(n.domain, n.op_type == "MatMulNBits" ? std::string(kOnnxMsDomain) : std::string()) << n.op_type;
+    const bool contrib = n.op_type == "MatMulNBits" || n.op_type == "MatMulBnb4";
+    EXPECT_EQ(n.domain, contrib ? std::string(kOnnxMsDomain) : std::string()) << n.op_type;
     const std::string& op = n.op_type;
     Tensor y;
     auto bin = [&](const std::function<double(double, double)>& f) { return broadcast(*in[0], *in[1], f); };
     if (op == "MatMulNBits") {
       y = matmul_nbits(n, in);
+    } else if (op == "MatMulBnb4") {
+      y = matmul_bnb4(n, in);
     } else if (op == "MatMul" || op == "MatMulInteger") {
       y = matmul(*in[0], *in[1]);
     } else if (op == "Gather") {
@@ -683,6 +710,60 @@ TEST(OnnxQuant, Float16GraphsStoreFloat16Scales) {
                  [](int64_t, int64_t) { return 0.0; }, "q4_0 f16");
 }
 
+struct NF4Layer {
+  kernels::NF4Storage s;
+  float offset = 0;
+  OnnxPackedWeight w;
+};
+
+NF4Layer nf4_layer(int64_t out, int64_t in, bool double_quant, uint32_t seed) {
+  NF4Layer l;
+  l.s = kernels::nf4_quantize(random_weights(out * in, seed).data(), out, in, double_quant);
+  l.offset = l.s.absmax_offset;
+  l.w.kind = "nf4";
+  l.w.meta = {{"double_quant", double_quant}, {"in_features", in}};
+  l.w.out = out;
+  l.w.in = in;
+  auto view = [](const char* name, DType t, const void* data, size_t bytes) {
+    TensorView tv;
+    tv.name = name;
+    tv.dtype = t;
+    tv.data = static_cast<const uint8_t*>(data);
+    tv.nbytes = static_cast<int64_t>(bytes);
+    return tv;
+  };
+  l.w.tensors.push_back(view("qweight", DType::U8, l.s.codes.data(), l.s.codes.size()));
+  if (double_quant) {
+    l.w.tensors.push_back(view("absmax_codes", DType::I8, l.s.absmax_codes.data(), l.s.absmax_codes.size()));
+    l.w.tensors.push_back(view("absmax_scales", DType::F32, l.s.absmax_scales.data(), 4 * l.s.absmax_scales.size()));
+    l.w.tensors.push_back(view("absmax_offset", DType::F32, &l.offset, 4));
+  } else {
+    l.w.tensors.push_back(view("absmax", DType::F32, l.s.absmax.data(), 4 * l.s.absmax.size()));
+  }
+  return l;
+}
+
+TEST(OnnxQuant, NF4IsMatMulBnb4WithinOneRounding) {
+  // The kernel rounds value·absmax to f32 once; the interpreter keeps it in float64: ≤ 2⁻²⁴·|w|.
+  for (bool dq : {false, true}) {
+    const int64_t out = 6, in = 192;
+    const auto l = nf4_layer(out, in, dq, 13);
+    OnnxQuantOptions o;
+    ASSERT_EQ(onnx_quant_unsupported(l.w, o), "");
+    const auto p = onnx_quant_projection(l.w, "m", "x", "y", o);
+    ASSERT_NE(find_node(p, "MatMulBnb4"), nullptr);
+    EXPECT_TRUE(p.uses_ms_domain);
+    std::vector<float> ref(static_cast<size_t>(out * in));
+    kernels::nf4_dequantize_rows(l.s.view(), 0, out, ref.data());
+    expect_weights(effective_weight_t(p, in, o), ref, out, in,
+                   [&](int64_t r, int64_t j) { return std::ldexp(std::fabs(ref[r * in + j]), -24); },
+                   dq ? "nf4 double-quant" : "nf4");
+  }
+  // Rows ending in a short block: bitsandbytes' flattened blocks differ from llmopt's row blocks.
+  const auto tail = nf4_layer(3, 100, false, 14);
+  EXPECT_NE(onnx_quant_unsupported(tail.w, OnnxQuantOptions{}).find("short block"), std::string::npos);
+}
+
 // ---------------------------------------------------------------------------------------------
 // W8A8 against its definition (model/w8a8_linear.h), written out here in float64.
 
@@ -817,9 +898,6 @@ TEST(OnnxQuant, UnmappedFormatsAreNamedAndRefusedUnlessDequantized) {
   }
   EXPECT_FALSE(onnx_quant_check_mappable(q6.w, "m", o, true));
 
-  OnnxPackedWeight nf4;
-  nf4.kind = "nf4";
-  EXPECT_NE(onnx_quant_unsupported(nf4, o).find("NF4"), std::string::npos);
   OnnxPackedWeight lora;
   lora.kind = "lora";
   EXPECT_NE(onnx_quant_unsupported(lora, o), "");
