@@ -660,6 +660,11 @@ std::vector<std::string> write_onnx_model(onnx::ModelProto& m, const std::string
   std::string bytes;
   LLMOPT_CHECK_INPUT(m.SerializeToString(&bytes), "[onnx] {}: the model could not be serialized", path);
   write_file_atomic(path, bytes);
+  // An inline model written over an earlier external-data export: its data file would only mislead.
+  if (!external) {
+    std::error_code ec;
+    fs::remove(path + ".data", ec);
+  }
   files.insert(files.begin(), path);
   return files;
 }

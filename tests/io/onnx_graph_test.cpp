@@ -237,6 +237,10 @@ TEST(OnnxGraph, ExternalDataAboveTheThreshold) {
   const auto files2 = write_onnx_model(m2, dir.file("inline.onnx"), int64_t{1} << 40);
   EXPECT_EQ(files2.size(), 1u);
   EXPECT_FALSE(std::filesystem::exists(dir.file("inline.onnx.data")));
+  // Written inline over the external export: the stale data file goes.
+  onnx::ModelProto m3 = build_onnx_model(tiny_source(c), o);
+  write_onnx_model(m3, path, int64_t{1} << 40);
+  EXPECT_FALSE(std::filesystem::exists(path + ".data"));
   // No temporary files are left behind.
   for (const auto& e : std::filesystem::directory_iterator(dir.path()))
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
