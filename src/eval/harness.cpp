@@ -33,7 +33,7 @@ namespace {
 
 // log p(token) from one row of float32 logits (float64 log-softmax) and whether token is the
 // first maximum.
-void score_row(const float* row, int64_t vocab, int64_t token, double& logprob, bool& greedy) {
+void score_row(const float* row, int64_t vocab, int64_t token, LoglikelihoodResult& res) {
   int64_t arg = 0;
   float best = row[0];
   for (int64_t v = 1; v < vocab; ++v) {
@@ -44,8 +44,10 @@ void score_row(const float* row, int64_t vocab, int64_t token, double& logprob, 
   }
   double sum = 0;
   for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - best);
-  logprob += static_cast<double>(row[token]) - best - std::log(sum);
-  greedy = greedy && arg == token;
+  const double lp = static_cast<double>(row[token]) - best - std::log(sum);
+  res.logprob += lp;
+  res.token_logprobs.push_back(lp);
+  res.is_greedy = res.is_greedy && arg == token;
 }
 
 }  // namespace
@@ -80,6 +82,8 @@ std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
     for (size_t k = 0; k < part.size(); ++k) {
       out[owner[k]].logprob += part[k].logprob;
       out[owner[k]].is_greedy = out[owner[k]].is_greedy && part[k].is_greedy;
+      out[owner[k]].token_logprobs.insert(out[owner[k]].token_logprobs.end(), part[k].token_logprobs.begin(),
+                                          part[k].token_logprobs.end());
     }
     return out;
   }
@@ -114,13 +118,13 @@ std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
         cache->truncate(static_cast<int64_t>(ctx.size()));
         LoglikelihoodResult res;
         res.is_greedy = true;
-        score_row(last.data(), V, cont[0], res.logprob, res.is_greedy);
+        score_row(last.data(), V, cont[0], res);
         const int64_t rest = static_cast<int64_t>(cont.size()) - 1;
         if (rest > 0) {
           rows.resize(static_cast<size_t>(rest * V));
           m.prefill(cont.data(), rest, *cache, rows.data(), true);
           for (int64_t t = 0; t < rest; ++t)
-            score_row(rows.data() + t * V, V, cont[static_cast<size_t>(t + 1)], res.logprob, res.is_greedy);
+            score_row(rows.data() + t * V, V, cont[static_cast<size_t>(t + 1)], res);
         }
         out[static_cast<size_t>(i)] = res;
       }
@@ -128,6 +132,18 @@ std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
     if (progress) progress(b1, n);
   }
   return out;
+}
+
+double choice_score(const std::vector<double>& token_logprobs, int64_t context_tokens, int64_t start,
+                    const ChoiceScoring& rule, int64_t* scored_tokens) {
+  const int64_t n = static_cast<int64_t>(token_logprobs.size());
+  int64_t a = std::clamp<int64_t>(start - context_tokens, 0, n > 0 ? n - 1 : 0);
+  int64_t b = n;
+  if (rule.drop_last > 0) b = std::max(a + 1, n - rule.drop_last);
+  double s = 0;
+  for (int64_t i = a; i < b; ++i) s += token_logprobs[static_cast<size_t>(i)];
+  if (scored_tokens) *scored_tokens = b - a;
+  return rule.mean && b > a ? s / static_cast<double>(b - a) : s;
 }
 
 namespace {
@@ -423,6 +439,48 @@ std::string squad_normalize(const std::string& s) {
   return out;
 }
 
+std::vector<std::string> rouge_tokenize(const std::string& text) {
+  // rouge_score.tokenize: lower(), re.sub(r"[^a-z0-9]+", " "), split(). Non-ASCII bytes are
+  // separators, as in rouge-score (its pattern keeps ASCII letters and digits only).
+  std::vector<std::string> out;
+  std::string cur;
+  for (unsigned char ch : text) {
+    const unsigned char c = (ch >= 'A' && ch <= 'Z') ? static_cast<unsigned char>(ch - 'A' + 'a') : ch;
+    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+      cur += static_cast<char>(c);
+    } else if (!cur.empty()) {
+      out.push_back(std::move(cur));
+      cur.clear();
+    }
+  }
+  if (!cur.empty()) out.push_back(std::move(cur));
+  return out;
+}
+
+RougeScore rouge_l(const std::string& prediction, const std::string& reference) {
+  const auto p = rouge_tokenize(prediction), r = rouge_tokenize(reference);
+  RougeScore s;
+  if (p.empty() || r.empty()) return s;
+  // LCS by dynamic programming over two rows.
+  std::vector<int64_t> prev(r.size() + 1, 0), cur(r.size() + 1, 0);
+  for (size_t i = 1; i <= p.size(); ++i) {
+    for (size_t j = 1; j <= r.size(); ++j)
+      cur[j] = p[i - 1] == r[j - 1] ? prev[j - 1] + 1 : std::max(prev[j], cur[j - 1]);
+    std::swap(prev, cur);
+  }
+  const double lcs = static_cast<double>(prev[r.size()]);
+  s.precision = lcs / static_cast<double>(p.size());
+  s.recall = lcs / static_cast<double>(r.size());
+  s.fmeasure = s.precision + s.recall > 0 ? 2 * s.precision * s.recall / (s.precision + s.recall) : 0;
+  return s;
+}
+
+double rouge_l_best(const std::string& prediction, const std::vector<std::string>& references) {
+  double best = 0;
+  for (const auto& r : references) best = std::max(best, rouge_l(prediction, r).fmeasure);
+  return best;
+}
+
 double squad_f1(const std::string& prediction, const std::vector<std::string>& references) {
   const std::vector<std::string> refs = references.empty() ? std::vector<std::string>{""} : references;
   const auto pred = split_ws(squad_normalize(prediction));
@@ -658,6 +716,41 @@ TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const Task
     LLMOPT_CHECK_INPUT(!ne.empty(), "[eval] task '{}': continuation '{}' encodes to no tokens", t.name, cont);
     requests.push_back({std::move(ce), std::move(ne)});
   }
+  // A multiple-choice `scoring` rule other than lm-eval's may score from the options' common token
+  // prefix (scoring.from common_prefix, or scoring.short_tail), which can lie inside a
+  // multiple_input context: such a request is split at that prefix instead, so the tokens after it
+  // get their log-probabilities. lm_split = where lm-eval's continuation starts in the whole
+  // sequence; common = the options' common prefix, per document.
+  std::vector<int64_t> lm_split(requests.size()), common(n, 0);
+  for (size_t q = 0; q < requests.size(); ++q) lm_split[q] = static_cast<int64_t>(requests[q].context.size());
+  if (t.output_type == OutputType::MultipleChoice && !t.scoring.is_default()) {
+    for (size_t i = 0; i < n; ++i) {
+      const Instance& in = inst[i];
+      std::vector<std::vector<int64_t>> full(in.count);
+      for (size_t c = 0; c < in.count; ++c) {
+        const auto& q = requests[in.first + c];
+        full[c] = q.context;
+        full[c].insert(full[c].end(), q.continuation.begin(), q.continuation.end());
+      }
+      int64_t cp = static_cast<int64_t>(full[0].size());
+      for (size_t c = 1; c < in.count; ++c) {
+        int64_t k = 0;
+        while (k < cp && k < static_cast<int64_t>(full[c].size()) &&
+               full[c][static_cast<size_t>(k)] == full[0][static_cast<size_t>(k)])
+          ++k;
+        cp = k;
+      }
+      common[i] = cp;
+      const int64_t at = std::max<int64_t>(cp, 1);
+      for (size_t c = 0; c < in.count; ++c) {
+        auto& q = requests[in.first + c];
+        if (at < static_cast<int64_t>(q.context.size()) && at < static_cast<int64_t>(full[c].size())) {
+          q.context.assign(full[c].begin(), full[c].begin() + at);
+          q.continuation.assign(full[c].begin() + at, full[c].end());
+        }
+      }
+    }
+  }
   // Rolling documents: their windows after the text requests.
   std::vector<std::pair<size_t, size_t>> rolling_span(n);
   if (t.output_type == OutputType::LoglikelihoodRolling) {
@@ -703,13 +796,38 @@ TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const Task
       case OutputType::MultipleChoice: {
         std::vector<double> lls, normed;
         json scores = json::array();
+        // A non-default scoring rule: which tokens of each option count (see ChoiceScoring).
+        bool short_tail = false;
+        for (size_t c = 0; c < in.count && t.scoring.short_tail > 0; ++c) {
+          const auto& q = requests[in.first + c];
+          const int64_t len = static_cast<int64_t>(q.context.size() + q.continuation.size());
+          short_tail = short_tail || len - common[i] <= t.scoring.short_tail;
+        }
         for (size_t c = 0; c < in.count; ++c) {
           const auto& res = ll[in.first + c];
-          lls.push_back(res.logprob);
-          normed.push_back(res.logprob / static_cast<double>(code_points(in.choices[c])));
-          scores.push_back({{"loglikelihood", res.logprob},
-                            {"is_greedy", res.is_greedy},
-                            {"tokens", requests[in.first + c].continuation.size()}});
+          const auto& q = requests[in.first + c];
+          const int64_t nctx = static_cast<int64_t>(q.context.size()), split = lm_split[in.first + c];
+          // lm-eval's loglikelihood: the tokens after its own context/continuation split.
+          ChoiceScoring lm;
+          const double lm_ll = t.scoring.is_default() ? res.logprob : choice_score(res.token_logprobs, nctx, split, lm);
+          json entry = {{"loglikelihood", lm_ll}, {"is_greedy", res.is_greedy}, {"tokens", q.continuation.size()}};
+          if (t.scoring.is_default()) {
+            lls.push_back(res.logprob);
+            normed.push_back(res.logprob / static_cast<double>(code_points(in.choices[c])));
+          } else {
+            const int64_t start = short_tail ? common[i] : t.scoring.common_prefix ? std::max(common[i], split) : split;
+            int64_t scored = 0;
+            const double sc = choice_score(res.token_logprobs, nctx, start, t.scoring, &scored);
+            ChoiceScoring summed = t.scoring;
+            summed.mean = false;
+            lls.push_back(sc);
+            normed.push_back(choice_score(res.token_logprobs, nctx, start, summed) /
+                             static_cast<double>(code_points(in.choices[c])));
+            entry["score"] = sc;
+            entry["scored_tokens"] = scored;
+            if (short_tail) entry["short_tail"] = true;
+          }
+          scores.push_back(std::move(entry));
         }
         const int64_t pred = argmax_first(lls), pred_norm = argmax_first(normed);
         doc_metrics["acc"] = pred == in.gold ? 1.0 : 0.0;
@@ -776,6 +894,7 @@ TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const Task
           }
           if (wants("exact")) doc_metrics["exact" + suffix] = squad_exact(p, in.references);
           if (wants("f1")) doc_metrics["f1" + suffix] = squad_f1(p, in.references);
+          if (wants("rougeL")) doc_metrics["rougeL" + suffix] = rouge_l_best(p, in.references);
         }
         log["references"] = in.references;
         log["generation"] = gen;

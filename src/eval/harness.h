@@ -30,6 +30,7 @@ struct LoglikelihoodRequest {
 struct LoglikelihoodResult {
   double logprob = 0;      // sum of log p(continuation token | prefix), float64 log-softmax
   bool is_greedy = false;  // every continuation token is the argmax (first maximum on ties)
+  std::vector<double> token_logprobs;  // log p of each continuation token (sums to logprob)
 };
 
 // The model's context length for task requests (max_position_embeddings; 2048 when unset).
@@ -45,6 +46,13 @@ int64_t task_max_length(const infer::Engine& m);
 std::vector<LoglikelihoodResult> score_loglikelihood(const infer::Engine& m,
                                                      const std::vector<LoglikelihoodRequest>& requests,
                                                      int64_t batch_size = 16, const ProgressFn& progress = {});
+
+// A multiple-choice option's score under a task's `scoring` rule (ChoiceScoring): the tokens of
+// `full` (context + continuation tokens) from `start` (≥ the context length; a common prefix of
+// all the options' sequences may start it later) to the end less `drop_last` tokens (at least one
+// kept), summed or averaged. `token_logprobs` are the continuation's (full.size() - context tokens).
+double choice_score(const std::vector<double>& token_logprobs, int64_t context_tokens, int64_t start,
+                    const ChoiceScoring& rule, int64_t* scored_tokens = nullptr);
 
 // lm-eval `_encode_pair` (causal LM): context's trailing whitespace moved to the continuation,
 // the continuation's tokens = encode(context + continuation) after the first len(encode(context)).
@@ -78,6 +86,18 @@ std::string squad_normalize(const std::string& s);
 // only an empty (normalized) prediction scores 1.
 double squad_f1(const std::string& prediction, const std::vector<std::string>& references);
 double squad_exact(const std::string& prediction, const std::vector<std::string>& references);
+
+// ROUGE-L as Google's rouge-score computes `rougeL` (no stemmer): both texts lower-cased, every
+// run of characters other than [a-z0-9] a separator, the longest common subsequence of the token
+// lists; precision = LCS / prediction tokens, recall = LCS / reference tokens, F = 2PR / (P + R)
+// (0 when either list is empty or nothing is shared).
+struct RougeScore {
+  double precision = 0, recall = 0, fmeasure = 0;
+};
+std::vector<std::string> rouge_tokenize(const std::string& text);
+RougeScore rouge_l(const std::string& prediction, const std::string& reference);
+// The best F-measure over the references (0 without references), the generate_until metric rougeL.
+double rouge_l_best(const std::string& prediction, const std::vector<std::string>& references);
 
 struct TaskRunOptions {
   int num_fewshot = -1;  // -1 = the task's num_fewshot

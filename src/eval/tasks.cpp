@@ -33,7 +33,7 @@ std::vector<std::string> supported_metrics(OutputType t) {
     case OutputType::MultipleChoice: return {"acc", "acc_norm"};
     case OutputType::Loglikelihood: return {"perplexity", "acc"};
     case OutputType::LoglikelihoodRolling: return {"word_perplexity", "byte_perplexity", "bits_per_byte"};
-    case OutputType::GenerateUntil: return {"exact_match", "exact", "f1"};
+    case OutputType::GenerateUntil: return {"exact_match", "exact", "f1", "rougeL"};
   }
   return {};
 }
@@ -356,13 +356,13 @@ TaskSpec load_task_file(const std::string& path, const std::string& shared_dir) 
       "task",          "description",      "notes",        "data",          "format",       "fewshot_data",
       "text_split",    "output_type",      "doc_to_text",  "doc_to_target", "doc_to_choice", "gold",
       "multiple_input", "target_delimiter", "fewshot_delimiter", "num_fewshot", "metrics", "generation",
-      "filters",       "exact_match",      "chance"};
+      "filters",       "exact_match",      "chance",       "scoring"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     LLMOPT_CHECK_INPUT(known.count(key), "[tasks] {}: unknown field '{}' (known: task, data, format, output_type, "
                        "doc_to_text, doc_to_target, doc_to_choice, gold, multiple_input, target_delimiter, "
                        "fewshot_delimiter, fewshot_data, num_fewshot, metrics, generation, filters, exact_match, "
-                       "chance, text_split, description, notes)",
+                       "scoring, chance, text_split, description, notes)",
                        y.at(kv.first), key);
   }
   TaskSpec t;
@@ -494,6 +494,34 @@ TaskSpec load_task_file(const std::string& path, const std::string& shared_dir) 
       else
         throw_input("[tasks] {}: unknown field 'exact_match.{}' (ignore_case, ignore_punctuation, "
                     "regexes_to_ignore)", y.at(kv.first), key);
+    }
+  }
+  if (root["scoring"]) {
+    const auto sc = root["scoring"];
+    LLMOPT_CHECK_INPUT(t.output_type == OutputType::MultipleChoice && sc.IsMap(),
+                       "[tasks] {}: scoring (a mapping: reduce, from, drop_last, short_tail) is for output_type multiple_choice",
+                       y.at(sc));
+    for (const auto& kv : sc) {
+      const std::string key = kv.first.as<std::string>();
+      if (key == "reduce") {
+        const std::string v = scalar(y, kv.second, "scoring.reduce");
+        LLMOPT_CHECK_INPUT(v == "sum" || v == "mean", "[tasks] {}: scoring.reduce '{}' is not one of sum, mean",
+                           y.at(kv.second), v);
+        t.scoring.mean = v == "mean";
+      } else if (key == "from") {
+        const std::string v = scalar(y, kv.second, "scoring.from");
+        LLMOPT_CHECK_INPUT(v == "continuation" || v == "common_prefix",
+                           "[tasks] {}: scoring.from '{}' is not one of continuation, common_prefix", y.at(kv.second),
+                           v);
+        t.scoring.common_prefix = v == "common_prefix";
+      } else if (key == "drop_last") {
+        t.scoring.drop_last = static_cast<int>(integer(y, kv.second, "scoring.drop_last", 0, 1000));
+      } else if (key == "short_tail") {
+        t.scoring.short_tail = static_cast<int>(integer(y, kv.second, "scoring.short_tail", 0, 1000));
+      } else {
+        throw_input("[tasks] {}: unknown field 'scoring.{}' (reduce, from, drop_last, short_tail)", y.at(kv.first),
+                    key);
+      }
     }
   }
   if (root["chance"]) {

@@ -38,6 +38,20 @@ struct ExactMatchOptions {
   std::vector<std::string> regexes_to_ignore;
 };
 
+// How a multiple-choice option's tokens make its score. The default is lm-eval's: the sum of the
+// continuation's token log-probabilities. llama.cpp's `llama-perplexity` scores Winogrande and
+// HellaSwag differently (tools/perplexity/perplexity.cpp): the mean per token, Winogrande without
+// the sentence's last token, HellaSwag from the first token where the options' token sequences
+// differ. YAML: scoring: {reduce: sum|mean, from: continuation|common_prefix, drop_last: N, short_tail: N}.
+struct ChoiceScoring {
+  bool mean = false;            // reduce: mean (per scored token) instead of sum
+  bool common_prefix = false;   // from: common_prefix — skip continuation tokens every option shares
+  int drop_last = 0;            // leave out the last N scored tokens (while more than N remain)
+  int short_tail = 0;           // when an option has at most N tokens after the options' common
+                                // prefix, score every option from that prefix (llama.cpp Winogrande: 3)
+  bool is_default() const { return !mean && !common_prefix && drop_last == 0 && short_tail == 0; }
+};
+
 struct TaskSpec {
   std::string name;
   std::string file;         // the YAML file it came from
@@ -60,6 +74,7 @@ struct TaskSpec {
   int max_gen_toks = 256;
   std::vector<RegexFilter> filters;  // generate_until: empty = the raw generation ("none")
   ExactMatchOptions exact_match;
+  ChoiceScoring scoring;         // multiple_choice: how an option's tokens make its score (acc)
   std::optional<double> chance;  // chance level; default 1/choices (multiple_choice) or none
 };
 

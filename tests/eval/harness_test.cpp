@@ -207,6 +207,50 @@ TEST(TaskMetrics, SquadNormalizationF1AndNoAnswer) {
   EXPECT_DOUBLE_EQ(eval::squad_exact("paris", {}), 0.0);
 }
 
+TEST(TaskMetrics, RougeLAsRougeScoreByHand) {
+  // rouge-score's tokenizer: lower case, runs of non-[a-z0-9] separate.
+  EXPECT_EQ(eval::rouge_tokenize("The cat's  HAT, 2x!"), (std::vector<std::string>{"the", "cat", "s", "hat", "2x"}));
+  // "the cat sat on the mat" vs "the cat on the mat": LCS 5 ("the cat on the mat"),
+  // P = 5/6, R = 5/5, F = 2 * (5/6) / (5/6 + 1) = 10/11.
+  const auto s = eval::rouge_l("the cat sat on the mat", "the cat on the mat");
+  EXPECT_DOUBLE_EQ(s.precision, 5.0 / 6);
+  EXPECT_DOUBLE_EQ(s.recall, 1.0);
+  EXPECT_NEAR(s.fmeasure, 10.0 / 11, 1e-15);
+  // Order matters (subsequence, not bag): "a b c d" vs "d c b a" share only one in order → LCS 1,
+  // P = R = 1/4, F = 1/4.
+  EXPECT_NEAR(eval::rouge_l("a b c d", "d c b a").fmeasure, 0.25, 1e-15);
+  // Nothing shared, empty sides.
+  EXPECT_DOUBLE_EQ(eval::rouge_l("x y", "a b").fmeasure, 0.0);
+  EXPECT_DOUBLE_EQ(eval::rouge_l("", "a b").fmeasure, 0.0);
+  EXPECT_DOUBLE_EQ(eval::rouge_l("...", "a").fmeasure, 0.0);
+  // Best reference: "police killed the gunman" vs refs; LCS with "the gunman was shot by police"
+  // is 2 ("the gunman"... or "police"): P = 2/4, R = 2/6, F = 0.4; with "police kill the gunman" 3
+  // ("police the gunman"): P = R = 3/4, F = 0.75.
+  EXPECT_NEAR(eval::rouge_l("police killed the gunman", "the gunman was shot by police").fmeasure, 0.4, 1e-15);
+  EXPECT_NEAR(eval::rouge_l_best("police killed the gunman", {"the gunman was shot by police", "police kill the gunman"}),
+              0.75, 1e-15);
+  EXPECT_DOUBLE_EQ(eval::rouge_l_best("anything", {}), 0.0);
+}
+
+TEST(TaskMetrics, ChoiceScoreRules) {
+  const std::vector<double> lp = {-1, -2, -3, -4};  // continuation tokens after a 5-token context
+  eval::ChoiceScoring sum;
+  EXPECT_DOUBLE_EQ(eval::choice_score(lp, 5, 5, sum), -10);
+  eval::ChoiceScoring mean;
+  mean.mean = true;
+  EXPECT_DOUBLE_EQ(eval::choice_score(lp, 5, 5, mean), -2.5);
+  eval::ChoiceScoring llama_wino = mean;
+  llama_wino.drop_last = 1;
+  int64_t n = 0;
+  EXPECT_DOUBLE_EQ(eval::choice_score(lp, 5, 5, llama_wino, &n), -2.0);  // (-1 - 2 - 3) / 3
+  EXPECT_EQ(n, 3);
+  // From a common prefix two tokens into the continuation: (-3 - 4) / 2.
+  EXPECT_DOUBLE_EQ(eval::choice_score(lp, 5, 7, mean), -3.5);
+  // drop_last keeps at least one token.
+  EXPECT_DOUBLE_EQ(eval::choice_score({-7}, 5, 5, llama_wino, &n), -7);
+  EXPECT_EQ(n, 1);
+}
+
 TEST(TaskMetrics, Gsm8kExtractionAndExactMatch) {
   eval::RegexFilter strict{"strict-match", "#### (\\-?[0-9\\.\\,]+)"};
   eval::RegexFilter flexible{"flexible-extract", "(-?[$0-9.,]{2,})|(-?[0-9]+)", -1};
@@ -471,6 +515,121 @@ TEST(TaskRun, Stories260KPrefixPathMatchesWholeSequence) {
   // float32 logits of a few units carry ~1e-6 relative error per position.
   constexpr double kTol = 1e-4;
   EXPECT_NEAR(got.logprob, lp, kTol);
+}
+
+TEST(TaskRun, LlamaCppScoringRulesFromPerTokenReference) {
+  TempDir d;
+  // "blue sky" / "blue sea" share " blue s" (byte tokens): from common_prefix scores "ky" / "ea".
+  d.write("docs.jsonl", R"({"q": "Q: up?", "c": ["blue sky", "blue sea", "red"], "g": 0})" "\n"
+                        R"({"q": "Q: down?", "c": ["deep sea", "deep mud"], "g": 1})" "\n");
+  const std::string base = "data: ./docs.jsonl\noutput_type: multiple_choice\ndoc_to_text: \"{{q}}\"\n"
+                           "doc_to_choice: \"{{c}}\"\ngold: \"{{g}}\"\nmetrics: [acc]\n";
+  const auto hs = eval::load_task_file(d.write("hs.yaml", "task: hs\n" + base +
+                                                              "scoring: {reduce: mean, from: common_prefix}\n"), "");
+  const auto wg = eval::load_task_file(d.write("wg.yaml", "task: wg\n" + base + "scoring: {reduce: mean, drop_last: 1}\n"), "");
+  EXPECT_TRUE(hs.scoring.mean && hs.scoring.common_prefix && hs.scoring.drop_last == 0);
+  EXPECT_TRUE(wg.scoring.mean && !wg.scoring.common_prefix && wg.scoring.drop_last == 1);
+  const int64_t V = 300, L = 64;
+  FakeEngine m(V, L);
+  auto tk = tok::make_tokenizer(tok::byte_fallback_vocab(static_cast<int32_t>(V)), "bytes");
+  auto enc = [&](const std::string& s) {
+    tok::EncodeOptions eo;
+    eo.add_bos = false;
+    auto v = tk->encode(s, eo);
+    return std::vector<int64_t>(v.begin(), v.end());
+  };
+  // Per-token log p from one-token requests, each after everything before it.
+  auto token_lp = [&](const std::vector<int64_t>& seq, size_t i) {
+    return reference_ll(std::vector<int64_t>(seq.begin(), seq.begin() + static_cast<std::ptrdiff_t>(i)), {seq[i]}, L, V)
+        .first;
+  };
+  const std::vector<std::pair<std::string, std::vector<std::string>>> docs = {
+      {"Q: up?", {"blue sky", "blue sea", "red"}}, {"Q: down?", {"deep sea", "deep mud"}}};
+  for (const auto* spec : {&hs, &wg}) {
+    eval::TaskRunOptions o;
+    o.log_samples_dir = d.path.string();
+    eval::run_task(m, *tk, *spec, o);
+    std::ifstream log(d.path / (spec->name + ".jsonl"));
+    for (const auto& [q, choices] : docs) {
+      std::string line;
+      ASSERT_TRUE(std::getline(log, line));
+      const auto j = nlohmann::json::parse(line);
+      std::vector<std::vector<int64_t>> full;
+      for (const auto& c : choices) full.push_back(enc(q + " " + c));
+      size_t common = full[0].size();
+      for (const auto& f : full) {
+        size_t k = 0;
+        while (k < common && k < f.size() && f[k] == full[0][k]) ++k;
+        common = k;
+      }
+      const size_t nctx = enc(q).size();
+      for (size_t c = 0; c < choices.size(); ++c) {
+        size_t a = spec->scoring.common_prefix ? std::max(common, nctx) : nctx, b = full[c].size();
+        if (spec->scoring.drop_last && b - a > 1) b -= 1;
+        double s = 0;
+        for (size_t i = a; i < b; ++i) s += token_lp(full[c], i);
+        s /= static_cast<double>(b - a);
+        EXPECT_NEAR(j["scores"][c]["score"].get<double>(), s, 1e-12) << spec->name << " " << choices[c];
+        EXPECT_EQ(j["scores"][c]["scored_tokens"].get<int64_t>(), static_cast<int64_t>(b - a));
+      }
+    }
+  }
+  // Winogrande-style (multiple_input) with llama.cpp's short-tail fallback: a document whose
+  // options have at most 3 tokens after their common prefix is scored from that prefix (inside
+  // the contexts), the others after each context.
+  d.write("wino.jsonl", R"({"o": ["The cat sat on it", "The dog sat on it"], "r": "and slept well.", "g": 0})" "\n"
+                        R"({"o": ["It was a bit", "It was a bin"], "r": ".", "g": 1})" "\n");
+  const auto ws = eval::load_task_file(
+      d.write("ws.yaml", "task: ws\ndata: ./wino.jsonl\noutput_type: multiple_choice\nmultiple_input: true\n"
+                         "doc_to_choice: \"{{o}}\"\ndoc_to_target: \"{{r}}\"\ngold: \"{{g}}\"\nmetrics: [acc]\n"
+                         "scoring: {reduce: mean, drop_last: 1, short_tail: 3}\n"),
+      "");
+  EXPECT_EQ(ws.scoring.short_tail, 3);
+  {
+    eval::TaskRunOptions o;
+    o.log_samples_dir = d.path.string();
+    eval::run_task(m, *tk, ws, o);
+    std::ifstream log(d.path / "ws.jsonl");
+    const std::vector<std::pair<std::vector<std::string>, std::string>> wdocs = {
+        {{"The cat sat on it", "The dog sat on it"}, "and slept well."}, {{"It was a bit", "It was a bin"}, "."}};
+    for (size_t di = 0; di < wdocs.size(); ++di) {
+      const auto& [opts, rest] = wdocs[di];
+      std::string line;
+      ASSERT_TRUE(std::getline(log, line));
+      const auto j = nlohmann::json::parse(line);
+      std::vector<std::vector<int64_t>> full;
+      for (const auto& c : opts) full.push_back(enc(c + " " + rest));
+      size_t common = full[0].size();
+      for (const auto& f : full) {
+        size_t k = 0;
+        while (k < common && k < f.size() && f[k] == full[0][k]) ++k;
+        common = k;
+      }
+      bool short_tail = false;
+      for (const auto& f : full) short_tail = short_tail || f.size() - common <= 3;
+      EXPECT_EQ(short_tail, di == 1);  // "bit ." / "bin ." differ 3 bytes before the end
+      for (size_t c = 0; c < opts.size(); ++c) {
+        size_t a = short_tail ? common : enc(opts[c]).size(), b = full[c].size();
+        if (b - a > 1) b -= 1;
+        double s = 0;
+        for (size_t i = a; i < b; ++i) s += token_lp(full[c], i);
+        s /= static_cast<double>(b - a);
+        EXPECT_NEAR(j["scores"][c]["score"].get<double>(), s, 1e-12) << opts[c];
+        // lm-eval's loglikelihood (after the context) is still logged.
+        double lm = 0;
+        for (size_t i = enc(opts[c]).size(); i < full[c].size(); ++i) lm += token_lp(full[c], i);
+        EXPECT_NEAR(j["scores"][c]["loglikelihood"].get<double>(), lm, 1e-12);
+      }
+    }
+  }
+  // Bad values name the file and line.
+  try {
+    eval::load_task_file(d.write("bad.yaml", "task: bad\n" + base + "scoring: {reduce: median}\n"), "");
+    FAIL() << "no InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.yaml:8"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("median"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
