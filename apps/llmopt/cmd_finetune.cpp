@@ -4,7 +4,9 @@
 // into DIR; method full (and lora --merge) writes
 // the trained model as a Hugging Face directory (DIR/model). Per-step metrics go to
 // DIR/train_events.jsonl; trainer checkpoints to DIR/checkpoints every --save-every steps (and on
-// Ctrl-C), picked up by --resume and removed once the run completes.
+// Ctrl-C), picked up by --resume and removed once the run completes. `--nproc N` trains with N
+// local data-parallel processes (train/distributed.h); under a torchrun-style environment
+// (WORLD_SIZE ...) this process is one rank of such a job. Only rank 0 writes DIR.
 #include <filesystem>
 
 #include "apps/llmopt/commands.h"
@@ -15,6 +17,7 @@
 #include "core/threads.h"
 #include "pipeline/events.h"
 #include "pipeline/interrupt.h"
+#include "train/distributed.h"
 #include "stages/finetune/finetune_run.h"
 
 namespace llmopt::cli {
@@ -24,6 +27,7 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
   auto* cmd = app.add_subcommand("finetune", "Fine-tune a model (LoRA / DoRA or prompt / prefix / P-tuning adapters in PEFT format, or full)");
   static std::string model, tokenizer, out, json_out;
   static bool resume = false;
+  static int nproc = 1;
   static stages::FinetuneOptions o;
   cmd->add_option("MODEL", model, "Model path")->required();
   cmd->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
@@ -85,15 +89,40 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
       ->capture_default_str();
   cmd->add_flag("--resume", resume, "Continue from the newest checkpoint in OUT/checkpoints");
   cmd->add_option("--json", json_out, "Write the metrics as JSON here ('-' = stdout)");
+  cmd->add_option("--nproc", nproc,
+                  "Data-parallel processes on this machine (Gloo); the global batch stays batch-size x grad-accum, "
+                  "split over them")
+      ->capture_default_str();
   cmd->callback([&g] {
     apply_threads(g);
     stages::check_finetune_options(o);
     LLMOPT_CHECK_INPUT(fs::exists(o.train.path), "[finetune] --data {}: no such file", o.train.path);
     LLMOPT_CHECK_INPUT(o.val.path.empty() || fs::exists(o.val.path), "[finetune] --val {}: no such file", o.val.path);
-    const fs::path dir(out);
-    const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+    const fs::path parent = fs::path(out).has_parent_path() ? fs::path(out).parent_path() : fs::path(".");
     LLMOPT_CHECK_INPUT(fs::is_directory(parent), "[finetune] --out {}: directory '{}' does not exist", out,
                        parent.string());
+    LLMOPT_CHECK_INPUT(nproc >= 1, "[finetune] --nproc must be at least 1, found {}", nproc);
+    LLMOPT_CHECK_INPUT(o.batch_size % nproc == 0,
+                       "[finetune] --batch-size {} does not split over --nproc {}: give a multiple of it",
+                       o.batch_size, nproc);
+    if (nproc > 1) {
+      train::dist::LaunchOptions lo;
+      lo.nproc = nproc;
+      lo.argv = train::dist::strip_nproc(train::dist::self_argv());
+      lo.threads_per_rank = g.threads > 0 ? 0 : std::max(1, default_threads() / nproc);
+      g.exit_code = train::dist::launch_local(lo);
+      return;
+    }
+    // One rank of a data-parallel job (WORLD_SIZE > 1), or a single process. Ranks > 0 train the
+    // same model but write into a scratch directory that is removed at the end.
+    const train::dist::ProcessGroup* group = train::dist::init_from_environment();
+    const int rank = group ? group->rank() : 0;
+    std::unique_ptr<train::dist::ScratchDir> scratch;
+    if (rank > 0) {
+      train::dist::quiet_logs_off_rank0();
+      scratch = std::make_unique<train::dist::ScratchDir>(fmt::format("finetune-rank{}", rank));
+    }
+    const fs::path dir(scratch ? scratch->path() : out);
     auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/true);
     fs::create_directories(dir);
     const std::string ckpt = (dir / "checkpoints").string();
@@ -110,7 +139,7 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
     ctx.threads = threads();
     pipeline::EventLog events((dir / "train_events.jsonl").string(), false);
     ctx.event = [&events](const nlohmann::json& e) { events.emit(e); };
-    Progress progress(Progress::detect(g.quiet));
+    Progress progress(Progress::detect(g.quiet || rank > 0));
     progress.begin_stage("", 0, 0, "finetune");
     ctx.progress = [&progress](int64_t d, int64_t t, const std::string& u) { progress.update(d, t, u); };
     ctx.note = [&progress](const std::string& n) { progress.note(n); };
@@ -126,6 +155,7 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
       throw_run("[finetune] interrupted{}", dirs.checkpoints.empty() ? "" : "; continue with --resume");
     }
     progress.end_stage();
+    if (rank > 0) return;  // rank 0 writes the model and reports
     if (o.method == "full" || o.merge) {
       save_model(*state.model, state.tokenizer.get(), lm.tokenizer_path, "hf", DType::F32, (dir / "model").string());
       r.metrics["model_dir"] = (dir / "model").string();

@@ -6,12 +6,14 @@
 
 #include "apps/llmopt/commands.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "io/atomic_file.h"
 #include "pipeline/recipe.h"
 #include "pipeline/report/report.h"
 #include "pipeline/runner.h"
 #include "pipeline/stages_doc.h"
 #include "pipeline/templates.h"
+#include "train/distributed.h"
 
 namespace fs = std::filesystem;
 
@@ -26,6 +28,7 @@ struct RunArgs {
   std::string cache_dir;
   bool no_cache = false;
   bool json_events = false;
+  int nproc = 1;
 };
 
 pipeline::BuildInfo build_info() {
@@ -36,33 +39,87 @@ pipeline::BuildInfo build_info() {
   return b;
 }
 
-void run_command(const RunArgs& a, GlobalOptions& g, int argc_hint) {
-  pipeline::RunOptions o;
-  o.out_dir = a.out;
-  o.use_cache = !a.no_cache;
-  o.cache_dir = a.cache_dir;
-  o.quiet = g.quiet;
-  o.json_events = a.json_events;
-  o.threads = g.threads;
-  o.build = build_info();
-  o.command_line = a.args;
-  o.write_reports = [](const std::string& dir) { pipeline::report::write_reports(dir); };
-  pipeline::RunOutcome outcome;
-  if (!a.resume.empty()) {
-    LLMOPT_CHECK_INPUT(a.args.empty(),
-                       "[run] --resume continues a run from its config.resolved.yaml; do not give "
-                       "a recipe or overrides with it");
-    outcome = pipeline::resume_run(a.resume, o);
-  } else {
+// `--nproc N` (N > 1): checks the recipe here, then runs N ranks of this command (data-parallel
+// training in the stages that train; every rank runs every stage on its copy of the model, only
+// rank 0 writes the run directory).
+bool launch_ranks(const RunArgs& a, GlobalOptions& g) {
+  LLMOPT_CHECK_INPUT(a.nproc >= 1, "[run] --nproc must be at least 1, found {}", a.nproc);
+  if (a.nproc == 1) return false;
+  if (a.resume.empty()) {
     LLMOPT_CHECK_INPUT(!a.args.empty(), "[run] missing RECIPE.yaml (or --resume DIR)");
     pipeline::RecipeLoadOptions lo;
     lo.overrides.assign(a.args.begin() + 1, a.args.end());
     const pipeline::Recipe recipe = pipeline::load_recipe(a.args[0], lo);
+    LLMOPT_CHECK_INPUT(recipe.sweep.empty(), "[run] --nproc {}: a recipe with a sweep runs in one process", a.nproc);
+  }
+  train::dist::LaunchOptions lo;
+  lo.nproc = a.nproc;
+  lo.argv = train::dist::strip_nproc(train::dist::self_argv());
+  lo.threads_per_rank = g.threads > 0 ? 0 : std::max(1, default_threads() / a.nproc);
+  g.exit_code = train::dist::launch_local(lo);
+  return true;
+}
+
+void run_command(const RunArgs& a, GlobalOptions& g, int argc_hint) {
+  if (launch_ranks(a, g)) return;
+  // A rank of a data-parallel job: the stage cache is off (every rank must run the training
+  // stages), and ranks > 0 run into a scratch directory (a copy of the run directory to resume).
+  const train::dist::ProcessGroup* group = train::dist::init_from_environment();
+  const int rank = group ? group->rank() : 0;
+  std::unique_ptr<train::dist::ScratchDir> scratch;
+  RunArgs mine = a;
+  if (rank > 0) {
+    train::dist::quiet_logs_off_rank0();
+    scratch = std::make_unique<train::dist::ScratchDir>(fmt::format("run-rank{}", rank));
+    mine.out = (fs::path(scratch->path()) / "run").string();
+    mine.json_events = false;
+    if (!a.resume.empty()) {
+      LLMOPT_CHECK_INPUT(fs::is_directory(a.resume), "[run] --resume {}: no such directory", a.resume);
+      fs::copy(a.resume, mine.out, fs::copy_options::recursive);
+      mine.resume = mine.out;
+    }
+  }
+  const RunArgs& b = mine;
+  pipeline::RunOptions o;
+  o.out_dir = b.out;
+  o.use_cache = !b.no_cache;
+  o.cache_dir = b.cache_dir;
+  o.quiet = g.quiet;
+  o.json_events = b.json_events;
+  o.threads = g.threads;
+  o.build = build_info();
+  o.command_line = b.args;
+  o.write_reports = [](const std::string& dir) { pipeline::report::write_reports(dir); };
+  if (group) {
+    o.use_cache = false;
+  }
+  if (rank > 0) {
+    o.quiet = true;
+    o.write_reports = nullptr;
+  }
+  pipeline::RunOutcome outcome;
+  if (!b.resume.empty()) {
+    LLMOPT_CHECK_INPUT(b.args.empty(),
+                       "[run] --resume continues a run from its config.resolved.yaml; do not give "
+                       "a recipe or overrides with it");
+    outcome = pipeline::resume_run(b.resume, o);
+  } else {
+    LLMOPT_CHECK_INPUT(!b.args.empty(), "[run] missing RECIPE.yaml (or --resume DIR)");
+    pipeline::RecipeLoadOptions lo;
+    lo.overrides.assign(b.args.begin() + 1, b.args.end());
+    const pipeline::Recipe recipe = pipeline::load_recipe(b.args[0], lo);
+    LLMOPT_CHECK_INPUT(!group || recipe.sweep.empty(), "[run] a recipe with a sweep runs in one process, not {} ranks",
+                       group ? group->size() : 1);
     outcome = pipeline::run_recipe(recipe, o);
+  }
+  g.exit_code = outcome.exit_code;
+  if (rank > 0) {
+    if (outcome.status != "ok") std::fprintf(stderr, "error: [run] rank %d: %s\n", rank, outcome.error.c_str());
+    return;
   }
   const fs::path report = fs::path(outcome.run_dir) / "report.html";
   if (outcome.status == "ok") {
-    if (!a.json_events) {
+    if (!b.json_events) {
       std::printf("run directory: %s\n", outcome.run_dir.c_str());
       if (fs::exists(report)) std::printf("report: %s\n", report.c_str());
     }
@@ -88,6 +145,10 @@ void register_pipeline_commands(CLI::App& app, GlobalOptions& g) {
   run->add_flag("--no-cache", run_args->no_cache, "Do not reuse or store cached stage results");
   run->add_option("--cache-dir", run_args->cache_dir, "Stage cache (default: $LLMOPT_CACHE_DIR or ~/.cache/llmopt/stages)");
   run->add_flag("--json-events", run_args->json_events, "Print run events as JSON lines on stdout");
+  run->add_option("--nproc", run_args->nproc,
+                  "Data-parallel processes on this machine (Gloo) for the training stages; each rank runs the "
+                  "pipeline, rank 0 writes the run directory")
+      ->capture_default_str();
   run->add_flag("-q,--quiet", g.quiet, "No progress output");
   run->callback([run_args, &g]() {
     apply_threads(g);

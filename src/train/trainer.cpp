@@ -10,9 +10,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <mutex>
+#include <sstream>
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "core/timer.h"
 
 namespace llmopt::train {
@@ -154,7 +156,82 @@ Trainer::Trainer(torch::nn::Module& module, LossFn loss, TrainerOptions options)
   groups.emplace_back(decay, group_options(options_.weight_decay));
   groups.emplace_back(no_decay, group_options(0.0));
   optimizer_ = std::make_unique<torch::optim::AdamW>(groups, *group_options(options_.weight_decay));
+  group_ = dist::world();
+  if (group_ != nullptr && group_->size() > 1) {
+    averager_ = std::make_unique<dist::GradientAverager>(trainable_);
+  } else {
+    group_ = nullptr;
+  }
   if (!options_.resume_from.empty()) load_checkpoint(options_.resume_from);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::sync_ranks() {
+  const int rank = group_->rank(), world = group_->size();
+  // The frozen weights and buffers must agree (every rank loaded the same model); trainable ones
+  // are broadcast.
+  std::unordered_set<const void*> trainable;
+  for (const auto& p : trainable_) trainable.insert(p.unsafeGetTensorImpl());
+  std::vector<torch::Tensor> frozen;
+  for (const auto& p : module_.parameters(/*recurse=*/true))
+    if (!trainable.count(p.unsafeGetTensorImpl())) frozen.push_back(p);
+  for (const auto& b : module_.buffers(/*recurse=*/true)) frozen.push_back(b);  // packed / NF4 bases
+  const auto hashes = torch::tensor({static_cast<int64_t>(dist::weights_hash(frozen)),
+                                     static_cast<int64_t>(dist::weights_hash(trainable_))},
+                                    torch::kInt64);
+  const auto all = group_->allgather(hashes);
+  int differing_trainable = 0;
+  for (int r = 1; r < world; ++r) {
+    LLMOPT_CHECK_INPUT(all[r][0].item<int64_t>() == all[0][0].item<int64_t>(),
+                       "[train] rank {}'s frozen weights differ from rank 0's: every rank must load the same model",
+                       r);
+    differing_trainable += all[r][1].item<int64_t>() != all[0][1].item<int64_t>();
+  }
+  if (rank == 0 && differing_trainable > 0)
+    log::warn("[train] trainable weights differed on {} rank(s) before training; rank 0's are used", differing_trainable);
+  // Rank 0's trainable weights, optimizer, sampler and progress (fresh or resumed) to every rank.
+  std::string blob;
+  if (rank == 0) {
+    torch::serialize::OutputArchive a;
+    for (size_t i = 0; i < trainable_.size(); ++i) a.write(fmt::format("param{}", i), trainable_[i].detach());
+    torch::serialize::OutputArchive opt;
+    optimizer_->save(opt);
+    a.write("optimizer", opt);
+    a.write("rng", rng_.get_state());
+    if (rank_torch_rng_.defined()) a.write("torch_rng_ranks", rank_torch_rng_);
+    const std::string text = state_text();
+    a.write("state", torch::from_blob(const_cast<char*>(text.data()), {static_cast<int64_t>(text.size())},
+                                      torch::kUInt8).clone());
+    std::ostringstream os;
+    a.save_to(os);
+    blob = os.str();
+  }
+  blob = group_->broadcast_bytes(blob);
+  if (rank != 0) {
+    std::istringstream is(blob);
+    torch::serialize::InputArchive a;
+    a.load_from(is);
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < trainable_.size(); ++i) {
+        torch::Tensor t;
+        a.read(fmt::format("param{}", i), t);
+        trainable_[i].copy_(t);
+      }
+    }
+    torch::serialize::InputArchive opt;
+    a.read("optimizer", opt);
+    optimizer_->load(opt);
+    // A fresh tensor for every read: reading into a defined tensor re-points it (Tensor::set_).
+    torch::Tensor rng_state, ranks_rng, state;
+    a.read("rng", rng_state);
+    rng_.set_state(rng_state);
+    rank_torch_rng_ = a.try_read("torch_rng_ranks", ranks_rng) ? ranks_rng : torch::Tensor();
+    a.read("state", state);
+    apply_state_text(std::string(static_cast<const char*>(state.data_ptr()), static_cast<size_t>(state.numel())),
+                     "rank 0's trainer state");
+  }
 }
 
 TrainResult Trainer::train(const TokenDataset& data, const ProgressFn& progress,
@@ -172,20 +249,34 @@ TrainResult Trainer::train(const BatchFn& next_batch, const ProgressFn& progress
 TrainResult Trainer::train(const IndexedBatchFn& batch_at, const ProgressFn& progress,
                            const std::atomic<bool>* cancel) {
   TrainResult result;
-  result.resumed_from_step = step_;
   // Dropout draws from torch's default generator: seeded here for a fresh run, restored from the
   // checkpoint for a resumed one.
+  const int rank = group_ ? group_->rank() : 0, world = group_ ? group_->size() : 1;
+  if (group_) sync_ranks();
+  result.resumed_from_step = step_;
   if (step_ == 0) {
     at::Generator g = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(g.mutex());
-    g.set_current_seed(options_.seed);
+    g.set_current_seed(options_.seed + static_cast<uint64_t>(rank));
+  } else if (rank > 0) {
+    // Rank 0 restored its own generator from the checkpoint; the others take their row of it.
+    at::Generator g = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(g.mutex());
+    if (rank_torch_rng_.defined() && rank_torch_rng_.size(0) == world) {
+      g.set_state(rank_torch_rng_[rank].clone());
+    } else {
+      g.set_current_seed(options_.seed + static_cast<uint64_t>(rank) + 1000003ULL * static_cast<uint64_t>(step_));
+      if (rank == 1) log::warn("[train] the checkpoint has no dropout state for {} ranks: ranks > 0 reseed", world);
+    }
   }
   const Timer timer;
   int64_t tokens_this_call = 0;
   double last_loss = 0, last_lr = 0;
   module_.train();
   while (step_ < options_.steps && !stopped_early_) {
-    if (cancel && cancel->load()) {
+    bool stop = cancel && cancel->load();
+    if (group_) stop = group_->any(stop);  // every rank stops at the same step
+    if (stop) {
       result.cancelled = true;
       break;
     }
@@ -195,20 +286,42 @@ TrainResult Trainer::train(const IndexedBatchFn& batch_at, const ProgressFn& pro
     }
     optimizer_->zero_grad();
     // Gradient accumulation: the mean of the micro-batch losses, each backward scaled by 1/n.
+    // Data parallel: each rank takes its contiguous share of every micro-batch's rows.
     double loss_sum = 0;
     int64_t tokens = 0;
     for (int64_t micro = 0; micro < options_.grad_accum; ++micro) {
-      const torch::Tensor batch = batch_at(data_position_, rng_);
+      torch::Tensor batch = batch_at(data_position_, rng_);
       ++data_position_;
+      if (group_) {
+        const int64_t rows = batch.size(0);
+        LLMOPT_CHECK_INPUT(rows % world == 0,
+                           "[train] a batch of {} rows does not split evenly over {} processes: make batch_size a "
+                           "multiple of the process count",
+                           rows, world);
+        batch = batch.slice(0, rows / world * rank, rows / world * (rank + 1));
+      }
       const torch::Tensor loss = loss_(batch);
       const double value = loss.item<double>();
-      if (!std::isfinite(value)) {
+      if (!std::isfinite(value) && !group_) {
         throw_run("[train] loss is {} at step {} (lr {}); lower lr or check the data", value, step_ + 1,
                   last_lr);
       }
       loss_sum += value;
-      (options_.grad_accum > 1 ? loss / static_cast<double>(options_.grad_accum) : loss).backward();
+      if (std::isfinite(value))
+        (options_.grad_accum > 1 ? loss / static_cast<double>(options_.grad_accum) : loss).backward();
       tokens += predicted_positions(batch);
+    }
+    if (group_) {
+      // Gradients averaged over the ranks; the loss (mean of the ranks' means) and the token count
+      // summed in the same round trip. A non-finite loss on any rank stops every rank here.
+      torch::Tensor extra = torch::tensor({loss_sum, static_cast<double>(tokens)}, torch::kFloat64);
+      averager_->average(*group_, &extra);
+      loss_sum = extra[0].item<double>() / static_cast<double>(world);
+      tokens = static_cast<int64_t>(std::llround(extra[1].item<double>()));
+      if (!std::isfinite(loss_sum)) {
+        throw_run("[train] loss is {} at step {} (lr {}) on at least one rank; lower lr or check the data", loss_sum,
+                  step_ + 1, last_lr);
+      }
     }
     last_loss = loss_sum / static_cast<double>(options_.grad_accum);
     double grad_norm = 0;
@@ -228,11 +341,16 @@ TrainResult Trainer::train(const IndexedBatchFn& batch_at, const ProgressFn& pro
     const bool last = step_ == options_.steps;
     double val_loss = NAN;
     if (validate_ && options_.eval_every > 0 && (step_ % options_.eval_every == 0 || last)) {
-      {
+      if (rank == 0) {
         torch::NoGradGuard no_grad;
         module_.eval();
         val_loss = validate_();
         module_.train();
+      }
+      if (group_) {  // rank 0's value, so that every rank takes the same early-stopping decision
+        torch::Tensor v = torch::tensor({val_loss}, torch::kFloat64);
+        group_->broadcast(v);
+        val_loss = v.item<double>();
       }
       val_curve_.emplace_back(step_, val_loss);
       if (val_loss < best_val_) {
@@ -283,6 +401,11 @@ TrainResult Trainer::train(const IndexedBatchFn& batch_at, const ProgressFn& pro
 
 std::string Trainer::save_checkpoint(const std::string& checkpoint_dir) {
   LLMOPT_CHECK_INPUT(!checkpoint_dir.empty(), "[train] save_checkpoint: checkpoint_dir is empty");
+  torch::Tensor ranks_rng;  // every rank's dropout generator, for a bit-exact resume
+  if (group_) {
+    ranks_rng = torch::stack(group_->allgather(at::detail::getDefaultCPUGenerator().get_state()));
+    if (group_->rank() != 0) return std::string();
+  }
   const fs::path root(checkpoint_dir);
   fs::create_directories(root);
   const fs::path final_dir = root / step_dir_name(step_);
@@ -302,20 +425,10 @@ std::string Trainer::save_checkpoint(const std::string& checkpoint_dir) {
     }
     torch::save(rng_.get_state(), (tmp_dir / "rng.pt").string());
     torch::save(at::detail::getDefaultCPUGenerator().get_state(), (tmp_dir / "torch_rng.pt").string());
-    nlohmann::json val = nlohmann::json::array();
-    for (const auto& [st, v] : val_curve_) val.push_back({st, v});
-    nlohmann::json state = {{"step", step_},
-                            {"tokens_seen", tokens_seen_},
-                            {"data_position", data_position_},
-                            {"loss_curve", loss_curve_},
-                            {"val_curve", val},
-                            {"best_val_loss", std::isfinite(best_val_) ? nlohmann::json(best_val_) : nlohmann::json()},
-                            {"bad_evals", bad_evals_},
-                            {"stopped_early", stopped_early_},
-                            {"options", options_json(options_)}};
+    if (ranks_rng.defined()) torch::save(ranks_rng, (tmp_dir / "torch_rng_ranks.pt").string());
     // The state file is written last: a step directory without it is never taken as complete.
     std::ofstream out(tmp_dir / kStateFile);
-    out << state.dump(1) << "\n";
+    out << state_text() << "\n";
     out.flush();
     if (!out.good()) throw_run("[train] {}: write failed", (tmp_dir / kStateFile).string());
   } catch (...) {
@@ -345,24 +458,11 @@ void Trainer::load_checkpoint(const std::string& path) {
                        path, kStateFile, kStepPrefix, kStateFile);
     dir = latest;
   }
-  nlohmann::json state;
-  try {
+  {
     std::ifstream in(dir / kStateFile);
-    state = nlohmann::json::parse(in);
-    step_ = state.at("step").get<int64_t>();
-    tokens_seen_ = state.at("tokens_seen").get<int64_t>();
-    loss_curve_ = state.at("loss_curve").get<std::vector<double>>();
-    data_position_ = state.value("data_position", step_ * options_.grad_accum);
-    val_curve_.clear();
-    for (const auto& v : state.value("val_curve", nlohmann::json::array()))
-      val_curve_.emplace_back(v.at(0).get<int64_t>(), v.at(1).get<double>());
-    best_val_ = state.contains("best_val_loss") && state["best_val_loss"].is_number()
-                    ? state["best_val_loss"].get<double>()
-                    : INFINITY;
-    bad_evals_ = state.value("bad_evals", int64_t{0});
-    stopped_early_ = state.value("stopped_early", false);
-  } catch (const nlohmann::json::exception& e) {
-    throw_input("[train] {}: malformed trainer state: {}", (dir / kStateFile).string(), e.what());
+    std::stringstream text;
+    text << in.rdbuf();
+    apply_state_text(text.str(), (dir / kStateFile).string());
   }
   LLMOPT_CHECK_INPUT(step_ >= 0 && step_ <= options_.steps &&
                          static_cast<int64_t>(loss_curve_.size()) == step_,
@@ -389,9 +489,48 @@ void Trainer::load_checkpoint(const std::string& path) {
       std::lock_guard<std::mutex> lock(g.mutex());
       g.set_state(torch_rng);
     }
+    rank_torch_rng_ = torch::Tensor();
+    if (fs::exists(dir / "torch_rng_ranks.pt")) torch::load(rank_torch_rng_, (dir / "torch_rng_ranks.pt").string());
   } catch (const c10::Error& e) {
     throw_input("[train] {}: checkpoint does not match this model/optimizer: {}", dir.string(),
                 e.what_without_backtrace());
+  }
+}
+
+std::string Trainer::state_text() const {
+  nlohmann::json val = nlohmann::json::array();
+  for (const auto& [st, v] : val_curve_) val.push_back({st, v});
+  const nlohmann::json state = {
+      {"step", step_},
+      {"tokens_seen", tokens_seen_},
+      {"data_position", data_position_},
+      {"loss_curve", loss_curve_},
+      {"val_curve", val},
+      {"best_val_loss", std::isfinite(best_val_) ? nlohmann::json(best_val_) : nlohmann::json()},
+      {"bad_evals", bad_evals_},
+      {"stopped_early", stopped_early_},
+      {"world_size", group_ ? group_->size() : 1},
+      {"options", options_json(options_)}};
+  return state.dump(1);
+}
+
+void Trainer::apply_state_text(const std::string& text, const std::string& where) {
+  try {
+    const nlohmann::json state = nlohmann::json::parse(text);
+    step_ = state.at("step").get<int64_t>();
+    tokens_seen_ = state.at("tokens_seen").get<int64_t>();
+    loss_curve_ = state.at("loss_curve").get<std::vector<double>>();
+    data_position_ = state.value("data_position", step_ * options_.grad_accum);
+    val_curve_.clear();
+    for (const auto& v : state.value("val_curve", nlohmann::json::array()))
+      val_curve_.emplace_back(v.at(0).get<int64_t>(), v.at(1).get<double>());
+    best_val_ = state.contains("best_val_loss") && state["best_val_loss"].is_number()
+                    ? state["best_val_loss"].get<double>()
+                    : INFINITY;
+    bad_evals_ = state.value("bad_evals", int64_t{0});
+    stopped_early_ = state.value("stopped_early", false);
+  } catch (const nlohmann::json::exception& e) {
+    throw_input("[train] {}: malformed trainer state: {}", where, e.what());
   }
 }
 

@@ -8,6 +8,19 @@
 // Determinism: batches come from one torch::Generator seeded with options.seed whose state is part
 // of every checkpoint, and all math is on CPU tensors, so the same seed, data, initial weights and
 // thread count give byte-identical weights, interrupted-and-resumed or not.
+//
+// Data parallel: when this process belongs to a c10d group (train/distributed.h: WORLD_SIZE > 1,
+// connected by dist::init_from_environment()), the same loop trains one model over all ranks.
+// The global batch is the one the options give (batch rows × grad_accum micro-batches per step,
+// whatever the process count): every rank draws the same batch and keeps its own contiguous
+// 1/world_size of the rows (batch must divide evenly), so a run gives the same updates as one
+// process up to float reassociation. After the backward pass of the last micro-batch the
+// gradients are averaged over the ranks in ~25 MB buckets (the loss and token count travel with
+// them), so every rank clips and steps identically. At the start of train() rank 0's trainable
+// weights, optimizer moments, sampler state and progress (resumed or fresh) are broadcast and
+// every rank checks that its frozen weights hash to rank 0's. Only rank 0 validates (the value is
+// broadcast) and writes checkpoints (with every rank's dropout generator state); Ctrl-C on any
+// rank stops all of them at the same step. Dropout draws from seed + rank.
 #pragma once
 #include <torch/torch.h>
 
@@ -19,6 +32,7 @@
 #include <vector>
 
 #include "model/llama.h"
+#include "train/distributed.h"
 
 namespace llmopt::train {
 
@@ -115,6 +129,7 @@ class Trainer {
  public:
   // Trains the parameters of `module` that require grad. The module must outlive the trainer.
   Trainer(torch::nn::Module& module, LossFn loss, TrainerOptions options);
+  ~Trainer();
 
   TrainResult train(const BatchFn& next_batch, const ProgressFn& progress = {},
                     const std::atomic<bool>* cancel = nullptr);
@@ -134,6 +149,8 @@ class Trainer {
   // generator: dropout), trainer_state.json (step, data position, loss and validation curves,
   // early-stopping state, tokens seen, options).
   std::string save_checkpoint(const std::string& checkpoint_dir);
+  // Data parallel: collective (every rank calls it at the same step); rank 0 writes and returns the
+  // path, other ranks return "".
   // Restores everything save_checkpoint wrote; `path` is a step directory or a checkpoint_dir.
   void load_checkpoint(const std::string& path);
 
@@ -158,6 +175,14 @@ class Trainer {
   bool stopped_early_ = false;
   ValidationFn validate_;
   ProgressFn on_step_;
+  // Data parallel (null / undefined with one process).
+  dist::ProcessGroup* group_ = nullptr;
+  std::unique_ptr<dist::GradientAverager> averager_;
+  torch::Tensor rank_torch_rng_;  // [world, state bytes]: every rank's dropout generator at the checkpoint
+
+  std::string state_text() const;  // step, data position, curves ... as JSON
+  void apply_state_text(const std::string& text, const std::string& where);
+  void sync_ranks();  // rank 0's state to every rank, frozen weights checked
 };
 
 // The newest complete checkpoint under checkpoint_dir ("" when there is none).
