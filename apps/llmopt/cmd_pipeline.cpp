@@ -9,7 +9,10 @@
 #include "core/threads.h"
 #include "io/atomic_file.h"
 #include "pipeline/recipe.h"
+#include "pipeline/report/atomic_write.h"
+#include "pipeline/report/html_report.h"
 #include "pipeline/report/report.h"
+#include "pipeline/report/task_compare.h"
 #include "pipeline/runner.h"
 #include "pipeline/stages_doc.h"
 #include "pipeline/templates.h"
@@ -230,11 +233,28 @@ void register_pipeline_commands(CLI::App& app, GlobalOptions& g) {
 
   // ---- compare
   auto compare_dirs = std::make_shared<std::vector<std::string>>();
-  CLI::App* compare = app.add_subcommand("compare", "Tabulate runs side by side (Markdown)");
+  auto compare_json = std::make_shared<std::string>();
+  auto compare_html = std::make_shared<std::string>();
+  CLI::App* compare = app.add_subcommand(
+      "compare", "Tabulate runs side by side (Markdown): every evaluated model, task scores with standard errors "
+                 "and significant deltas vs the first run's baseline");
   compare->add_option("dirs", *compare_dirs, "Run directories")->required();
+  compare->add_option("--json", *compare_json, "Write the comparison as JSON to this file (- = stdout)");
+  compare->add_option("--html", *compare_html, "Write an HTML page with the tables and quality-vs-size/speed charts");
   compare->callback([=, &g]() {
     apply_threads(g);
-    std::fputs(pipeline::report::compare_table(*compare_dirs).c_str(), stdout);
+    const auto points = pipeline::report::compare_points(*compare_dirs);
+    if (*compare_json == "-") {
+      std::fputs((pipeline::report::compare_runs_json(points).dump(2) + "\n").c_str(), stdout);
+    } else {
+      std::fputs(pipeline::report::compare_table(*compare_dirs).c_str(), stdout);
+      std::fputs(("\n" + pipeline::report::compare_runs_markdown(points)).c_str(), stdout);
+      if (!compare_json->empty())
+        pipeline::report::write_file_atomically(*compare_json, pipeline::report::compare_runs_json(points).dump(2) + "\n");
+    }
+    if (!compare_html->empty())
+      pipeline::report::write_file_atomically(
+          *compare_html, pipeline::report::compare_runs_html(points, pipeline::report::report_style()));
   });
 }
 

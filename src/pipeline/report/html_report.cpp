@@ -1,5 +1,7 @@
 #include "pipeline/report/html_report.h"
 
+#include "pipeline/report/task_compare.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -397,15 +399,24 @@ std::string header_html(const RunRecord& run, const ReportContent& content) {
 
 }  // namespace
 
+std::string report_style() {
+  return std::string(kStyle) +
+         ".task-table td{vertical-align:top}.task-delta{font-size:.85em;color:var(--muted)}"
+         ".task-delta.significant.good{color:var(--good);font-weight:600}"
+         ".task-delta.significant.bad{color:var(--bad);font-weight:600}"
+         "details.task-drill{margin:.5em 0}details.task-drill summary{cursor:pointer;font-weight:600}";
+}
+
 std::string render_html(const RunRecord& run) {
   const ReportContent content = build_report_content(run);
   std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
                      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
   html += fmt::format("<title>llmopt report: {}</title>\n<style>{}</style></head>\n<body><main>\n",
-                      html_escape(run.name), kStyle);
+                      html_escape(run.name), report_style());
   html += header_html(run, content);
   html += summary_section(content);
   html += charts_section(content);
+  html += task_section_html(content.points);
   html += timeline_section(run);
   html += "<section id=\"recipe\"><h2>Resolved recipe</h2>";
   html += run.config_yaml

@@ -8,4 +8,7 @@ namespace llmopt::pipeline::report {
 
 std::string render_html(const RunRecord& run);
 
+// The report's stylesheet (also used by `llmopt compare --html`).
+std::string report_style();
+
 }  // namespace llmopt::pipeline::report

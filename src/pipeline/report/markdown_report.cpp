@@ -1,5 +1,7 @@
 #include "pipeline/report/markdown_report.h"
 
+#include "pipeline/report/task_compare.h"
+
 #include <fmt/format.h>
 
 #include "pipeline/report/report_content.h"
@@ -142,6 +144,7 @@ std::string render_markdown(const RunRecord& run) {
     for (const auto& error : content.errors) md += "> - " + markdown_cell(error) + "\n";
   }
   md += "\n## Summary\n\n" + summary_table(content) + tradeoffs(content);
+  md += task_section_markdown(content.points);
   md += fmt::format("\n## {}\n\n", run.is_sweep ? "Stages (shared baseline)" : "Stages");
   md += stage_table(run.stages);
   for (const auto& point : run.sweep) {

@@ -18,5 +18,5 @@ add_executable(report_fixture ${CMAKE_CURRENT_LIST_DIR}/render_fixture_main.cpp)
 target_link_libraries(report_fixture PRIVATE llmopt_report_fixtures)
 add_test(NAME report_chromium
   COMMAND bash ${PROJECT_SOURCE_DIR}/tests/pipeline/report_chromium.sh
-          $<TARGET_FILE:report_fixture> ${CMAKE_CURRENT_BINARY_DIR}/report_chromium)
+          $<TARGET_FILE:report_fixture> ${CMAKE_CURRENT_BINARY_DIR}/report_chromium $<TARGET_FILE:llmopt>)
 set_tests_properties(report_chromium PROPERTIES LABELS browser TIMEOUT 180)
