@@ -24,6 +24,8 @@ struct BenchOptions {
   int64_t repetitions = 3;
   int64_t warmup = 1;
   uint64_t seed = 0;
+  int64_t batch = 1;  // sequences per step (each in its own cache, one after the other: the engines
+                      // have no batched kernels); tok/s count the tokens of all sequences
 };
 
 struct BenchResult {
@@ -34,7 +36,12 @@ struct BenchResult {
   int64_t kv_cache_bytes = 0;
   int64_t peak_rss_bytes = 0;  // while prefilling and decoding (the peak is reset after loading)
   std::string engine;          // Engine::name(): "native" or "torch"
+  double ttft_s = 0;           // mean prefill time of a measured repetition: the first token's logits
+  std::vector<double> decode_step_s;  // every measured decode step (one token of each sequence)
 };
+
+// Nearest-rank percentile (q in [0, 100]) of the values; 0 when empty.
+double percentile(std::vector<double> values, double q);
 
 // Like llama-bench: prefill of prompt_tokens random tokens (logits of the last position), and
 // decode of gen_tokens tokens from an empty cache, warmup + repetitions times.

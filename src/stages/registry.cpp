@@ -1,6 +1,7 @@
 #include "stages/registry.h"
 
 #include "core/error.h"
+#include "stages/benchmark/benchmark_stage.h"
 #include "stages/evaluate/evaluate_stage.h"
 #include "stages/export/export_stage.h"
 #include "stages/finetune/finetune_stage.h"
@@ -30,6 +31,7 @@ void register_builtin_stages(Registry& registry) {
   registry.add<QuantizeStage>();
   registry.add<ExportStage>();
   registry.add<FinetuneStage>();
+  registry.add<BenchmarkStage>();
 }
 
 const Registry& builtin_registry() {
