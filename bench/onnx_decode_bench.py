@@ -14,10 +14,12 @@ Each ORT run: prefill a prompt of P random token ids (fixed seed), then N greedy
 time, feeding present -> past; decode tok/s = N / (wall time of the N single-token steps, argmax
 included). llmopt: `llmopt --threads T bench MODEL -p P -n N -r 1` (its decode tok/s).
 ORT sessions: intra_op_num_threads = T, inter_op_num_threads = 1, sequential execution, default
-graph optimizations (ORT_ENABLE_ALL) for every graph. Each round runs every engine once, in a
-rotated order; the table shows min / median / max over rounds and the median of the per-round
-ratios opt/torch and opt/plain (ratios taken within a round, so that load on a shared machine
-hits both sides of a ratio alike).
+graph optimizations (ORT_ENABLE_ALL) for every graph. Each round prefills every ORT graph, then
+decodes in lock step: one token of each graph in turn (rotated order per round), so that load
+from other jobs on a shared machine falls on all graphs alike (--no-lockstep: each graph's N
+tokens in one go); then `llmopt bench`. The table shows min / median / max over rounds and the
+median of the per-round ratios opt/torch and opt/plain, from total decode time and from the
+median single-step time (the latter shrugs off bursts of load).
 
 Run with the peer venv (onnx + onnxruntime pinned in tests/peer/requirements.txt, transformers
 4.44.2 on Debian's torch 1.13):
@@ -158,6 +160,34 @@ class OrtDecoder:
         return out, t1 - t0, t2 - t1
 
 
+    def start(self, prompt):
+        """Prefill for lock-step decoding; returns its seconds. step() then decodes one token."""
+        self.past = {f"past_key_values.{l}.{w}": np.zeros((1, self.kv, 0, self.hd), np.float32)
+                     for l in range(self.L) for w in ("key", "value")}
+        self.total = 0
+        self.tokens = []
+        t0 = time.perf_counter()
+        self._run(np.array([prompt], np.int64))
+        return time.perf_counter() - t0
+
+    def step(self):
+        t0 = time.perf_counter()
+        self._run(np.array([[self.tokens[-1]]], np.int64))
+        return time.perf_counter() - t0
+
+    def _run(self, ids):
+        s = ids.shape[1]
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, self.total + s), np.int64), **self.past}
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = np.arange(self.total, self.total + s, dtype=np.int64)[None]
+        res = dict(zip(self.out_names, self.sess.run(self.out_names, feeds)))
+        self.tokens.append(int(np.argmax(res["logits"][0, -1])))
+        for l in range(self.L):
+            for w in ("key", "value"):
+                self.past[f"past_key_values.{l}.{w}"] = res[f"present.{l}.{w}"]
+        self.total += s
+
+
 def llmopt_bench(exe, model, threads, prompt, gen):
     r = json.loads(llmopt_run(exe, "--threads", threads, "bench", model, "-p", prompt, "-n", gen, "-r", 1,
                               "--warmup", 1, "--json", "-"))
@@ -175,6 +205,8 @@ def main():
     ap.add_argument("--rebuild", action="store_true", help="re-export llmopt's graphs")
     ap.add_argument("--no-llmopt-engine", action="store_true")
     ap.add_argument("--json", help="write the per-round figures here")
+    ap.add_argument("--no-lockstep", dest="lockstep", action="store_false",
+                    help="decode each ORT graph's N tokens in one go (default: the graphs take turns per token)")
     a = ap.parse_args()
     exe = os.path.abspath(a.llmopt)
     os.makedirs(a.work, exist_ok=True)
@@ -228,20 +260,38 @@ def main():
     dec = {e: [] for e in engines}
     pre = {e: [] for e in engines}
     full_tokens = {}
+    step_med = {e: [] for e in decoders}
     for r in range(a.rounds):
-        order = engines[r % len(engines):] + engines[:r % len(engines)]
-        for e in order:
-            load = os.getloadavg()[0]
-            if e == "llmopt":
-                res = llmopt_bench(exe, model, a.threads, a.prompt, a.gen)
-                dec[e].append(res["tg_tok_s"])
-                pre[e].append(res["pp_tok_s"])
-            else:
+        load = os.getloadavg()[0]
+        ort_names = list(decoders)
+        order = ort_names[r % len(ort_names):] + ort_names[:r % len(ort_names)]
+        if a.lockstep:
+            # The ORT graphs decode in lock step, one token each in turn, so that load from other
+            # jobs on a shared machine falls on all of them alike.
+            for e in order:
+                pre[e].append(a.prompt / decoders[e].start(prompt))
+            times = {e: [] for e in order}
+            for _ in range(a.gen):
+                for e in order:
+                    times[e].append(decoders[e].step())
+            for e in order:
+                full_tokens[e] = decoders[e].tokens[:a.gen]
+                dec[e].append(a.gen / sum(times[e]))
+                step_med[e].append(1.0 / statistics.median(times[e]))
+                log(f"round {r} {e}: decode {dec[e][-1]:.2f} tok/s, 1/median step {step_med[e][-1]:.2f} "
+                    f"(load {load:.1f})")
+        else:
+            for e in order:
                 toks, tp, td = decoders[e].generate(prompt, a.gen)
                 full_tokens[e] = toks
                 dec[e].append(a.gen / td)
                 pre[e].append(a.prompt / tp)
-            log(f"round {r} {e}: decode {dec[e][-1]:.2f} tok/s (load {load:.1f})")
+                log(f"round {r} {e}: decode {dec[e][-1]:.2f} tok/s (load {os.getloadavg()[0]:.1f})")
+        if "llmopt" in engines:
+            res = llmopt_bench(exe, model, a.threads, a.prompt, a.gen)
+            dec["llmopt"].append(res["tg_tok_s"])
+            pre["llmopt"].append(res["pp_tok_s"])
+            log(f"round {r} llmopt: decode {dec['llmopt'][-1]:.2f} tok/s (load {os.getloadavg()[0]:.1f})")
 
     same = len({tuple(v) for v in full_tokens.values()}) <= 1
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, {cpu_name()}; threads {a.threads}; "
@@ -264,9 +314,14 @@ def main():
             ratios = [x / y for x, y in zip(dec[num], dec[den])]
             print(f"decode ratio {num}/{den}: median {statistics.median(ratios):.3f} "
                   f"(per round: {', '.join(f'{x:.3f}' for x in ratios)})")
+            if num in step_med and den in step_med and step_med[num]:
+                sr = [x / y for x, y in zip(step_med[num], step_med[den])]
+                print(f"  by median step time: median {statistics.median(sr):.3f} "
+                      f"(per round: {', '.join(f'{x:.3f}' for x in sr)})")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"decode_tok_s": dec, "prefill_tok_s": pre, "same_tokens": same, "args": vars(a)}, f, indent=1)
+            json.dump({"decode_tok_s": dec, "prefill_tok_s": pre, "decode_tok_s_median_step": step_med,
+                       "same_tokens": same, "args": vars(a)}, f, indent=1)
 
 
 def cpu_name():
