@@ -23,9 +23,9 @@ execution provider. Compared with the same packed model in llmopt:
      float zero points add at most 2^-24·|offset| per weight, far below that;
   3. the graph holds the packed form: one MatMulNBits (or dequantizing node) per quantized
      projection, and the ONNX file is smaller than the f32 export.
-W8A8 (dynamic and static, with SmoothQuant and outlier columns) exists only in memory: a recipe
-quantizes, evaluates and exports it; ORT's perplexity on the same windows is compared with the
-evaluate stage's (test_w8a8_pipeline_export_matches_llmopt).
+W8A8 (dynamic and static, with SmoothQuant and outlier columns) and NF4 (-> MatMulBnb4) exist only
+in memory: a recipe quantizes, evaluates and exports them; ORT's perplexity on the same windows is
+compared with the evaluate stage's (test_in_memory_kinds_export_matches_llmopt).
 """
 import json
 from pathlib import Path
@@ -206,25 +206,35 @@ def test_unmapped_format_is_written_dense_with_a_warning(llmopt, hf17m, workdir)
     assert np.abs(got - ref).max() <= LOGIT_TOL
 
 
-@pytest.mark.parametrize("method", ["dynamic", "static"])
-def test_w8a8_pipeline_export_matches_llmopt(llmopt, hf17m, shared, workdir, method):
-    """W8A8 lives only in memory: a recipe quantizes (SmoothQuant + int8 weights per channel,
-    int8 activations per token / calibrated, LLM.int8() outlier columns), measures perplexity on
-    the held-out windows and exports ONNX (MatMulInteger). ORT's perplexity on the same windows
-    must be within PPL_REL_TOL of the stage's. Not to 1e-8 as above: the activation codes are
-    round(x / step) of f32 values in ORT and of f64 ones in llmopt, so a value within an f32 ulp
-    of a rounding boundary may take the neighbouring code."""
+IN_MEMORY = [
+    # (name, quantize stage options, op expected once per projection, perplexity tolerance)
+    # W8A8: the activation codes are round(x / step) of f32 values in ORT and of f64 ones in llmopt,
+    # so a value within an f32 ulp of a rounding boundary may take the neighbouring code: the
+    # acceptance's 0.5%. NF4: the same weights (MatMulBnb4 decodes f32(value·absmax) as the kernel),
+    # so f32 summation order only, like the weight-only cases above (measured ~4e-8): 1e-6.
+    ("w8a8-dynamic", {"method": "dynamic", "outlier_threshold": 6.0}, "MatMulInteger", PPL_REL_TOL),
+    ("w8a8-static", {"method": "static", "outlier_threshold": 6.0}, "MatMulInteger", PPL_REL_TOL),
+    ("nf4", {"format": "nf4"}, "MatMulBnb4", 1e-6),
+]
+
+
+@pytest.mark.parametrize("name,stage,op,tol", IN_MEMORY, ids=[c[0] for c in IN_MEMORY])
+def test_in_memory_kinds_export_matches_llmopt(llmopt, hf17m, shared, workdir, name, stage, op, tol):
+    """W8A8 (SmoothQuant + int8 weights per channel, int8 activations per token / calibrated,
+    LLM.int8() outlier columns) and NF4 live only in memory (no file format llmopt reads holds
+    them): a recipe quantizes, measures perplexity on the held-out windows and exports ONNX; ORT's
+    perplexity on the same windows must be within `tol` of the evaluate stage's."""
     tmp, held = workdir
-    run = tmp / f"w8a8-{method}"
-    recipe = tmp / f"w8a8-{method}.yaml"
+    run = tmp / f"run-{name}"
+    recipe = tmp / f"{name}.yaml"
     recipe.write_text(json.dumps({
-        "name": f"w8a8-{method}",
+        "name": name,
         "model": {"path": str(hf17m)},
         "data": {"calibration": {"path": str(shared / "text" / "tinyshakespeare.txt"), "max_bytes": CALIB_BYTES,
                                  "samples": 16, "seq_len": 128},
                  "eval": {"path": str(tmp / "heldout.txt"), "ctx": CTX, "max_chunks": WINDOWS,
                           "protocol": "windows"}},
-        "pipeline": [{"type": "quantize", "method": method, "outlier_threshold": 6.0},
+        "pipeline": [dict({"type": "quantize"}, **stage),
                      {"type": "evaluate", "name": "quantized", "metrics": ["perplexity"]},
                      {"type": "export", "formats": ["onnx"], "onnx_variant": "nocache"}],
         "output": {"dir": str(run)}}))
@@ -233,15 +243,15 @@ def test_w8a8_pipeline_export_matches_llmopt(llmopt, hf17m, shared, workdir, met
     ev = next(s["metrics"] for s in stages if s["type"] == "evaluate")
     assert not ev["bos"] and ev["tokens"] == WINDOWS * (CTX - 1)
     path = run / "artifacts" / "model-onnx" / "model.onnx"
-    assert op_counts(path).get("MatMulInteger", 0) == 42
+    assert op_counts(path).get(op, 0) == 42
     ids = llmopt.json("logits", hf17m, "--text", held, "--no-bos", "--top", 1)["ids"]
     sess = session(path)
     nll = np.concatenate([window_nll(logits_nocache(sess, ids[w * CTX:(w + 1) * CTX]),
                                      np.array(ids[w * CTX:(w + 1) * CTX])) for w in range(WINDOWS)])
     ppl = float(np.exp(nll.mean()))
-    print(f"w8a8 {method}: perplexity ORT {ppl:.4f} vs llmopt {ev['perplexity']:.4f} "
-          f"(rel {ppl / ev['perplexity'] - 1:+.2e})")
-    assert abs(ppl / ev["perplexity"] - 1) <= PPL_REL_TOL
+    print(f"{name}: perplexity ORT {ppl:.4f} vs llmopt {ev['perplexity']:.4f} "
+          f"(rel {ppl / ev['perplexity'] - 1:+.2e}); model.onnx {path.stat().st_size / 1e6:.1f} MB")
+    assert abs(ppl / ev["perplexity"] - 1) <= tol
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("q4_0", "q4_k", "gptq-desc-act-g64")],
