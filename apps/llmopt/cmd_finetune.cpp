@@ -78,6 +78,8 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
       ->capture_default_str();
   cmd->add_option("--seed", o.seed, "LoRA init and data order seed")->capture_default_str();
   cmd->add_flag("--merge", o.merge, "Merge the adapters after training and write OUT/model");
+  cmd->add_flag("--grad-checkpoint", o.grad_checkpoint,
+                "Gradient checkpointing: recompute each decoder layer in the backward pass (less memory)");
   cmd->add_option("--merge-requant", o.merge_requant,
                   "Merging into a quantized base: auto | rtn | gptq (auto: gptq with --merge-calibration)")
       ->capture_default_str();

@@ -14,6 +14,7 @@
 #include "model/prompt_adapter.h"
 #include "model/state_io.h"
 #include "stages/finetune/finetune_run.h"
+#include "stages/finetune/grad_checkpoint.h"
 #include "train/finetune_data.h"
 #include "train/trainer.h"
 
@@ -122,6 +123,8 @@ void check_finetune_options(const FinetuneOptions& o) {
   LLMOPT_CHECK_INPUT(o.eval_every == 0 || !o.val.path.empty() || o.val.fraction > 0,
                      "[finetune] eval_every {} needs validation data (val.path or val.fraction)", o.eval_every);
   LLMOPT_CHECK_INPUT(!o.merge || o.method != "full", "[finetune] merge applies to methods lora and qlora");
+  LLMOPT_CHECK_INPUT(!o.grad_checkpoint || !is_prompt_method(o.method),
+                     "[finetune] grad_checkpoint applies to methods lora, qlora and full, not {}", o.method);
 }
 
 StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageContext& ctx, const FinetuneDirs& dirs) {
@@ -232,7 +235,8 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
   if (!dirs.checkpoints.empty() && !train::latest_checkpoint(dirs.checkpoints).empty()) {
     to.resume_from = dirs.checkpoints;
   }
-  train::Trainer trainer(m, train::masked_next_token_loss(m), to);
+  train::Trainer trainer(m, o.grad_checkpoint ? checkpointed_next_token_loss(m) : train::masked_next_token_loss(m),
+                         to);
   if (trainer.step() > 0) log::info("[finetune] resumed at step {} from {}", trainer.step(), dirs.checkpoints);
   if (data.val) {
     const auto val = data.val;

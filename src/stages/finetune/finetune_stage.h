@@ -120,6 +120,7 @@ struct FinetuneOptions {
   int64_t save_every = 0;
   int64_t seed = 0;
   bool merge = false;
+  bool grad_checkpoint = false;
   std::string merge_requant = "auto";
   CalibrationDataOptions merge_calibration;
 
@@ -159,6 +160,9 @@ struct FinetuneOptions {
     s.field("merge", &FinetuneOptions::merge,
             "Merge the adapters into the base after training (packed bases: dequantize, merge, re-pack; the merged "
             "model's KL divergence from the adapter model is reported)");
+    s.field("grad_checkpoint", &FinetuneOptions::grad_checkpoint,
+            "Gradient checkpointing: each decoder layer is run again in the backward pass instead of keeping its "
+            "activations (less memory, about one more forward pass of time)");
     s.field("merge_requant", &FinetuneOptions::merge_requant,
             "Merge into a quantized base (ggml blocks, int-N, NF4): re-quantize the merged weights by rtn (round to "
             "nearest) or gptq (GPTQ on calibration inputs; both KLDs are reported); auto = gptq when calibration "
