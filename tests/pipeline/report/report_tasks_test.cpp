@@ -139,5 +139,32 @@ TEST(ReportTasks, CompareAcrossRunsJsonAndTable) {
   EXPECT_THAT(html, HasSubstr("data-report-script"));
 }
 
+TEST(ReportBenchmark, GridTableAndChartsFromStageMetrics) {
+  json m = t::simple_run_metrics();
+  json met = json::object();
+  // Two grid points (t1 b1 c16, t2 b4 c64) plus unrelated keys that are not grid figures.
+  met["pp_tok_s@t1_b1_c16"] = 1000.0;
+  met["tg_tok_s@t1_b1_c16"] = 250.0;
+  met["ttft_s@t1_b1_c16"] = 0.016;
+  met["kv_cache_bytes@t1_b1_c16"] = 2048.0;
+  met["pp_tok_s@t2_b4_c64"] = 1800.0;
+  met["tg_tok_s@t2_b4_c64"] = 400.0;
+  met["pp_tok_s"] = 1000.0;
+  met["odd@nothing"] = 1.0;
+  m["stages"].push_back(t::stage_json(4, "bench", "benchmark", "ok", 2.0, 50.0 * 1048576, met));
+  const auto dir = t::make_temp_dir("bench-report");
+  t::write_run_dir(dir, m);
+  write_reports(dir.string());
+  const std::string html = t::read_text(dir / "report.html");
+  EXPECT_THAT(html, HasSubstr("<section class=\"benchmark\" id=\"benchmark-bench\">"));
+  EXPECT_THAT(html, HasSubstr("<tr><td>1</td><td>1</td><td>16</td><td>1000.0</td><td>250.0</td><td>16.000 ms</td>"));
+  EXPECT_THAT(html, HasSubstr("<tr><td>2</td><td>4</td><td>64</td><td>1800.0</td><td>400.0</td><td>\u2014</td>"));
+  size_t charts = 0;
+  for (size_t at = html.find("benchmark-chart"); at != std::string::npos; at = html.find("benchmark-chart", at + 1)) ++charts;
+  EXPECT_EQ(charts, 2u);
+  EXPECT_THAT(t::read_text(dir / "report.md"), HasSubstr("| 1 | 1 | 16 | 1000.0 | 250.0 | 16.000 ms |"));
+  EXPECT_THAT(t::read_text(dir / "report.md"), HasSubstr("2.00 KiB"));
+}
+
 }  // namespace
 }  // namespace llmopt::pipeline::report
