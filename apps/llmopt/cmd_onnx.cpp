@@ -12,6 +12,7 @@ struct OnnxCliOptions {
   int64_t opset = 17;
   std::string variant = "kv";
   bool optimize = false;
+  bool dequantize = false;
   int64_t external_data = int64_t{2000} * 1000 * 1000;
   std::string dtype;  // --dtype, the same as convert's --type
 };
@@ -32,6 +33,9 @@ void add_onnx_convert_options(CLI::App* cmd) {
   cmd->add_option("--dtype", o.dtype, "--to onnx: f32 | f16, the same as --type");
   cmd->add_flag("--optimize", o.optimize, "--to onnx: ONNX Runtime's fused contrib ops (GroupQueryAttention, RotaryEmbedding, "
                 "SkipSimplifiedLayerNormalization; f32) and genai_config.json for onnxruntime-genai");
+  cmd->add_flag("--onnx-dequantize", o.dequantize,
+                "--to onnx: write packed projections without an exact ONNX mapping (q5_*, q2_k, q3_k, q6_k, ...) "
+                "dequantized, with a warning per layer (default: refuse them, exit 2)");
   cmd->add_option("--external-data", o.external_data,
                   "--to onnx: weights above this many bytes go to model.onnx.data (0 = always)")
       ->capture_default_str();
@@ -53,6 +57,7 @@ void convert_to_onnx(const std::string& model, const std::string& tokenizer, con
   o.external_data_threshold = c.external_data;
   o.producer_version = LLMOPT_VERSION;
   o.optimize = c.optimize;
+  o.require_packed = !c.dequantize;
   const model::OnnxVariants variants = model::parse_onnx_variants(c.variant);
   auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/false);
   const auto r = model::save_onnx(*lm.model, lm.tokenizer.get(), lm.tokenizer_path, o, variants, out);

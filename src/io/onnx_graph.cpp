@@ -240,7 +240,7 @@ std::string OnnxGraphBuilder::emit_linear(const std::string& x, const OnnxLinear
     } else {
       LLMOPT_CHECK_INPUT(!o_.require_packed,
                          "[onnx] {}: layer kind '{}' has no ONNX mapping (kinds with one: {}); export it "
-                         "dequantized with packed: false, or re-quantize into a kind that has one",
+                         "dequantized (onnx_dequantize: true, or --onnx-dequantize), or re-quantize into a kind that has one",
                          w.path, w.kind, onnx_linear_kinds().empty() ? "none yet" : fmt::format("{}", fmt::join(onnx_linear_kinds(), ", ")));
       LLMOPT_CHECK_INPUT(!w.dense.empty(), "[onnx] {}: layer kind '{}' has no ONNX mapping and no dense weight",
                          w.path, w.kind);

@@ -136,7 +136,7 @@ OnnxQuantProjection onnx_quant_projection(const OnnxPackedWeight& w, const std::
 // The option that writes unmapped quantized layers dense, and the policy every writer applies:
 // InputError (exit 2) naming `layer`, why and the way out unless `dequantize_unmapped`, when a
 // warning is logged instead and false returned (write the layer dense). True when mapped.
-inline constexpr const char* kOnnxDequantizeOption = "onnx_require_packed: false";
+inline constexpr const char* kOnnxDequantizeOption = "onnx_dequantize: true, or --onnx-dequantize";
 bool onnx_quant_check_mappable(const OnnxPackedWeight& w, const std::string& layer, const OnnxQuantOptions& opts,
                                bool dequantize_unmapped);
 

@@ -47,7 +47,7 @@ OnnxSaveResult save_onnx(LlamaModel& m, const tok::Tokenizer* tk, const std::str
     linears.emplace(n, l);
     LLMOPT_CHECK_INPUT(!o.require_packed || l->kind() == "dense" || io::onnx_linear_kind_registered(l->kind()),
                        "[export] {}: layer kind '{}' has no ONNX mapping and packed ONNX weights were asked for; "
-                       "export dequantized weights instead (onnx_require_packed: false), or quantize into a kind "
+                       "export dequantized weights instead (onnx_dequantize: true, or --onnx-dequantize), or quantize into a kind "
                        "with one",
                        n, l->kind());
   }

@@ -186,10 +186,10 @@ def test_quantized_export_matches_llmopt(llmopt, hf17m, shared, workdir, case):
 
 
 def test_unmapped_format_is_written_dense_with_a_warning(llmopt, hf17m, workdir):
-    """q6_k has no MatMulNBits/DequantizeLinear form: by default its layers are written dense
-    (dequantized by the kernels) with a warning naming the layer and the format; the logits still
-    match llmopt's (tests/io/onnx_quant_test.cpp covers the refusal when packed weights are
-    required)."""
+    """q6_k has no MatMulNBits/DequantizeLinear form: by default the export refuses it (exit 2,
+    naming the layer and --onnx-dequantize, nothing written); with --onnx-dequantize its layers are
+    written dense (dequantized by the kernels) with a warning naming the layer and the format, and
+    the logits still match llmopt's."""
     import subprocess
     tmp, _ = workdir
     model = tmp / "q6_k.gguf"
@@ -197,6 +197,10 @@ def test_unmapped_format_is_written_dense_with_a_warning(llmopt, hf17m, workdir)
     out = tmp / "q6_k-onnx"
     cmd = [str(llmopt.exe), "convert", str(model), str(out), "--to", "onnx", "--onnx-variant", "nocache"]
     p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    assert "q_proj" in p.stderr and "--onnx-dequantize" in p.stderr, p.stderr
+    assert not (out / "model.onnx").exists()
+    p = subprocess.run(cmd + ["--onnx-dequantize"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "model.layers.0.self_attn.q_proj: ggml Q6_K has no exact ONNX Runtime mapping" in p.stderr, p.stderr
     assert op_counts(out / "model.onnx").get("MatMulNBits", 0) == 0

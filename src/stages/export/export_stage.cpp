@@ -43,6 +43,7 @@ io::OnnxExportOptions ExportStage::onnx_options() const {
   o.dtype = model::parse_float_type(o_.dtype);
   o.external_data_threshold = o_.external_data;
   o.optimize = o_.optimize;
+  o.require_packed = !o_.onnx_dequantize;
   return o;
 }
 

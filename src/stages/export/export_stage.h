@@ -23,6 +23,7 @@ struct ExportOptions {
   int64_t verify_tokens = 64;
   int64_t opset = 17;
   std::string onnx_variant = "kv";
+  bool onnx_dequantize = false;
   bool optimize = false;
   int64_t external_data = int64_t{2000} * 1000 * 1000;
 
@@ -51,6 +52,9 @@ struct ExportOptions {
             "onnx: ai.onnx opset of the graph (libonnx's C++ checker verifies up to 17; 18-21 are checked by "
             "the peer tests)")
         .range(14, 21);
+    s.field("onnx_dequantize", &ExportOptions::onnx_dequantize,
+            "onnx: write packed projections that have no exact ONNX mapping (q5_*, q2_k, q3_k, q6_k, ...) "
+            "dequantized, with a warning per layer; false refuses them (exit 2) naming the layer");
     s.field("onnx_variant", &ExportOptions::onnx_variant,
             "onnx: kv (past/present key-values, model.onnx), nocache (scoring graph, model.onnx) or both "
             "(model.onnx + model_nocache.onnx)")
