@@ -96,7 +96,7 @@ TEST(Options, EditDistanceAndSuggestions) {
 
 TEST(Registry, BuiltinStagesAndUnknownTypes) {
   const Registry& r = builtin_registry();
-  EXPECT_EQ(r.types(), (std::vector<std::string>{"evaluate", "quantize", "export", "finetune"}));
+  EXPECT_EQ(r.types(), (std::vector<std::string>{"evaluate", "quantize", "export", "finetune", "benchmark"}));
   EXPECT_EQ(r.find("quantise"), nullptr);
   Diagnostics diag;
   auto stage = r.find("export")->create(ConfigNode::parse("{type: export, formats: [hf], dtype: bf16}", "t.yaml"),
