@@ -170,7 +170,8 @@ void register_generate(CLI::App& app, GlobalOptions& g) {
   cmd->callback([&g] {
     apply_threads(g);
     check_adapter_engine(adapter, a.engine);
-    if (adapter.empty() && resolve_engine(a.engine, a.device) == Engine::Native) return run_generate_native(a);
+    if (adapter.empty() && resolve_engine(a.engine, a.device) == Engine::Native && native_engine_reads(a.model, a.engine))
+      return run_generate_native(a);
     auto lm = load_for_inference(a.model, a.tokenizer, true, a.device, adapter);
     LLMOPT_CHECK_INPUT(lm.tokenizer != nullptr, "[generate] {}: no tokenizer found (give --tokenizer)", a.model);
     a.context_length = lm.model->config().max_position_embeddings;
@@ -256,7 +257,8 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
     std::unique_ptr<infer::Engine> eng, base_eng;
     std::shared_ptr<tok::Tokenizer> tk;
     check_adapter_engine(adapter, engine);
-    if (adapter.empty() && resolve_engine(engine, device) == Engine::Native) {
+    if (adapter.empty() && resolve_engine(engine, device) == Engine::Native && native_engine_reads(model, engine) &&
+        (baseline.empty() || native_engine_reads(baseline, engine))) {
       // f32 activations: `eval` reports what the evaluate stage reports for the same model (int8
       // activations are bench/generate's speed path).
       auto lm = infer::load_cpu_model(model, tokenizer);
@@ -361,7 +363,8 @@ void register_bench(CLI::App& app, GlobalOptions& g) {
   cmd->callback([&g] {
     apply_threads(g);
     check_adapter_engine(adapter, a.engine);
-    if (adapter.empty() && resolve_engine(a.engine, a.device) == Engine::Native) return run_bench_native(a, g.quiet);
+    if (adapter.empty() && resolve_engine(a.engine, a.device) == Engine::Native && native_engine_reads(a.model, a.engine))
+      return run_bench_native(a, g.quiet);
     auto lm = load_for_inference(a.model, a.tokenizer, /*need_tokenizer=*/false, a.device, adapter);
     Progress progress(Progress::detect(g.quiet));
     progress.begin_stage("", 0, 0, "bench");

@@ -2,9 +2,13 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/gptq.h"
 #include "model/device.h"
 #include "model/lora_adapter.h"
 #include "model/prompt_adapter.h"
@@ -34,6 +38,21 @@ void check_adapter_engine(const std::string& adapter, const std::string& engine)
   LLMOPT_CHECK_INPUT(adapter.empty() || engine != "native",
                      "[adapter] --adapter runs on the torch engine; drop --engine native (or merge the adapter with "
                      "llmopt finetune --merge)");
+}
+
+bool native_engine_reads(const std::string& model, const std::string& engine) {
+  namespace fs = std::filesystem;
+  const fs::path cfg = fs::path(model) / "config.json";
+  std::error_code ec;
+  if (!fs::is_directory(model, ec) || !fs::is_regular_file(cfg, ec)) return true;
+  std::ifstream in(cfg);
+  const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !io::parse_gptq_config(j, cfg.string())) return true;
+  LLMOPT_CHECK_INPUT(engine != "native",
+                     "[engine] {}: a GPTQ checkpoint (quantization_config) runs on the torch engine; drop --engine "
+                     "native (auto picks torch), or convert it to a GGUF of ggml blocks for the native engine",
+                     model);
+  return false;
 }
 
 void add_device_option(CLI::App* cmd, std::string& device) {

@@ -24,6 +24,10 @@ model::LoadedModel load_for_inference(const std::string& path, const std::string
 void add_adapter_option(CLI::App* cmd, std::string& adapter);
 // InputError for --adapter with --engine native (adapters run on the torch engine).
 void check_adapter_engine(const std::string& adapter, const std::string& engine);
+// Whether the torch-free engine reads `model` as stored: false for a Hugging Face directory whose
+// config.json declares GPTQ quantization (its int-N layers run on the torch engine). `engine` "auto"
+// then takes the torch engine; "native" is an InputError naming the way out.
+bool native_engine_reads(const std::string& model, const std::string& engine);
 // Adds --device to a subcommand that runs a model.
 void add_device_option(CLI::App* cmd, std::string& device);
 // Named shapes for `synth`; explicit options override the preset.
