@@ -1,6 +1,7 @@
 #include "pipeline/report/html_report.h"
 
 #include "pipeline/report/benchmark_section.h"
+#include "pipeline/report/training_section.h"
 #include "pipeline/report/task_compare.h"
 
 #include <fmt/format.h>
@@ -418,6 +419,7 @@ std::string render_html(const RunRecord& run) {
   html += summary_section(content);
   html += charts_section(content);
   html += task_section_html(content.points);
+  html += training_section_html(run);
   html += benchmark_section_html(run);
   html += timeline_section(run);
   html += "<section id=\"recipe\"><h2>Resolved recipe</h2>";

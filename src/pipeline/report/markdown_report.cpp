@@ -1,6 +1,7 @@
 #include "pipeline/report/markdown_report.h"
 
 #include "pipeline/report/benchmark_section.h"
+#include "pipeline/report/training_section.h"
 #include "pipeline/report/task_compare.h"
 
 #include <fmt/format.h>
@@ -146,6 +147,7 @@ std::string render_markdown(const RunRecord& run) {
   }
   md += "\n## Summary\n\n" + summary_table(content) + tradeoffs(content);
   md += task_section_markdown(content.points);
+  md += training_section_markdown(run);
   md += benchmark_section_markdown(run);
   md += fmt::format("\n## {}\n\n", run.is_sweep ? "Stages (shared baseline)" : "Stages");
   md += stage_table(run.stages);

@@ -2,6 +2,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <utility>
 #include <sstream>
 
 #include "core/error.h"
@@ -178,14 +180,49 @@ RunRecord load_run(const std::string& run_dir) {
     run.manifest = parse_json_file(manifest_path, *manifest_text);
   }
   run.config_yaml = read_text_file(dir / "config.resolved.yaml");
-  if (run.error.empty()) {
-    if (const auto events = read_text_file(dir / "events.jsonl")) run.error = last_run_end_error(*events);
+  if (const auto events = read_text_file(dir / "events.jsonl")) {
+    if (run.error.empty()) run.error = last_run_end_error(*events);
+    run.training = parse_train_events(*events);
   }
   if (run.name.empty()) {
     const fs::path normal = dir.lexically_normal();
     run.name = (normal.has_filename() ? normal : normal.parent_path()).filename().string();
   }
   return run;
+}
+
+std::vector<TrainCurve> parse_train_events(const std::string& events_jsonl) {
+  std::map<std::pair<int, std::string>, std::map<long, TrainPoint>> by_stage;
+  std::istringstream lines(events_jsonl);
+  for (std::string line; std::getline(lines, line);) {
+    const json e = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!e.is_object() || e.value("event", json()) != "train_step") continue;
+    const auto number = [&](const char* key) -> std::optional<double> {
+      const auto it = e.find(key);
+      if (it == e.end() || !it->is_number()) return std::nullopt;
+      return it->get<double>();
+    };
+    const auto step = number("step"), loss = number("loss"), lr = number("lr");
+    if (!step || !loss || !lr) continue;
+    const auto index = number("index");
+    const auto name = e.find("name");
+    const std::string stage = name != e.end() && name->is_string() ? name->get<std::string>() : "";
+    TrainPoint p;
+    p.step = static_cast<long>(*step);
+    p.loss = *loss;
+    p.lr = *lr;
+    p.val_loss = number("val_loss");
+    by_stage[{index ? static_cast<int>(*index) : 0, stage}][p.step] = p;
+  }
+  std::vector<TrainCurve> curves;
+  for (auto& [key, steps] : by_stage) {
+    TrainCurve c;
+    c.index = key.first;
+    c.stage = key.second;
+    for (auto& [s, p] : steps) c.points.push_back(p);
+    curves.push_back(std::move(c));
+  }
+  return curves;
 }
 
 double total_wall_seconds(const RunRecord& run) {

@@ -34,6 +34,23 @@ struct SweepRecord {
   std::vector<StageRecord> stages;
 };
 
+// One `train_step` event of events.jsonl (src/stages/finetune): the optimizer step's training
+// loss and learning rate, and the validation loss when the step validated.
+struct TrainPoint {
+  long step = 0;
+  double loss = 0;
+  double lr = 0;
+  std::optional<double> val_loss;
+};
+
+// The training curve of one finetune stage, in step order (a step logged twice, as after a
+// resumed stage, keeps its last record).
+struct TrainCurve {
+  int index = 0;      // the stage's index in the pipeline
+  std::string stage;  // the stage's name
+  std::vector<TrainPoint> points;
+};
+
 struct RunRecord {
   std::string dir;  // the run directory on disk (empty when parsed from memory)
   std::string name;
@@ -46,6 +63,7 @@ struct RunRecord {
   bool is_sweep = false;
   nlohmann::json manifest;                 // null when manifest.json is missing
   std::optional<std::string> config_yaml;  // config.resolved.yaml, verbatim
+  std::vector<TrainCurve> training;        // train_step events of events.jsonl, by stage index
 };
 
 // Parses the metrics.json document. `source` names the file in error messages.
@@ -56,6 +74,10 @@ RunRecord parse_metrics(const nlohmann::json& metrics, const std::string& source
 // DIR/events.jsonl (optional: a run that failed early may lack them). Throws InputError naming the file on unreadable or
 // malformed input.
 RunRecord load_run(const std::string& run_dir);
+
+// The training curves in an events.jsonl text. Lines that are not JSON objects, other events and
+// train_step events without a numeric step, loss and lr are skipped (the log is a diagnostic aid).
+std::vector<TrainCurve> parse_train_events(const std::string& events_jsonl);
 
 // Sum of the wall times of every stage, sweep sub-runs included, seconds.
 double total_wall_seconds(const RunRecord& run);

@@ -330,4 +330,90 @@ std::string scatter_svg(const ScatterChart& chart) {
   return svg;
 }
 
+std::string line_chart_svg(const LineChart& chart) {
+  constexpr double kWidth = 460, kHeight = 300, kLeft = 64, kRight = 16, kTop = 46, kBottom = 48;
+  const double plot_x0 = kLeft, plot_x1 = kWidth - kRight, plot_y0 = kTop, plot_y1 = kHeight - kBottom;
+
+  bool any = false;
+  double xlo = 0, xhi = 1, ylo = 0, yhi = 1;
+  for (const auto& series : chart.series) {
+    for (const auto& [px, py] : series.points) {
+      if (!std::isfinite(px) || !std::isfinite(py)) continue;
+      if (!any) xlo = xhi = px, ylo = yhi = py, any = true;
+      xlo = std::min(xlo, px), xhi = std::max(xhi, px);
+      ylo = std::min(ylo, py), yhi = std::max(yhi, py);
+    }
+  }
+  if (chart.y_from_zero) ylo = std::min(ylo, 0.0), yhi = std::max(yhi, 0.0);
+  const std::vector<double> xticks = nice_ticks(xlo, xhi, 6);
+  const std::vector<double> yticks = nice_ticks(ylo, yhi, 5);
+  const double xstep = xticks.size() > 1 ? xticks[1] - xticks[0] : 1;
+  const double ystep = yticks.size() > 1 ? yticks[1] - yticks[0] : 1;
+  const LinearMap x{xticks.front(), xticks.back(), plot_x0, plot_x1};
+  const LinearMap y{yticks.front(), yticks.back(), plot_y1, plot_y0};
+
+  std::string svg = fmt::format(
+      "<svg class=\"chart line-chart\" viewBox=\"0 0 {0:.0f} {1:.0f}\" width=\"{0:.0f}\" "
+      "height=\"{1:.0f}\" role=\"img\" aria-label=\"{2}\" font-family=\"system-ui, sans-serif\">\n",
+      kWidth, kHeight, html_escape(chart.title));
+  svg += fmt::format("<text x=\"4\" y=\"18\" font-size=\"14\" font-weight=\"600\" fill=\"{}\">{}</text>\n",
+                     kInk, html_escape(chart.title));
+  // Legend, one entry per series, left to right under the title.
+  double legend_x = plot_x0;
+  svg += fmt::format("<g class=\"legend\" font-size=\"11\" fill=\"{}\">", kMuted);
+  for (const auto& series : chart.series) {
+    svg += fmt::format("<line x1=\"{0:.0f}\" y1=\"32\" x2=\"{1:.0f}\" y2=\"32\" stroke=\"{2}\" "
+                       "stroke-width=\"2\"/><text x=\"{3:.0f}\" y=\"36\">{4}</text>",
+                       legend_x, legend_x + 16, series.color, legend_x + 20, html_escape(series.name));
+    legend_x += 32 + kCharWidthPx * static_cast<double>(series.name.size());
+  }
+  svg += "</g>\n";
+  for (const double tick : xticks) {
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"{3}\"/>"
+        "<text x=\"{0:.1f}\" y=\"{4:.1f}\" font-size=\"10\" text-anchor=\"middle\" "
+        "fill=\"{5}\">{6}</text>\n",
+        x(tick), plot_y0, plot_y1 + 4, kGrid, plot_y1 + 17, kMuted, format_tick(tick, xstep));
+  }
+  for (const double tick : yticks) {
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\"/>"
+        "<text x=\"{4:.1f}\" y=\"{5:.1f}\" font-size=\"10\" text-anchor=\"end\" "
+        "fill=\"{6}\">{7}</text>\n",
+        plot_x0 - 4, y(tick), plot_x1, kGrid, plot_x0 - 7, y(tick) + 3.5, kMuted,
+        format_tick(tick, ystep));
+  }
+  svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
+                     "fill=\"none\" stroke=\"{}\"/>\n",
+                     plot_x0, plot_y0, plot_x1 - plot_x0, plot_y1 - plot_y0, kAxis);
+  svg += fmt::format("<text class=\"x-title\" x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" "
+                     "text-anchor=\"middle\" fill=\"{}\">{}</text>\n",
+                     (plot_x0 + plot_x1) / 2, kHeight - 10, kInk, html_escape(chart.x_title));
+  svg += fmt::format("<text class=\"y-title\" transform=\"translate(16 {:.1f}) rotate(-90)\" "
+                     "font-size=\"12\" text-anchor=\"middle\" fill=\"{}\">{}</text>\n",
+                     (plot_y0 + plot_y1) / 2, kInk, html_escape(chart.y_title));
+  for (const auto& series : chart.series) {
+    std::string coords;
+    size_t n = 0;
+    for (const auto& [px, py] : series.points) {
+      if (!std::isfinite(px) || !std::isfinite(py)) continue;
+      coords += fmt::format("{}{:.1f},{:.1f}", coords.empty() ? "" : " ", x(px), y(py));
+      ++n;
+    }
+    svg += fmt::format("<polyline class=\"series {}\" data-points=\"{}\" points=\"{}\" fill=\"none\" "
+                       "stroke=\"{}\" stroke-width=\"1.5\" stroke-linejoin=\"round\"/>\n",
+                       html_escape(series.css_class), n, coords, series.color);
+    if (!series.markers) continue;
+    for (const auto& [px, py] : series.points) {
+      if (!std::isfinite(px) || !std::isfinite(py)) continue;
+      svg += fmt::format("<circle class=\"marker {}\" cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\" "
+                         "stroke=\"white\"><title>{}: {} at {}</title></circle>\n",
+                         html_escape(series.css_class), x(px), y(py), series.color,
+                         html_escape(series.name), fmt::format("{:.4g}", py), fmt::format("{:g}", px));
+    }
+  }
+  svg += "</svg>\n";
+  return svg;
+}
+
 }  // namespace llmopt::pipeline::report

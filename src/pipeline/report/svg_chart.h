@@ -4,6 +4,7 @@
 #pragma once
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pipeline/report/metric_catalog.h"
@@ -57,5 +58,25 @@ struct ScatterChart {
 // Points on the Pareto front are filled and joined by a polyline (class "pareto-front"),
 // dominated points are hollow, the baseline is a diamond; every point is labelled.
 std::string scatter_svg(const ScatterChart& chart);
+
+struct LineSeries {
+  std::string name;       // legend text
+  std::string css_class;  // added to the series' elements ("train-loss", "val-loss", "lr")
+  std::vector<std::pair<double, double>> points;  // (x, y) in display units, x ascending
+  bool markers = false;   // a circle per point (class "marker"), e.g. for sparse validation points
+  const char* color = "#2563eb";
+};
+
+struct LineChart {
+  std::string title;
+  std::string x_title;
+  std::string y_title;
+  std::vector<LineSeries> series;
+  bool y_from_zero = false;  // include 0 in the y range
+};
+
+// Line chart: each series is one polyline (class "series <css_class>", attribute data-points = its
+// number of points), optionally with a marker per point; a legend names the series.
+std::string line_chart_svg(const LineChart& chart);
 
 }  // namespace llmopt::pipeline::report
