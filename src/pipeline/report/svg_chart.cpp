@@ -331,7 +331,7 @@ std::string scatter_svg(const ScatterChart& chart) {
 }
 
 std::string line_chart_svg(const LineChart& chart) {
-  constexpr double kWidth = 460, kHeight = 300, kLeft = 64, kRight = 16, kTop = 46, kBottom = 48;
+  constexpr double kWidth = 470, kHeight = 300, kLeft = 78, kRight = 16, kTop = 46, kBottom = 48;
   const double plot_x0 = kLeft, plot_x1 = kWidth - kRight, plot_y0 = kTop, plot_y1 = kHeight - kBottom;
 
   bool any = false;
@@ -389,7 +389,7 @@ std::string line_chart_svg(const LineChart& chart) {
   svg += fmt::format("<text class=\"x-title\" x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" "
                      "text-anchor=\"middle\" fill=\"{}\">{}</text>\n",
                      (plot_x0 + plot_x1) / 2, kHeight - 10, kInk, html_escape(chart.x_title));
-  svg += fmt::format("<text class=\"y-title\" transform=\"translate(16 {:.1f}) rotate(-90)\" "
+  svg += fmt::format("<text class=\"y-title\" transform=\"translate(14 {:.1f}) rotate(-90)\" "
                      "font-size=\"12\" text-anchor=\"middle\" fill=\"{}\">{}</text>\n",
                      (plot_y0 + plot_y1) / 2, kInk, html_escape(chart.y_title));
   for (const auto& series : chart.series) {
