@@ -294,12 +294,64 @@ void OnnxGraphBuilder::set_attr(onnx::NodeProto& n, const std::string& name, con
 
 // ------------------------------------------------------------------ decoder
 
+OnnxSourceReader::OnnxSourceReader(const OnnxModelSource& src) : src_(src) {
+  for (const auto& li : arch::linears(src.config)) linears_[{li.layer, static_cast<int>(li.role)}] = li;
+}
+
+std::vector<float> OnnxSourceReader::tensor(const std::string& name, const std::vector<int64_t>& shape) const {
+  std::vector<float> t = src_.tensor(name);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  LLMOPT_CHECK_INPUT(static_cast<int64_t>(t.size()) == n, "[onnx] tensor {} has {} values, expected {}", name,
+                     t.size(), n);
+  return t;
+}
+
+OnnxLinearWeight OnnxSourceReader::linear(int64_t layer, arch::Role role) const {
+  auto it = linears_.find({layer, static_cast<int>(role)});
+  LLMOPT_ASSERT(it != linears_.end(), "no projection for layer {} role {}", layer, static_cast<int>(role));
+  const arch::LinearInfo& info = it->second;
+  OnnxLinearWeight w = src_.linear(info);
+  w.path = info.path;
+  LLMOPT_CHECK_INPUT(w.out == info.out && w.in == info.in, "[onnx] {}: projection is [{}, {}], expected [{}, {}]",
+                     info.path, w.out, w.in, info.out, info.in);
+  LLMOPT_CHECK_INPUT(info.bias == !w.bias.empty(), "[onnx] {}: the configuration {} a bias, the model {} one",
+                     info.path, info.bias ? "implies" : "has no", w.bias.empty() ? "has no" : "has");
+  return w;
+}
+
+std::vector<float> OnnxSourceReader::inv_freq() const {
+  const ModelConfig& c = src_.config;
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> inv = src_.inv_freq;
+  if (inv.empty()) {
+    LLMOPT_CHECK_INPUT(c.rope_scaling.type == "none",
+                       "[onnx] rope_scaling '{}' needs the model's inverse frequencies (OnnxModelSource::inv_freq)",
+                       c.rope_scaling.type);
+    for (int64_t i = 0; i < half; ++i)
+      inv.push_back(static_cast<float>(
+          1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / static_cast<double>(c.head_dim))));
+  }
+  LLMOPT_CHECK_INPUT(static_cast<int64_t>(inv.size()) == half, "[onnx] inv_freq has {} values, expected {}",
+                     inv.size(), half);
+  return inv;
+}
+
+void emit_logits_output(OnnxGraphBuilder& g, const std::string& logits) {
+  if (g.act_type() == TensorProto::FLOAT) {
+    g.node("Identity", {logits}, {"logits"});
+  } else {
+    auto& n = g.node("Cast", {logits}, {"logits"});
+    OnnxGraphBuilder::set_attr(n, "to", static_cast<int64_t>(TensorProto::FLOAT));
+  }
+}
+
 namespace {
 
 class DecoderBuilder {
  public:
   DecoderBuilder(const OnnxModelSource& src, const OnnxExportOptions& o, onnx::ModelProto& m)
-      : src_(src), c_(src.config), o_(o), g_(m, o) {}
+      : rd_(src), c_(src.config), o_(o), g_(m, o) {}
 
   void build() {
     const bool kv = o_.variant == OnnxVariant::Kv;
@@ -325,8 +377,6 @@ class DecoderBuilder {
           set_value_info(graph.add_output(), fmt::format("present.{}.{}", l, kvn), g_.act_type(),
                          {"batch_size", KV, "total_sequence_length", hd});
     }
-
-    for (const auto& li : arch::linears(c_)) linears_[{li.layer, static_cast<int>(li.role)}] = li;
 
     // Token embedding [vocab, dim]; with tied embeddings the same initializer is the output matrix.
     const std::string embd_name = arch::hf_name(arch::Role::TokenEmbd);
@@ -378,22 +428,12 @@ class DecoderBuilder {
     } else {
       logits = project(x, -1, arch::Role::Output);
     }
-    if (g_.act_type() == TensorProto::FLOAT) {
-      g_.node("Identity", {logits}, {"logits"});
-    } else {
-      auto& n = g_.node("Cast", {logits}, {"logits"});
-      OnnxGraphBuilder::set_attr(n, "to", static_cast<int64_t>(TensorProto::FLOAT));
-    }
+    emit_logits_output(g_, logits);
   }
 
  private:
   std::vector<float> tensor(const std::string& name, const std::vector<int64_t>& shape) {
-    std::vector<float> t = src_.tensor(name);
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    LLMOPT_CHECK_INPUT(static_cast<int64_t>(t.size()) == n, "[onnx] tensor {} has {} values, expected {}", name,
-                       t.size(), n);
-    return t;
+    return rd_.tensor(name, shape);
   }
 
   // RMSNorm in float32: x / sqrt(mean(x²) + eps) · weight (HF LlamaRMSNorm; the product with the
@@ -410,16 +450,7 @@ class DecoderBuilder {
   }
 
   std::string project(const std::string& x, int64_t layer, arch::Role role) {
-    auto it = linears_.find({layer, static_cast<int>(role)});
-    LLMOPT_ASSERT(it != linears_.end(), "no projection for layer {} role {}", layer, static_cast<int>(role));
-    const arch::LinearInfo& info = it->second;
-    OnnxLinearWeight w = src_.linear(info);
-    w.path = info.path;
-    LLMOPT_CHECK_INPUT(w.out == info.out && w.in == info.in, "[onnx] {}: projection is [{}, {}], expected [{}, {}]",
-                       info.path, w.out, w.in, info.out, info.in);
-    LLMOPT_CHECK_INPUT(info.bias == !w.bias.empty(), "[onnx] {}: the configuration {} a bias, the model {} one",
-                       info.path, info.bias ? "implies" : "has no", w.bias.empty() ? "has no" : "has");
-    return g_.emit_linear(x, w);
+    return g_.emit_linear(x, rd_.linear(layer, role));
   }
 
   // [b, s, n·hd] -> [b, n, s, hd]
@@ -434,17 +465,7 @@ class DecoderBuilder {
   // (HF LlamaRotaryEmbedding; Llama-3 scaling lives in inv_freq).
   void build_rope() {
     const int64_t half = c_.head_dim / 2;
-    std::vector<float> inv = src_.inv_freq;
-    if (inv.empty()) {
-      LLMOPT_CHECK_INPUT(c_.rope_scaling.type == "none",
-                         "[onnx] rope_scaling '{}' needs the model's inverse frequencies (OnnxModelSource::inv_freq)",
-                         c_.rope_scaling.type);
-      for (int64_t i = 0; i < half; ++i)
-        inv.push_back(static_cast<float>(
-            1.0 / std::pow(c_.rope_theta, static_cast<double>(2 * i) / static_cast<double>(c_.head_dim))));
-    }
-    LLMOPT_CHECK_INPUT(static_cast<int64_t>(inv.size()) == half, "[onnx] inv_freq has {} values, expected {}",
-                       inv.size(), half);
+    const std::vector<float> inv = rd_.inv_freq();
     const std::string inv_init = g_.f32_initializer("rope.inv_freq", {half}, inv.data());
     const std::string pos = g_.op("Unsqueeze", {g_.cast("position_ids", TensorProto::FLOAT), g_.const_i64({-1})});
     const std::string freqs = g_.op("Mul", {pos, inv_init});  // [b, s, half]
@@ -516,11 +537,10 @@ class DecoderBuilder {
     return g_.op("Reshape", {t.output(0), g_.const_i64({0, 0, c_.num_attention_heads * c_.head_dim})});
   }
 
-  const OnnxModelSource& src_;
+  OnnxSourceReader rd_;
   const ModelConfig& c_;
   OnnxExportOptions o_;
   OnnxGraphBuilder g_;
-  std::map<std::pair<int64_t, int>, arch::LinearInfo> linears_;
   std::string cos_, sin_, mask_;
 };
 

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -101,6 +102,21 @@ struct OnnxModelSource {
   std::function<OnnxLinearWeight(const arch::LinearInfo& info)> linear;
 };
 
+// What both decoder builders (the plain graph here, the optimized one in io/onnx_optimized.h) read
+// from an OnnxModelSource, checked against the architecture description: a float tensor of a given
+// shape, a projection (shape and bias as the configuration implies), RoPE's inverse frequencies.
+class OnnxSourceReader {
+ public:
+  explicit OnnxSourceReader(const OnnxModelSource& src);
+  std::vector<float> tensor(const std::string& hf_name, const std::vector<int64_t>& shape) const;
+  OnnxLinearWeight linear(int64_t layer, arch::Role role) const;  // layer -1: lm_head
+  std::vector<float> inv_freq() const;  // the model's, or theta^(-2i/d) without scaling
+
+ private:
+  const OnnxModelSource& src_;
+  std::map<std::pair<int64_t, int>, arch::LinearInfo> linears_;
+};
+
 class OnnxGraphBuilder;
 // Emits the nodes computing y = x·Wᵀ for a packed kind: `x` is the name of the input activation
 // [batch, seq, in] (builder.act_type()); returns the name of y [batch, seq, out] in the same type.
@@ -170,6 +186,9 @@ class OnnxGraphBuilder {
 };
 
 // Builds the decoder graph of `src` (no check, nothing written).
+// The graph output `logits` (float32) from `logits` in the activation type.
+void emit_logits_output(OnnxGraphBuilder& g, const std::string& logits);
+
 onnx::ModelProto build_onnx_model(const OnnxModelSource& src, const OnnxExportOptions& o);
 
 // Runs libonnx's checker and strict shape inference where libonnx 1.12 knows the opset (<= 17);

@@ -37,7 +37,7 @@ void set_value_info(onnx::ValueInfoProto* vi, const std::string& name, int32_t e
 class OptimizedDecoder {
  public:
   OptimizedDecoder(const OnnxModelSource& src, const OnnxExportOptions& o, onnx::ModelProto& m)
-      : src_(src), c_(src.config), o_(o), g_(m, o) {}
+      : rd_(src), c_(src.config), o_(o), g_(m, o) {}
 
   void build() {
     const bool kv = o_.variant == OnnxVariant::Kv;
@@ -61,8 +61,6 @@ class OptimizedDecoder {
         for (const char* w : {"key", "value"})
           set_value_info(graph.add_output(), fmt::format("present.{}.{}", l, w), g_.act_type(),
                          {"batch_size", "", "total_sequence_length", ""}, {0, KV, 0, hd});
-
-    for (const auto& li : arch::linears(c_)) linears_[{li.layer, static_cast<int>(li.role)}] = li;
 
     const std::string embd_name = arch::hf_name(arch::Role::TokenEmbd);
     const std::vector<float> embd = tensor(embd_name, {c_.vocab_size, c_.hidden_size});
@@ -111,22 +109,12 @@ class OptimizedDecoder {
     } else {
       logits = project(x, -1, arch::Role::Output);
     }
-    if (g_.act_type() == TensorProto::FLOAT) {
-      g_.node("Identity", {logits}, {"logits"});
-    } else {
-      auto& cn = g_.node("Cast", {logits}, {"logits"});
-      OnnxGraphBuilder::set_attr(cn, "to", static_cast<int64_t>(TensorProto::FLOAT));
-    }
+    emit_logits_output(g_, logits);
   }
 
  private:
   std::vector<float> tensor(const std::string& name, const std::vector<int64_t>& shape) {
-    std::vector<float> t = src_.tensor(name);
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    LLMOPT_CHECK_INPUT(static_cast<int64_t>(t.size()) == n, "[onnx] tensor {} has {} values, expected {}", name,
-                       t.size(), n);
-    return t;
+    return rd_.tensor(name, shape);
   }
 
   // RMSNorm of h (+ branch): SimplifiedLayerNormalization before the first layer, then
@@ -155,18 +143,7 @@ class OptimizedDecoder {
     return outs[0];
   }
 
-  OnnxLinearWeight weight(int64_t layer, arch::Role role) {
-    auto it = linears_.find({layer, static_cast<int>(role)});
-    LLMOPT_ASSERT(it != linears_.end(), "no projection for layer {} role {}", layer, static_cast<int>(role));
-    const arch::LinearInfo& info = it->second;
-    OnnxLinearWeight w = src_.linear(info);
-    w.path = info.path;
-    LLMOPT_CHECK_INPUT(w.out == info.out && w.in == info.in, "[onnx] {}: projection is [{}, {}], expected [{}, {}]",
-                       info.path, w.out, w.in, info.out, info.in);
-    LLMOPT_CHECK_INPUT(info.bias == !w.bias.empty(), "[onnx] {}: the configuration {} a bias, the model {} one",
-                       info.path, info.bias ? "implies" : "has no", w.bias.empty() ? "has no" : "has");
-    return w;
-  }
+  OnnxLinearWeight weight(int64_t layer, arch::Role role) { return rd_.linear(layer, role); }
 
   std::string project(const std::string& x, int64_t layer, arch::Role role) {
     return g_.emit_linear(x, weight(layer, role));
@@ -224,17 +201,7 @@ class OptimizedDecoder {
   // computes it in float32 (Llama-3 scaling is in inv_freq), cos/sin in double rounded to float.
   void build_rope_caches() {
     const int64_t half = c_.head_dim / 2, P = c_.max_position_embeddings;
-    std::vector<float> inv = src_.inv_freq;
-    if (inv.empty()) {
-      LLMOPT_CHECK_INPUT(c_.rope_scaling.type == "none",
-                         "[onnx] rope_scaling '{}' needs the model's inverse frequencies (OnnxModelSource::inv_freq)",
-                         c_.rope_scaling.type);
-      for (int64_t i = 0; i < half; ++i)
-        inv.push_back(static_cast<float>(
-            1.0 / std::pow(c_.rope_theta, static_cast<double>(2 * i) / static_cast<double>(c_.head_dim))));
-    }
-    LLMOPT_CHECK_INPUT(static_cast<int64_t>(inv.size()) == half, "[onnx] inv_freq has {} values, expected {}",
-                       inv.size(), half);
+    const std::vector<float> inv = rd_.inv_freq();
     std::vector<float> cs(static_cast<size_t>(P * half)), sn(cs.size());
     for (int64_t p = 0; p < P; ++p)
       for (int64_t i = 0; i < half; ++i) {
@@ -265,11 +232,10 @@ class OptimizedDecoder {
     return n.output(0);
   }
 
-  const OnnxModelSource& src_;
+  OnnxSourceReader rd_;
   const ModelConfig& c_;
   OnnxExportOptions o_;
   OnnxGraphBuilder g_;
-  std::map<std::pair<int64_t, int>, arch::LinearInfo> linears_;
   std::string cos_, sin_, seqlens_k_, total_len_;
 };
 
