@@ -57,6 +57,30 @@ struct Box {
   bool overlaps(const Box& o) const { return x0 < o.x1 && o.x0 < x1 && y0 < o.y1 && o.y0 < y1; }
 };
 
+// Grid lines with tick labels on both axes and the plot frame (scatter and line charts).
+template <class X, class Y>
+void append_grid(std::string& svg, const std::vector<double>& xticks, const std::vector<double>& yticks, X x, Y y,
+                 double xstep, double ystep, double plot_x0, double plot_y0, double plot_x1, double plot_y1) {
+  for (const double tick : xticks) {
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"{3}\"/>"
+        "<text x=\"{0:.1f}\" y=\"{4:.1f}\" font-size=\"10\" text-anchor=\"middle\" "
+        "fill=\"{5}\">{6}</text>\n",
+        x(tick), plot_y0, plot_y1 + 4, kGrid, plot_y1 + 17, kMuted, format_tick(tick, xstep));
+  }
+  for (const double tick : yticks) {
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\"/>"
+        "<text x=\"{4:.1f}\" y=\"{5:.1f}\" font-size=\"10\" text-anchor=\"end\" "
+        "fill=\"{6}\">{7}</text>\n",
+        plot_x0 - 4, y(tick), plot_x1, kGrid, plot_x0 - 7, y(tick) + 3.5, kMuted,
+        format_tick(tick, ystep));
+  }
+  svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
+                     "fill=\"none\" stroke=\"{}\"/>\n",
+                     plot_x0, plot_y0, plot_x1 - plot_x0, plot_y1 - plot_y0, kAxis);
+}
+
 }  // namespace
 
 std::vector<double> nice_ticks(double lo, double hi, int target_count) {
@@ -208,24 +232,7 @@ std::string scatter_svg(const ScatterChart& chart) {
       kMuted, plot_x1 - 262, kFront, plot_x1 - 254, plot_x1 - 166, kAxis, plot_x1 - 158,
       plot_x1 - 82, kBaseline, plot_x1 - 72);
   // Grid, ticks and axis titles.
-  for (const double tick : xticks) {
-    svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"{3}\"/>"
-        "<text x=\"{0:.1f}\" y=\"{4:.1f}\" font-size=\"10\" text-anchor=\"middle\" "
-        "fill=\"{5}\">{6}</text>\n",
-        x(tick), plot_y0, plot_y1 + 4, kGrid, plot_y1 + 17, kMuted, format_tick(tick, xstep));
-  }
-  for (const double tick : yticks) {
-    svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\"/>"
-        "<text x=\"{4:.1f}\" y=\"{5:.1f}\" font-size=\"10\" text-anchor=\"end\" "
-        "fill=\"{6}\">{7}</text>\n",
-        plot_x0 - 4, y(tick), plot_x1, kGrid, plot_x0 - 7, y(tick) + 3.5, kMuted,
-        format_tick(tick, ystep));
-  }
-  svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
-                     "fill=\"none\" stroke=\"{}\"/>\n",
-                     plot_x0, plot_y0, plot_x1 - plot_x0, plot_y1 - plot_y0, kAxis);
+  append_grid(svg, xticks, yticks, x, y, xstep, ystep, plot_x0, plot_y0, plot_x1, plot_y1);
   svg += fmt::format("<text class=\"x-title\" x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" "
                      "text-anchor=\"middle\" fill=\"{}\">{}</text>\n",
                      (plot_x0 + plot_x1) / 2, kHeight - 12, kInk,
@@ -368,24 +375,7 @@ std::string line_chart_svg(const LineChart& chart) {
     legend_x += 32 + kCharWidthPx * static_cast<double>(series.name.size());
   }
   svg += "</g>\n";
-  for (const double tick : xticks) {
-    svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" stroke=\"{3}\"/>"
-        "<text x=\"{0:.1f}\" y=\"{4:.1f}\" font-size=\"10\" text-anchor=\"middle\" "
-        "fill=\"{5}\">{6}</text>\n",
-        x(tick), plot_y0, plot_y1 + 4, kGrid, plot_y1 + 17, kMuted, format_tick(tick, xstep));
-  }
-  for (const double tick : yticks) {
-    svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\"/>"
-        "<text x=\"{4:.1f}\" y=\"{5:.1f}\" font-size=\"10\" text-anchor=\"end\" "
-        "fill=\"{6}\">{7}</text>\n",
-        plot_x0 - 4, y(tick), plot_x1, kGrid, plot_x0 - 7, y(tick) + 3.5, kMuted,
-        format_tick(tick, ystep));
-  }
-  svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
-                     "fill=\"none\" stroke=\"{}\"/>\n",
-                     plot_x0, plot_y0, plot_x1 - plot_x0, plot_y1 - plot_y0, kAxis);
+  append_grid(svg, xticks, yticks, x, y, xstep, ystep, plot_x0, plot_y0, plot_x1, plot_y1);
   svg += fmt::format("<text class=\"x-title\" x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" "
                      "text-anchor=\"middle\" fill=\"{}\">{}</text>\n",
                      (plot_x0 + plot_x1) / 2, kHeight - 10, kInk, html_escape(chart.x_title));
