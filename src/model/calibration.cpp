@@ -253,4 +253,17 @@ void calibrate_layerwise(LlamaModel& m, const torch::Tensor& tokens, const Calib
   }
 }
 
+std::vector<ScaleGroup> scale_groups(LlamaModel& m, int64_t li) {
+  using io::arch::Role;
+  const auto& cfg = m.config();
+  std::vector<ScaleGroup> groups = {
+      {"attn_norm", {Role::AttnQ, Role::AttnK, Role::AttnV}, Role::TokenEmbd, &m.attn_norm(li)},
+      {"ffn_norm", {Role::FfnGate, Role::FfnUp}, Role::TokenEmbd, &m.ffn_norm(li)},
+      {"up_proj", {Role::FfnDown}, Role::FfnUp, nullptr},
+  };
+  if (cfg.num_attention_heads == cfg.num_key_value_heads)
+    groups.insert(groups.begin() + 1, ScaleGroup{"v_proj", {Role::AttnOut}, Role::AttnV, nullptr});
+  return groups;
+}
+
 }  // namespace llmopt::model

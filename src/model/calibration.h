@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "io/architecture.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 
@@ -90,5 +91,16 @@ struct CalibrateOptions {
 // statistics of one layer.
 void calibrate_layerwise(LlamaModel& m, const torch::Tensor& tokens, const CalibrateOptions& o,
                          const CalibrationStep& step);
+
+// The projections of decoder layer `layer` that read one input, and where a per-input-channel
+// scale of that input folds (AWQ, SmoothQuant): into a norm's weight, or into the output rows of
+// the preceding projection (v -> o only when every head has its own values; up -> down).
+struct ScaleGroup {
+  std::string input;                   // "attn_norm", "v_proj", "ffn_norm", "up_proj"
+  std::vector<io::arch::Role> roles;   // projections reading it
+  io::arch::Role prev_linear;          // Role::TokenEmbd: the input is a norm's output
+  torch::Tensor* norm;                 // that norm's weight, else nullptr
+};
+std::vector<ScaleGroup> scale_groups(LlamaModel& m, int64_t layer);
 
 }  // namespace llmopt::model

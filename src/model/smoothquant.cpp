@@ -20,21 +20,8 @@ std::vector<SmoothChoice> smooth_layer(LlamaModel& m, const LayerCalibration& lc
   if (li < 0) return choices;
   std::map<std::string, std::shared_ptr<LinearLayer>> layers;
   for (auto& [p, l] : m.linear_layers()) layers[p] = l;
-  const auto& cfg = m.config();
   auto path = [&](Role r) { return io::arch::module_path(r, li); };
-  struct Group {
-    std::string input;
-    std::vector<Role> roles;
-    Role prev_linear;  // Role::TokenEmbd = a norm
-    torch::Tensor* norm;
-  };
-  std::vector<Group> groups = {
-      {"attn_norm", {Role::AttnQ, Role::AttnK, Role::AttnV}, Role::TokenEmbd, &m.attn_norm(li)},
-      {"ffn_norm", {Role::FfnGate, Role::FfnUp}, Role::TokenEmbd, &m.ffn_norm(li)},
-      {"up_proj", {Role::FfnDown}, Role::FfnUp, nullptr},
-  };
-  if (cfg.num_attention_heads == cfg.num_key_value_heads)
-    groups.insert(groups.begin() + 1, Group{"v_proj", {Role::AttnOut}, Role::AttnV, nullptr});
+  const std::vector<ScaleGroup> groups = scale_groups(m, li);
 
   for (const auto& g : groups) {
     bool leave = false;
