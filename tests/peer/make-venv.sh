@@ -30,8 +30,9 @@ if [[ ! -f "$venv/.complete" ]]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -c "$venv/constraints.txt" -r "$req"
   # Packages whose metadata wants torch>=1.13.0 final (Debian's is 1.13.0a0): without their deps,
   # which requirements.txt pins.
+  # BUILD_CUDA_EXT=0: auto-gptq's sdist without its CUDA extensions (requirements-nodeps.txt).
   if [[ -f "$nodeps" ]]; then
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$nodeps"
+    BUILD_CUDA_EXT=0 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$nodeps"
   fi
   touch "$venv/.complete"
 fi
