@@ -4,23 +4,41 @@
 
 Both train LoRA r=8, alpha 16 on all seven projections of the same HF model, AdamW lr 2e-3,
 batch B x T tokens, on the same text, with the same thread count; each reports tokens/s over the
-steps after the first (the first pays for allocation / warm-up). Each round runs llmopt, then
-Python; the ratio is taken within a round and the median over rounds is printed.
+steps after the first (the first pays for allocation / warm-up). Each round runs both, llmopt first
+in odd rounds and Python first in even ones (so neither side always follows the other); the ratio
+is taken within a round, so load from other jobs hits both sides of it, and the median, min and max
+over rounds are printed with the 1-minute load average (/proc/loadavg) before each side.
 
 Run with the peer venv (Debian's torch 1.13 + transformers 4.44.2 + peft 0.12.0):
 
   tests/peer/.venv/bin/python bench/lora_train_speed.py --llmopt build/apps/llmopt/llmopt \
       --model ../shared/models/tinyllama-bpe-17m --text ../shared/text/tinyshakespeare.txt \
-      --threads 2 --batch 4 --seq-len 128 --steps 8 --rounds 2
+      --threads 2 --batch 8 --seq-len 256 --steps 6 --rounds 4
 """
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def run_llmopt(exe, model, text, threads, batch, seq_len, steps, tmp):
@@ -74,21 +92,35 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--text", required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=4)
     a = ap.parse_args()
+    print("command:", " ".join(sys.argv), flush=True)
+    print("machine:", platform.machine(), cpu_model(), f"{os.cpu_count()} CPUs", flush=True)
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
-            ours = run_llmopt(a.llmopt, a.model, a.text, a.threads, a.batch, a.seq_len, a.steps, tmp)
-            py = run_python(a.model, a.text, a.threads, a.batch, a.seq_len, a.steps)
+            def ours_side():
+                return run_llmopt(a.llmopt, a.model, a.text, a.threads, a.batch, a.seq_len, a.steps, tmp)
+
+            def py_side():
+                return run_python(a.model, a.text, a.threads, a.batch, a.seq_len, a.steps)
+            sides = [("llmopt", ours_side), ("python", py_side)]
+            if r % 2 == 1:
+                sides.reverse()
+            got, load = {}, {}
+            for name, fn in sides:
+                load[name] = loadavg()
+                got[name] = fn()
+            ours, py = got["llmopt"], got["python"]
             ratios.append(ours / py)
-            print(f"round {r + 1}: llmopt {ours:.0f} tok/s, PyTorch+peft {py:.0f} tok/s, ratio {ours / py:.2f}",
-                  flush=True)
-    print(f"median ratio llmopt / PyTorch+peft: {statistics.median(ratios):.2f} "
-          f"(threads {a.threads}, batch {a.batch} x {a.seq_len}, {a.steps} steps, {a.rounds} rounds)")
+            print(f"round {r + 1} ({sides[0][0]} first): llmopt {ours:.0f} tok/s (load {load['llmopt']}), "
+                  f"PyTorch+peft {py:.0f} tok/s (load {load['python']}), ratio {ours / py:.2f}", flush=True)
+    print(f"ratio llmopt / PyTorch+peft: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, "
+          f"max {max(ratios):.2f} (threads {a.threads}, batch {a.batch} x {a.seq_len}, {a.steps} steps, "
+          f"{a.rounds} rounds)")
 
 
 if __name__ == "__main__":
