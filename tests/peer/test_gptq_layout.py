@@ -14,8 +14,8 @@ The layout as AutoGPTQ's QuantLinear.pack writes it and transformers/optimum/GPT
 2. llmopt's logits on the GPTQ directory equal transformers' on the numpy-dequantized f32 model.
 3. llmopt's own export (the pipeline's export stage, weights as stored) writes the GPTQ tensors
    back bit for bit, with quantization_config.
-transformers 4.44 itself cannot load a GPTQ checkpoint here: it needs optimum and auto-gptq /
-gptqmodel kernels (CUDA or their compiled CPU extensions), none of which the peer venv pins.
+transformers' own GPTQ loader (optimum + auto-gptq's CPU QuantLinear) on llmopt's exports, and
+llmopt on auto-gptq's own checkpoints: test_gptq_transformers.py.
 """
 import json
 import shutil
