@@ -167,6 +167,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
 
 void report_bench(const BenchArgs& a, const infer::BenchResult& r) {
   json j = {{"model", a.model},
+            {"device", a.device},
             {"engine", r.engine},
             {"pp_tokens", a.bo.prompt_tokens},
             {"tg_tokens", a.bo.gen_tokens},

@@ -1,5 +1,6 @@
 // The run report's benchmark section: for every `benchmark` stage, its grid (metrics
-// `<figure>@t<T>_b<B>_c<C>`, src/stages/benchmark) as a table and bar charts of prefill and decode
+// `<figure>@[<device>_]t<T>_b<B>_c<C>`, src/stages/benchmark) as a table (with a Device column
+// and a "skipped: no CUDA" row per skipped device) and bar charts of prefill and decode
 // tok/s per grid point. Empty when the run has no benchmark stage.
 #pragma once
 #include <string>

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "pipeline/report/report.h"
@@ -157,13 +158,55 @@ TEST(ReportBenchmark, GridTableAndChartsFromStageMetrics) {
   write_reports(dir.string());
   const std::string html = t::read_text(dir / "report.html");
   EXPECT_THAT(html, HasSubstr("<section class=\"benchmark\" id=\"benchmark-bench\">"));
-  EXPECT_THAT(html, HasSubstr("<tr><td>1</td><td>1</td><td>16</td><td>1000.0</td><td>250.0</td><td>16.000 ms</td>"));
-  EXPECT_THAT(html, HasSubstr("<tr><td>2</td><td>4</td><td>64</td><td>1800.0</td><td>400.0</td><td>\u2014</td>"));
+  EXPECT_THAT(html, HasSubstr("<th>Device</th><th>Threads</th>"));
+  EXPECT_THAT(html, HasSubstr("<tr><td>cpu</td><td>1</td><td>1</td><td>16</td><td>1000.0</td><td>250.0</td><td>16.000 ms</td>"));
+  EXPECT_THAT(html, HasSubstr("<tr><td>cpu</td><td>2</td><td>4</td><td>64</td><td>1800.0</td><td>400.0</td><td>\u2014</td>"));
   size_t charts = 0;
   for (size_t at = html.find("benchmark-chart"); at != std::string::npos; at = html.find("benchmark-chart", at + 1)) ++charts;
   EXPECT_EQ(charts, 2u);
-  EXPECT_THAT(t::read_text(dir / "report.md"), HasSubstr("| 1 | 1 | 16 | 1000.0 | 250.0 | 16.000 ms |"));
+  EXPECT_THAT(t::read_text(dir / "report.md"), HasSubstr("| cpu | 1 | 1 | 16 | 1000.0 | 250.0 | 16.000 ms |"));
   EXPECT_THAT(t::read_text(dir / "report.md"), HasSubstr("2.00 KiB"));
+}
+
+// A device axis (src/stages/benchmark `devices`): CUDA points are `<figure>@<device>_t<T>_b<B>_c<C>`,
+// a device skipped for want of CUDA is the text metric `skipped@<device>`. The table has a Device
+// column, the CPU's rows first, then the other devices', then a "skipped: no CUDA" row whose cells
+// span the whole table; the bar labels name the device.
+TEST(ReportBenchmark, DeviceColumnAndSkippedDevice) {
+  json m = t::simple_run_metrics();
+  json met = json::object();
+  met["pp_tok_s@t2_b1_c16"] = 1000.0;
+  met["tg_tok_s@t2_b1_c16"] = 250.0;
+  met["pp_tok_s@cuda:1_t2_b1_c16"] = 9000.0;
+  met["tg_tok_s@cuda:1_t2_b1_c16"] = 900.0;
+  met["skipped@cuda"] = "this libtorch was built without CUDA";
+  met["engine"] = "native";
+  met["engine@cuda:1"] = "torch";
+  m["stages"].push_back(t::stage_json(4, "bench", "benchmark", "ok", 2.0, 50.0 * 1048576, met));
+  const auto dir = t::make_temp_dir("bench-devices");
+  t::write_run_dir(dir, m);
+  write_reports(dir.string());
+  const std::string html = t::read_text(dir / "report.html");
+  const auto cpu_row = html.find("<tr><td>cpu</td><td>2</td><td>1</td><td>16</td><td>1000.0</td><td>250.0</td>");
+  const auto cuda_row = html.find("<tr><td>cuda:1</td><td>2</td><td>1</td><td>16</td><td>9000.0</td><td>900.0</td>");
+  const auto skipped_row = html.find(
+      "<tr class=\"skipped\"><td>cuda</td><td colspan=\"11\" title=\"this libtorch was built without CUDA\">"
+      "skipped: no CUDA</td></tr>");
+  ASSERT_NE(cpu_row, std::string::npos);
+  ASSERT_NE(cuda_row, std::string::npos);
+  ASSERT_NE(skipped_row, std::string::npos);
+  EXPECT_LT(cpu_row, cuda_row);
+  EXPECT_LT(cuda_row, skipped_row);
+  EXPECT_THAT(html, HasSubstr("cuda:1 t2 b1 ctx 16"));  // a bar label
+  EXPECT_THAT(html, HasSubstr("cpu t2 b1 ctx 16"));
+  // Markdown: the skipped row has as many cells as the header (4 grid columns + 8 figures).
+  const std::string md = t::read_text(dir / "report.md");
+  EXPECT_THAT(md, HasSubstr("| Device | Threads | Batch | Context |"));
+  EXPECT_THAT(md, HasSubstr("| cuda:1 | 2 | 1 | 16 | 9000.0 | 900.0 |"));
+  const auto at = md.find("| cuda | skipped: no CUDA (this libtorch was built without CUDA) |");
+  ASSERT_NE(at, std::string::npos);
+  const std::string row = md.substr(at, md.find('\n', at) - at);
+  EXPECT_EQ(std::count(row.begin(), row.end(), '|'), 13);
 }
 
 }  // namespace
