@@ -248,7 +248,7 @@ IntNGrid fit_group(const float* w, int64_t n, int bits, bool sym, const float* i
 
 IntNGrid IntNMatrix::grid(int64_t r, int64_t g) const {
   IntNGrid grid;
-  grid.scale = f16_to_f32(scales[r * groups() + g]);
+  grid.scale = scales_f32 ? scales_f32[r * groups() + g] : f16_to_f32(scales[r * groups() + g]);
   if (sym) {
     grid.zero = static_cast<float>(1 << (bits - 1));
   } else {
@@ -262,7 +262,8 @@ IntNGrid IntNMatrix::grid(int64_t r, int64_t g) const {
 double IntNMatrix::bits_per_weight() const {
   if (rows == 0 || cols == 0) return 0.0;
   const double bytes = static_cast<double>(rows) *
-                       static_cast<double>(code_row_bytes() + 2 * groups() + (sym ? 0 : zero_row_bytes()));
+                       static_cast<double>(code_row_bytes() + (scales_f32 ? 4 : 2) * groups() +
+                                           (sym ? 0 : zero_row_bytes()));
   return 8.0 * bytes / (static_cast<double>(rows) * static_cast<double>(cols));
 }
 
@@ -274,7 +275,8 @@ IntNMatrix IntNStorage::view() const {
   m.group = group;
   m.sym = sym;
   m.codes = codes.data();
-  m.scales = scales.data();
+  m.scales = scales_f32.empty() ? scales.data() : nullptr;
+  m.scales_f32 = scales_f32.empty() ? nullptr : scales_f32.data();
   m.zeros = sym ? nullptr : zeros.data();
   m.g_idx = g_idx.empty() ? nullptr : g_idx.data();
   return m;
@@ -282,7 +284,7 @@ IntNMatrix IntNStorage::view() const {
 
 namespace {
 
-IntNStorage empty_storage(int64_t rows, int64_t cols, int bits, int64_t group, bool sym) {
+IntNStorage empty_storage(int64_t rows, int64_t cols, int bits, int64_t group, bool sym, bool f32_scales = false) {
   intn_check_bits(bits, "storage");
   LLMOPT_CHECK_INPUT(rows >= 0 && cols > 0, "[intn] matrix must have columns, got [{}, {}]", rows, cols);
   IntNStorage s;
@@ -293,7 +295,11 @@ IntNStorage empty_storage(int64_t rows, int64_t cols, int bits, int64_t group, b
   s.sym = sym;
   const int64_t groups = intn_groups(cols, group);
   s.codes.assign(static_cast<size_t>(rows * intn_code_bytes(bits, cols)), 0);
-  s.scales.assign(static_cast<size_t>(rows * groups), 0);
+  if (f32_scales) {
+    s.scales_f32.assign(static_cast<size_t>(rows * groups), 0.0f);
+  } else {
+    s.scales.assign(static_cast<size_t>(rows * groups), 0);
+  }
   if (!sym) s.zeros.assign(static_cast<size_t>(rows * intn_code_bytes(bits, groups)), 0);
   return s;
 }
@@ -303,7 +309,11 @@ void store_row(IntNStorage& s, int64_t r, const uint8_t* codes, const IntNGrid* 
   const int64_t groups = v.groups();
   intn_pack_codes(codes, s.cols, s.bits, s.codes.data() + r * v.code_row_bytes());
   for (int64_t g = 0; g < groups; ++g) {
-    s.scales[static_cast<size_t>(r * groups + g)] = f32_to_f16(grids[g].scale);
+    if (s.scales_f32.empty()) {
+      s.scales[static_cast<size_t>(r * groups + g)] = f32_to_f16(grids[g].scale);
+    } else {
+      s.scales_f32[static_cast<size_t>(r * groups + g)] = grids[g].scale;
+    }
     zbuf[static_cast<size_t>(g)] = static_cast<uint8_t>(grids[g].zero);
   }
   if (!s.sym) intn_pack_codes(zbuf.data(), groups, s.bits, s.zeros.data() + r * v.zero_row_bytes());
@@ -333,8 +343,8 @@ IntNStorage intn_quantize(const float* w, int64_t rows, int64_t cols, int bits, 
 }
 
 IntNStorage intn_from_codes(const uint8_t* codes, const IntNGrid* grids, int64_t rows, int64_t cols, int bits,
-                            int64_t group, bool sym, const int32_t* g_idx) {
-  IntNStorage s = empty_storage(rows, cols, bits, group, sym);
+                            int64_t group, bool sym, const int32_t* g_idx, bool f32_scales) {
+  IntNStorage s = empty_storage(rows, cols, bits, group, sym, f32_scales);
   const int64_t groups = s.view().groups();
   const int maxq = intn_max_code(bits);
   if (g_idx) {
@@ -350,8 +360,13 @@ IntNStorage intn_from_codes(const uint8_t* codes, const IntNGrid* grids, int64_t
                          codes[r * cols + j], maxq, bits);
     for (int64_t g = 0; g < groups; ++g) {
       const IntNGrid& gr = grids[r * groups + g];
-      LLMOPT_CHECK_INPUT(gr.scale > 0.0f && f16_to_f32(f32_to_f16(gr.scale)) == gr.scale,
-                         "[intn] row {} group {}: scale {} is not a positive f16 value", r, g, gr.scale);
+      if (f32_scales) {
+        LLMOPT_CHECK_INPUT(gr.scale > 0.0f && std::isfinite(gr.scale),
+                           "[intn] row {} group {}: scale {} is not a positive finite value", r, g, gr.scale);
+      } else {
+        LLMOPT_CHECK_INPUT(gr.scale > 0.0f && f16_to_f32(f32_to_f16(gr.scale)) == gr.scale,
+                           "[intn] row {} group {}: scale {} is not a positive f16 value", r, g, gr.scale);
+      }
       const float want_zero = sym ? static_cast<float>(1 << (bits - 1)) : gr.zero;
       LLMOPT_CHECK_INPUT(gr.zero == want_zero && gr.zero >= 0.0f && gr.zero <= static_cast<float>(maxq) &&
                              gr.zero == std::round(gr.zero),
@@ -370,8 +385,16 @@ void intn_check_storage(const IntNStorage& s, const char* where) {
   LLMOPT_CHECK_INPUT(static_cast<int64_t>(s.codes.size()) == s.rows * v.code_row_bytes(),
                      "[intn] {}: codes hold {} bytes, [{}, {}] at {} bits needs {}", where, s.codes.size(), s.rows,
                      s.cols, s.bits, s.rows * v.code_row_bytes());
-  LLMOPT_CHECK_INPUT(static_cast<int64_t>(s.scales.size()) == s.rows * v.groups(),
-                     "[intn] {}: {} scales, expected {}", where, s.scales.size(), s.rows * v.groups());
+  if (!s.scales_f32.empty()) {
+    LLMOPT_CHECK_INPUT(s.scales.empty() && static_cast<int64_t>(s.scales_f32.size()) == s.rows * v.groups(),
+                       "[intn] {}: {} f32 scales (and {} f16), expected {}", where, s.scales_f32.size(), s.scales.size(),
+                       s.rows * v.groups());
+    for (float f : s.scales_f32)
+      LLMOPT_CHECK_INPUT(f > 0.0f && std::isfinite(f), "[intn] {}: a scale is not a positive finite f32 ({})", where, f);
+  } else {
+    LLMOPT_CHECK_INPUT(static_cast<int64_t>(s.scales.size()) == s.rows * v.groups(),
+                       "[intn] {}: {} scales, expected {}", where, s.scales.size(), s.rows * v.groups());
+  }
   for (uint16_t h : s.scales)
     LLMOPT_CHECK_INPUT((h & 0x8000u) == 0 && (h & 0x7c00u) != 0x7c00u && h != 0,
                        "[intn] {}: a scale is not a positive finite f16 (bits 0x{:04x})", where, h);

@@ -10,12 +10,16 @@
 //           bits: element 2i in the low nibble of byte i, as GPTQ packs 8 codes in an int32);
 //           each row starts on a byte.
 //   scales  [rows, groups]  f16 bits (the grid's scale is rounded to f16 before use, so encode
-//           and decode agree exactly).
+//           and decode agree exactly); or, instead (then `scales` is empty),
+//   scales_f32 [rows, groups]  exact f32 scales, as GPTQ checkpoints saved from an f32 (or bf16)
+//           model hold them: kept as they are rather than rounded to f16.
 //   zeros   [rows, code_bytes(bits, groups)]  the integer zero points packed like codes;
 //           absent when symmetric (zero = 2^(bits−1) as GPTQ's sym).
 //   g_idx   [cols]  i32, optional (act-order, as GPTQ stores it): the group of each column;
 //           without it column j belongs to group j / group.
-// Decoded weights s·(q − z) are exact in f32 (11-bit f16 significand × ≤ 9-bit integer).
+// Decoded weights s·(q − z) are exact in f32 with f16 scales (11-bit significand × ≤ 9-bit
+// integer); with f32 scales they are one f32 rounding of the exact product (auto-gptq's
+// `scales * (weight - zeros)` in f32).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -23,7 +27,7 @@
 namespace llmopt::kernels {
 
 // x = scale·(q − zero). `zero` is an integer in [0, 2^bits − 1] held as float; `scale` is an
-// exact f16 value (> 0).
+// exact f16 value (> 0), or any positive finite f32 in storage with f32 scales.
 struct IntNGrid {
   float scale = 1.0f;
   float zero = 0.0f;
@@ -66,6 +70,7 @@ struct IntNMatrix {
   bool sym = true;
   const uint8_t* codes = nullptr;
   const uint16_t* scales = nullptr;
+  const float* scales_f32 = nullptr;  // when set: the scales, exact f32 (`scales` unused)
   const uint8_t* zeros = nullptr;    // asym only
   const int32_t* g_idx = nullptr;    // optional
 
@@ -87,6 +92,7 @@ struct IntNStorage {
   bool sym = true;
   std::vector<uint8_t> codes;
   std::vector<uint16_t> scales;
+  std::vector<float> scales_f32;  // non-empty: f32 scales instead of `scales` (then empty)
   std::vector<uint8_t> zeros;
   std::vector<int32_t> g_idx;  // empty: contiguous groups
   IntNMatrix view() const;
@@ -99,9 +105,10 @@ IntNStorage intn_quantize(const float* w, int64_t rows, int64_t cols, int bits, 
                           const float* col_importance = nullptr, bool clip_search = false);
 // Builds storage from codes [rows, cols] (one code per byte) and grids [rows, groups] chosen by
 // a caller (GPTQ, AWQ); g_idx (cols values) or nullptr. InputError for a code or zero out of range,
-// a scale that is not a positive f16 value, a g_idx entry out of [0, groups).
+// a scale that is not a positive f16 value (`f32_scales`: not a positive finite f32, stored in
+// scales_f32), a g_idx entry out of [0, groups).
 IntNStorage intn_from_codes(const uint8_t* codes, const IntNGrid* grids, int64_t rows, int64_t cols, int bits,
-                            int64_t group, bool sym, const int32_t* g_idx = nullptr);
+                            int64_t group, bool sym, const int32_t* g_idx = nullptr, bool f32_scales = false);
 // InputError unless the view's buffers have the sizes its shape implies (`where`: layer name).
 void intn_check_storage(const IntNStorage& s, const char* where);
 

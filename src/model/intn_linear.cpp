@@ -95,7 +95,8 @@ torch::Tensor IntNLinear::dense_weight() const {
 }
 
 int64_t IntNLinear::storage_bytes() const {
-  return static_cast<int64_t>(s_->codes.size() + 2 * s_->scales.size() + s_->zeros.size() + 4 * s_->g_idx.size()) +
+  return static_cast<int64_t>(s_->codes.size() + 2 * s_->scales.size() + 4 * s_->scales_f32.size() + s_->zeros.size() +
+                              4 * s_->g_idx.size()) +
          (bias_.defined() ? bias_.numel() * 4 : 0);
 }
 
@@ -132,11 +133,17 @@ LayerState IntNLinear::stored_state() const {
              {"sym", s_->sym},
              {"act_order", act_order()},
              {"in_features", s_->cols}};
+  if (gptq_) st.meta["gptq"] = {{"desc_act", gptq_->desc_act}, {"static_groups", gptq_->static_groups}};
   auto owner = std::static_pointer_cast<const void>(s_);
   st.tensors.push_back(view_of("qweight", DType::U8, {s_->rows, v.code_row_bytes()}, s_->codes.data(),
                                static_cast<int64_t>(s_->codes.size()), owner));
-  st.tensors.push_back(view_of("scales", DType::F16, {s_->rows, v.groups()}, s_->scales.data(),
-                               static_cast<int64_t>(2 * s_->scales.size()), owner));
+  if (s_->scales_f32.empty()) {
+    st.tensors.push_back(view_of("scales", DType::F16, {s_->rows, v.groups()}, s_->scales.data(),
+                                 static_cast<int64_t>(2 * s_->scales.size()), owner));
+  } else {
+    st.tensors.push_back(view_of("scales", DType::F32, {s_->rows, v.groups()}, s_->scales_f32.data(),
+                                 static_cast<int64_t>(4 * s_->scales_f32.size()), owner));
+  }
   if (!s_->sym)
     st.tensors.push_back(view_of("qzeros", DType::U8, {s_->rows, v.zero_row_bytes()}, s_->zeros.data(),
                                  static_cast<int64_t>(s_->zeros.size()), owner));
@@ -165,13 +172,21 @@ LinearFactory intn_linear_factory() {
     s.rows = q.shape[0];
     const kernels::IntNMatrix v = s.view();
     copy_stored(q, DType::U8, s.rows * v.code_row_bytes(), s.codes, where);
-    copy_stored(st.get("scales", where), DType::F16, s.rows * v.groups(), s.scales, where);
+    const StoredTensor& sc = st.get("scales", where);
+    if (sc.dtype == DType::F32) {
+      copy_stored(sc, DType::F32, s.rows * v.groups(), s.scales_f32, where);
+    } else {
+      copy_stored(sc, DType::F16, s.rows * v.groups(), s.scales, where);
+    }
     if (!s.sym) copy_stored(st.get("qzeros", where), DType::U8, s.rows * v.zero_row_bytes(), s.zeros, where);
     if (const StoredTensor* g = st.find("g_idx")) copy_stored(*g, DType::I32, s.cols, s.g_idx, where);
     kernels::intn_check_storage(s, where.c_str());
     torch::Tensor bias;
     if (const StoredTensor* b = st.find("bias")) bias = f32_tensor_from_stored(*b, where);
-    return std::make_shared<IntNLinear>(std::move(s), bias);
+    auto layer = std::make_shared<IntNLinear>(std::move(s), bias);
+    if (const auto g = st.meta.find("gptq"); g != st.meta.end() && g->is_object())
+      layer->set_gptq_process({g->value("desc_act", false), g->value("static_groups", false)});
+    return layer;
   };
 }
 

@@ -2,7 +2,8 @@
 // input columns or the whole row (int8 per output channel = bits 8, whole row), symmetric or
 // asymmetric, optional act-order g_idx (GPTQ's desc_act). Kind "intn", meta {bits, group_size
 // (-1 = whole row), sym, act_order, in_features}; stored tensors "qweight" (u8 codes, one bit
-// stream per row), "scales" (f16 [out, groups]), "qzeros" (u8, asym only), "g_idx" (i32 [in],
+// stream per row), "scales" (f16 [out, groups]; f32 when the storage keeps f32 scales, as loaded
+// from a GPTQ checkpoint saved in f32), "qzeros" (u8, asym only), "g_idx" (i32 [in],
 // act-order only), "bias" (f32, optional).
 // forward() never keeps a dense copy: up to kernels::kMaxGemvBatch rows go through the int-N
 // GEMV, larger inputs dequantize 64 rows of the weight at a time and multiply them.
@@ -12,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "kernels/intn.h"
@@ -61,10 +63,20 @@ class IntNLinear : public LinearLayer {
   bool act_order() const { return !s_->g_idx.empty(); }
   // Codes, scales and zeros per weight (bias and g_idx not counted).
   double bits_per_weight() const { return s_->view().bits_per_weight(); }
+  // How GPTQ chose the codes, when it did (meta "gptq": {desc_act, static_groups}), for the HF
+  // export's quantization_config: columns by decreasing H_jj, grids fitted before the sweep
+  // (act-order with static groups keeps g_idx contiguous, so act_order() alone cannot tell).
+  struct GptqProcess {
+    bool desc_act = false;
+    bool static_groups = false;
+  };
+  const std::optional<GptqProcess>& gptq_process() const { return gptq_; }
+  void set_gptq_process(const GptqProcess& p) { gptq_ = p; }
 
  private:
   std::shared_ptr<kernels::IntNStorage> s_;
   torch::Tensor bias_;  // [out] f32 or undefined
+  std::optional<GptqProcess> gptq_;
 };
 
 LinearFactory intn_linear_factory();
