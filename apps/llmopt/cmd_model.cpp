@@ -194,6 +194,9 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
   static int64_t batch_size = 16;
   static uint64_t fewshot_seed = 1234;
   static std::string device = "cpu", engine = "auto", adapter;
+  static std::string split = "all", trained_on;
+  static double held_out = 0;
+  static uint64_t split_seed = 1;
   add_device_option(cmd, device);
   add_adapter_option(cmd, adapter);
   cmd->add_option("--engine", engine,
@@ -211,6 +214,14 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--batch-size", batch_size, "Task requests scored per batch (scores do not depend on it)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_option("--split", split,
+                  "Task documents scored: all | train | held-out (held-out/train: --held-out N of them drawn with "
+                  "--split-seed, or the task's own train_data split; as `llmopt data instruct`)")
+      ->capture_default_str();
+  cmd->add_option("--held-out", held_out, "--split: documents held out (a count, or a fraction below 1)");
+  cmd->add_option("--split-seed", split_seed, "--split: seed of the held-out draw")->capture_default_str();
+  cmd->add_option("--trained-on", trained_on,
+                  "Instruction jsonl the model was tuned on: a scored document whose prompt is in it is an error");
   cmd->add_option("--log-samples", log_samples, "Write DIR/<task>.jsonl: prompt, choices, scores, prediction per sample");
   cmd->add_option("--ctx,-c", ctx, "Context length")->check(CLI::PositiveNumber);
   cmd->add_option("--protocol", protocol, "llamacpp | windows | sliding");
@@ -293,6 +304,10 @@ void register_eval(CLI::App& app, GlobalOptions& g) {
       to.batch_size = batch_size;
       to.add_bos = bos;
       to.log_samples_dir = log_samples;
+      to.split.part = eval::parse_split_part(split, "--split");
+      to.split.held_out = held_out;
+      to.split.seed = split_seed;
+      to.trained_on = trained_on;
       Progress progress(Progress::detect(g.quiet));
       for (const auto& spec : specs) {
         progress.begin_stage("", 0, 0, spec.name);

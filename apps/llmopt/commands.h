@@ -14,6 +14,8 @@ void register_model_commands(CLI::App& app, GlobalOptions& g);
 void register_quantize_command(CLI::App& app, GlobalOptions& g);
 // finetune (cmd_finetune.cpp)
 void register_finetune_command(CLI::App& app, GlobalOptions& g);
+// data instruct (cmd_data.cpp)
+void register_data_command(CLI::App& app, GlobalOptions& g);
 // run, validate, init, stages, report, compare (cmd_pipeline.cpp)
 void register_pipeline_commands(CLI::App& app, GlobalOptions& g);
 

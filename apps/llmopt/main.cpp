@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   cli::register_model_commands(app, g);
   cli::register_quantize_command(app, g);
   cli::register_finetune_command(app, g);
+  cli::register_data_command(app, g);
   cli::register_pipeline_commands(app, g);
   return cli::run_cli(app, argc, argv, g, [](const std::exception& e) {
     if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -639,7 +640,111 @@ double mean_of(const std::vector<double>& v) {
   return v.empty() ? 0.0 : s / static_cast<double>(v.size());
 }
 
+
+// The prompts of an instruction jsonl, each with its "FILE:LINE".
+std::map<std::string, std::string> trained_prompts(const std::string& path) {
+  std::ifstream in(path);
+  LLMOPT_CHECK_INPUT(in.good(), "[eval] --trained-on {}: cannot read", path);
+  std::map<std::string, std::string> out;
+  std::string line;
+  int64_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::exception& e) {
+      throw_input("[eval] {}:{}: not valid JSON ({})", path, lineno, e.what());
+    }
+    if (j.is_object() && j.contains("prompt") && j["prompt"].is_string())
+      out.emplace(j["prompt"].get<std::string>(), fmt::format("{}:{}", path, lineno));
+  }
+  return out;
+}
+
 }  // namespace
+
+void check_not_trained_on(const TaskSpec& t, const DocSet& docs, const std::string& trained_on) {
+  if (t.output_type == OutputType::LoglikelihoodRolling) return;
+  const auto trained = trained_prompts(trained_on);
+  for (size_t i = 0; i < docs.docs.size(); ++i) {
+    const auto it = trained.find(instruction_example(t, docs.docs[i], docs.where[i]).prompt);
+    LLMOPT_CHECK_INPUT(it == trained.end(),
+                       "[eval] task '{}': document {} is in the training data ({}): evaluate items that were not "
+                       "trained on (the held_out split the training data was built without)",
+                       t.name, docs.where[i], it->second);
+  }
+}
+
+InstructionExample instruction_example(const TaskSpec& t, const json& doc, const std::string& where) {
+  InstructionExample e;
+  e.source = where;
+  const std::string text =
+      t.doc_to_text.empty() ? "" : render_template(t.doc_to_text, doc, t.file + " doc_to_text, document " + where);
+  const std::string target_what = t.file + " doc_to_target, document " + where;
+  switch (t.output_type) {
+    case OutputType::MultipleChoice: {
+      const auto ch = doc_choices(t, doc, where);
+      const int64_t g = doc_gold(t, doc, ch, where);
+      if (t.multiple_input) {
+        e.prompt = text + ch[static_cast<size_t>(g)];
+        e.response = t.target_delimiter + render_template(t.doc_to_target, doc, target_what);
+      } else {
+        e.prompt = text;
+        e.response = t.target_delimiter + ch[static_cast<size_t>(g)];
+      }
+      break;
+    }
+    case OutputType::Loglikelihood:
+      e.prompt = text;
+      e.response = render_template(t.doc_to_target, doc, target_what);
+      break;
+    case OutputType::GenerateUntil: {
+      const auto refs = doc_references(t, doc, where);
+      LLMOPT_CHECK_INPUT(!refs.empty() && !refs[0].empty(), "[tasks] task '{}': document {} has no reference answer",
+                         t.name, where);
+      e.prompt = text;
+      e.response = t.target_delimiter + refs[0];
+      break;
+    }
+    case OutputType::LoglikelihoodRolling:
+      throw_input("[tasks] task '{}' ({}) is loglikelihood_rolling: a text to score, with no prompt/response pair "
+                  "to train on (train on the text itself)",
+                  t.name, t.file);
+  }
+  return e;
+}
+
+std::vector<InstructionExample> instruction_examples(const TaskSpec& t, const TaskSplit& split, int64_t* dropped) {
+  const SplitDocs mine = load_split_docs(t, split);
+  std::set<std::string> other_prompts;
+  const std::string part = parse_split_part(split.part, t.file);
+  if (part != "all") {
+    TaskSplit other = split;
+    other.part = part == "train" ? "held_out" : "train";
+    const SplitDocs theirs = load_split_docs(t, other);
+    for (size_t i = 0; i < theirs.docs.docs.size(); ++i)
+      other_prompts.insert(instruction_example(t, theirs.docs.docs[i], theirs.docs.where[i]).prompt);
+  }
+  std::vector<InstructionExample> out;
+  int64_t n_dropped = 0;
+  for (size_t i = 0; i < mine.docs.docs.size(); ++i) {
+    InstructionExample e = instruction_example(t, mine.docs.docs[i], mine.docs.where[i]);
+    e.doc = mine.index[i];
+    if (other_prompts.count(e.prompt)) {
+      ++n_dropped;
+      continue;
+    }
+    out.push_back(std::move(e));
+  }
+  if (dropped) *dropped = n_dropped;
+  return out;
+}
+
+json instruction_json(const TaskSpec& t, const InstructionExample& e) {
+  return {{"prompt", e.prompt}, {"response", e.response}, {"task", t.name}, {"doc", e.doc}, {"source", e.source}};
+}
 
 TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const TaskSpec& t, const TaskRunOptions& o,
                     const ProgressFn& progress) {
@@ -647,8 +752,11 @@ TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const Task
   TaskResult r;
   r.name = t.name;
   r.output_type = output_type_name(t.output_type);
-  const DocSet docs = load_docs(t.data, t.format, t.text_split);
-  LLMOPT_CHECK_INPUT(!docs.docs.empty(), "[tasks] task '{}': no documents in {}", t.name, t.data);
+  const SplitDocs part = load_split_docs(t, o.split);
+  const DocSet& docs = part.docs;
+  LLMOPT_CHECK_INPUT(!docs.docs.empty(), "[tasks] task '{}': no documents in {}", t.name, part.file);
+  if (o.split.part != "all") log::info("[eval] {}", describe_split(t, o.split, docs.docs.size()));
+  if (!o.trained_on.empty()) check_not_trained_on(t, docs, o.trained_on);
   const int k = o.num_fewshot >= 0 ? o.num_fewshot : t.num_fewshot;
   r.num_fewshot = k;
   DocSet pool_own;

@@ -106,6 +106,10 @@ struct TaskRunOptions {
   int64_t batch_size = 16;
   bool add_bos = false;  // lm-eval's add_bos_token
   std::string log_samples_dir;  // DIR/<task>.jsonl when not empty
+  TaskSplit split;              // which documents are scored (default: all)
+  // Instruction jsonl the model was trained on (instruction_examples): scoring a document whose
+  // prompt is in it is an InputError naming both lines. Empty = no check.
+  std::string trained_on;
 };
 
 struct TaskResult {
@@ -121,6 +125,29 @@ struct TaskResult {
 
 TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const TaskSpec& spec, const TaskRunOptions& o,
                     const ProgressFn& progress = {});
+
+// Instruction tuning on a task: a document as the (prompt, response) pair that teaches what the
+// task scores. prompt = the zero-shot context run_task renders (doc_to_text; multiple_input: the
+// context with the gold option), response = target_delimiter + the gold choice (multiple_input:
+// the shared continuation; loglikelihood: the target; generate_until: the first reference). The
+// fine-tuning loader tokenizes the pair as the harness does (encode_pair), so the response tokens
+// are the gold continuation's tokens as scored. InputError for loglikelihood_rolling tasks.
+struct InstructionExample {
+  std::string prompt, response;
+  size_t doc = 0;      // the document's index in its file
+  std::string source;  // "FILE:LINE"
+};
+InstructionExample instruction_example(const TaskSpec& t, const nlohmann::json& doc, const std::string& where);
+// The examples of `split.part` (usually train). The prompts of the other part are computed too, and
+// an example whose prompt also occurs there (a duplicate document in the set) is left out, so no
+// scored prompt of the other part is ever trained on; *dropped counts them.
+std::vector<InstructionExample> instruction_examples(const TaskSpec& t, const TaskSplit& split,
+                                                     int64_t* dropped = nullptr);
+// InputError when the prompt of a document of `docs` (as instruction_example renders it) is a
+// prompt of the instruction jsonl `trained_on`, naming both.
+void check_not_trained_on(const TaskSpec& t, const DocSet& docs, const std::string& trained_on);
+// One jsonl line: {"prompt", "response", "task", "doc", "source"}.
+nlohmann::json instruction_json(const TaskSpec& t, const InstructionExample& e);
 
 nlohmann::json task_result_json(const TaskResult& r);
 // "arc_easy  acc 0.4200 ± 0.0101  acc_norm 0.3900 ± 0.0100  (n=2376, 0-shot, chance 0.2500)"

@@ -4,9 +4,11 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -354,6 +356,7 @@ TaskSpec load_task_file(const std::string& path, const std::string& shared_dir) 
   LLMOPT_CHECK_INPUT(root.IsMap(), "[tasks] {}:1: a task file is a mapping (task:, data:, output_type:, ...)", path);
   static const std::set<std::string> known = {
       "task",          "description",      "notes",        "data",          "format",       "fewshot_data",
+      "train_data",
       "text_split",    "output_type",      "doc_to_text",  "doc_to_target", "doc_to_choice", "gold",
       "multiple_input", "target_delimiter", "fewshot_delimiter", "num_fewshot", "metrics", "generation",
       "filters",       "exact_match",      "chance",       "scoring"};
@@ -361,7 +364,7 @@ TaskSpec load_task_file(const std::string& path, const std::string& shared_dir) 
     const std::string key = kv.first.as<std::string>();
     LLMOPT_CHECK_INPUT(known.count(key), "[tasks] {}: unknown field '{}' (known: task, data, format, output_type, "
                        "doc_to_text, doc_to_target, doc_to_choice, gold, multiple_input, target_delimiter, "
-                       "fewshot_delimiter, fewshot_data, num_fewshot, metrics, generation, filters, exact_match, "
+                       "fewshot_delimiter, fewshot_data, train_data, num_fewshot, metrics, generation, filters, exact_match, "
                        "scoring, chance, text_split, description, notes)",
                        y.at(kv.first), key);
   }
@@ -393,6 +396,11 @@ TaskSpec load_task_file(const std::string& path, const std::string& shared_dir) 
     t.fewshot_data = resolve_data_path(scalar(y, root["fewshot_data"], "fewshot_data"), path, shared_dir);
     LLMOPT_CHECK_INPUT(fs::exists(t.fewshot_data), "[tasks] {}: fewshot_data file '{}' does not exist",
                        y.at(root["fewshot_data"]), t.fewshot_data);
+  }
+  if (root["train_data"]) {
+    t.train_data = resolve_data_path(scalar(y, root["train_data"], "train_data"), path, shared_dir);
+    LLMOPT_CHECK_INPUT(fs::exists(t.train_data), "[tasks] {}: train_data file '{}' does not exist",
+                       y.at(root["train_data"]), t.train_data);
   }
   if (root["text_split"]) t.text_split = scalar(y, root["text_split"], "text_split");
   if (root["multiple_input"]) t.multiple_input = boolean(y, root["multiple_input"], "multiple_input");
@@ -587,6 +595,74 @@ TaskSpec resolve_task(const std::string& name_or_path, const std::string& tasks_
                      known.empty() ? std::string("none (no configs/tasks found; give --tasks-dir)")
                                    : fmt::format("{}", fmt::join(known, ", ")));
   return load_task_file((fs::path(tasks_dir) / (name_or_path + ".yaml")).string(), shared_dir);
+}
+
+// ------------------------------------------------------------------ splits
+
+std::string parse_split_part(const std::string& s, const std::string& what) {
+  if (s == "all" || s == "train") return s;
+  if (s == "held_out" || s == "held-out") return "held_out";
+  throw_input("[tasks] {}: split '{}' is not one of all, train, held_out", what, s);
+}
+
+std::vector<size_t> split_indices(size_t n, const TaskSplit& split, const std::string& what) {
+  const std::string part = parse_split_part(split.part, what);
+  std::vector<size_t> all(n);
+  for (size_t i = 0; i < n; ++i) all[i] = i;
+  if (part == "all") return all;
+  const double h = split.held_out;
+  LLMOPT_CHECK_INPUT(h > 0, "[tasks] {}: split {} needs held_out > 0 (a count of documents, or a fraction below 1)",
+                     what, part);
+  LLMOPT_CHECK_INPUT(h < 1 || h == std::floor(h), "[tasks] {}: held_out {} is neither a whole count nor a fraction below 1",
+                     what, h);
+  const size_t k = h < 1 ? static_cast<size_t>(std::llround(h * static_cast<double>(n))) : static_cast<size_t>(h);
+  LLMOPT_CHECK_INPUT(k >= 1 && k < n,
+                     "[tasks] {}: held_out {} gives {} held-out documents of {}; between 1 and {} are possible", what, h,
+                     k, n, n > 0 ? n - 1 : 0);
+  // Fisher-Yates from the back with mt19937_64 (its output sequence is fixed by the standard, and
+  // the index is drawn by a modulo rather than std::uniform_int_distribution, whose algorithm is
+  // not): the permutation is the same with every standard library.
+  std::seed_seq ss{static_cast<uint32_t>(split.seed), static_cast<uint32_t>(split.seed >> 32), 0x5eed5u};
+  std::mt19937_64 rng(ss);
+  std::vector<size_t> perm = all;
+  for (size_t i = n; i > 1; --i) std::swap(perm[i - 1], perm[static_cast<size_t>(rng() % i)]);
+  std::vector<char> held(n, 0);
+  for (size_t i = 0; i < k; ++i) held[perm[i]] = 1;
+  std::vector<size_t> out;
+  for (size_t i = 0; i < n; ++i)
+    if ((held[i] != 0) == (part == "held_out")) out.push_back(i);
+  return out;
+}
+
+SplitDocs load_split_docs(const TaskSpec& t, const TaskSplit& split) {
+  const std::string part = parse_split_part(split.part, t.file);
+  SplitDocs s;
+  if (!t.train_data.empty() && part != "all") {
+    LLMOPT_CHECK_INPUT(split.held_out == 0,
+                       "[tasks] task '{}' ships a training split (train_data {}); held_out must be 0, found {}", t.name,
+                       t.train_data, split.held_out);
+    s.file = part == "train" ? t.train_data : t.data;
+    s.docs = load_docs(s.file, t.format, t.text_split);
+    s.index.resize(s.docs.docs.size());
+    for (size_t i = 0; i < s.index.size(); ++i) s.index[i] = i;
+    return s;
+  }
+  s.file = t.data;
+  DocSet all = load_docs(t.data, t.format, t.text_split);
+  s.index = split_indices(all.docs.size(), split, fmt::format("task '{}' ({})", t.name, t.data));
+  for (size_t i : s.index) {
+    s.docs.docs.push_back(std::move(all.docs[i]));
+    s.docs.where.push_back(std::move(all.where[i]));
+  }
+  return s;
+}
+
+std::string describe_split(const TaskSpec& t, const TaskSplit& split, size_t selected) {
+  const std::string part = parse_split_part(split.part, t.file);
+  if (part == "all") return fmt::format("{}: all {} documents", t.name, selected);
+  if (!t.train_data.empty()) return fmt::format("{} {}: {} documents of {}", t.name, part, selected,
+                                                part == "train" ? t.train_data : t.data);
+  return fmt::format("{} {}: {} documents (held_out {}, seed {})", t.name, part, selected, split.held_out, split.seed);
 }
 
 }  // namespace llmopt::eval

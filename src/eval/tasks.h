@@ -58,6 +58,8 @@ struct TaskSpec {
   std::string data;         // resolved path of the documents
   std::string format = "jsonl";  // jsonl | tsv | squad_v2 | text
   std::string fewshot_data;      // resolved path; empty = the evaluated documents (the doc itself excluded)
+  std::string train_data;        // resolved path of a training split shipped with the task (same format);
+                                 // empty = split `data` by index when a training part is asked (TaskSplit)
   std::string text_split;        // format text: separator between documents (empty = one document)
   OutputType output_type = OutputType::MultipleChoice;
   std::string doc_to_text;
@@ -105,6 +107,33 @@ struct DocSet {
 // strings), squad_v2 (queries.json beside ground_truth.json, joined by id: fields id, context,
 // question, answers (list, empty when is_impossible), is_impossible) or text (field "text").
 DocSet load_docs(const std::string& path, const std::string& format, const std::string& text_split = "");
+
+// Which documents of a task a run uses. Part `all` is every document of `data`. Otherwise the
+// documents are split in two disjoint parts: a task that ships a training split (`train_data`)
+// trains on that file and holds out all of `data`; any other task holds out `held_out` documents
+// of `data` (a count >= 1, or a fraction in (0, 1) of them, rounded), picked by a permutation of
+// the document indices drawn from `seed` (a Fisher-Yates shuffle over mt19937_64, the same on
+// every platform), and trains on the rest. The same (held_out, seed) always gives the same parts.
+struct TaskSplit {
+  std::string part = "all";  // all | train | held_out
+  double held_out = 0;
+  uint64_t seed = 1;
+};
+// "all", "train", "held_out" (also spelled "held-out"); InputError naming `what` otherwise.
+std::string parse_split_part(const std::string& s, const std::string& what);
+// Indices (ascending) of the documents in `part` when n documents are split by index. InputError
+// (naming `what`) when held_out is 0, not a whole count, or leaves no training document.
+std::vector<size_t> split_indices(size_t n, const TaskSplit& split, const std::string& what);
+
+struct SplitDocs {
+  DocSet docs;                // the documents of the part, in file order
+  std::vector<size_t> index;  // each one's index in its file
+  std::string file;           // the file they came from (data or train_data)
+};
+// The documents of `split.part` of a task (see TaskSplit).
+SplitDocs load_split_docs(const TaskSpec& t, const TaskSplit& split);
+// "sst2 held_out: 500 of 872 documents (seed 1)" for logs and errors.
+std::string describe_split(const TaskSpec& t, const TaskSplit& split, size_t selected);
 
 // Template rendering (see the top of this file). `what` names the template in errors.
 std::string render_template(const std::string& tmpl, const nlohmann::json& doc, const std::string& what);

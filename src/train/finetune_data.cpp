@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "eval/harness.h"
 #include "io/mapped_file.h"
 
 namespace llmopt::train {
@@ -25,6 +26,22 @@ void append(Example& e, const tok::Tokenizer& tk, const std::string& text, bool 
     e.ids.push_back(id);
     e.target.push_back(target ? 1 : 0);
   }
+}
+
+// A prompt/response pair tokenized as the task harness tokenizes a context and its continuation
+// (eval::encode_pair, lm-eval's _encode_pair): the prompt's trailing whitespace moves to the
+// response, the whole text is encoded and the response is what follows the prompt's own tokens.
+// Encoding the two apart would differ at the seam for tokenizers with a dummy-prefix space
+// (SentencePiece: " yes" alone is "▁" "▁yes", after "Answer:" it is "▁yes"), so the model would
+// learn tokens it never sees when the harness scores the same text.
+void append_pair(Example& e, const tok::Tokenizer& tk, const std::string& prompt, const std::string& response) {
+  if (prompt.find_first_not_of(" \t\n\r\v\f") == std::string::npos) {
+    append(e, tk, prompt + response, true);
+    return;
+  }
+  const auto [ctx, cont] = eval::encode_pair(tk, prompt, response, false);
+  for (int64_t id : ctx) e.ids.push_back(id), e.target.push_back(0);
+  for (int64_t id : cont) e.ids.push_back(id), e.target.push_back(1);
 }
 
 // The built-in `plain` template: system text on its own line, "User: ...\n", "Assistant: ...".
@@ -90,8 +107,7 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
                          "[data] {}: missing string field 'prompt' (or 'messages')", where);
       LLMOPT_CHECK_INPUT(j.contains("response") && j["response"].is_string(),
                          "[data] {}: missing string field 'response'", where);
-      append(e, tk, j["prompt"].get<std::string>(), false);
-      append(e, tk, j["response"].get<std::string>(), true);
+      append_pair(e, tk, j["prompt"].get<std::string>(), j["response"].get<std::string>());
       if (eos >= 0) e.ids.push_back(eos), e.target.push_back(1);
     }
     int64_t n = 0;

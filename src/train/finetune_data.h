@@ -1,6 +1,7 @@
 // Fine-tuning data: plain text packed into seq_len blocks, or instruction jsonl (`prompt` /
-// `response` fields, or `messages` [{role, content}] rendered with a built-in template) with the
-// loss only on response tokens; a train / validation split by fraction (the tail) or a separate
+// `response` fields, tokenized as the task harness tokenizes a context and continuation, or
+// `messages` [{role, content}] rendered with a built-in template) with the loss only on response
+// tokens; a train / validation split by fraction (the tail) or a separate
 // file; deterministic shuffling (one permutation per epoch from the seed), addressed by batch
 // index so a checkpoint's data position resumes the exact order.
 //

@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -36,6 +37,7 @@ std::vector<std::string> EvaluateStage::input_files(const DataOptions& data) con
       files.push_back(spec.file);
       files.push_back(spec.data);
       if (!spec.fewshot_data.empty()) files.push_back(spec.fewshot_data);
+      if (!spec.train_data.empty() && o_.task_split == "train") files.push_back(spec.train_data);
     }
   }
   return files;
@@ -49,7 +51,8 @@ void EvaluateStage::validate(const ModelState& state) const {
                      "[evaluate] tasks {} given but metrics has no 'tasks'", fmt::format("{}", fmt::join(o_.tasks, ", ")));
   if (wants("tasks")) {
     LLMOPT_CHECK_INPUT(state.tokenizer != nullptr, "[evaluate] tasks need a tokenizer; set model.tokenizer in the recipe");
-    resolve_tasks(o_.tasks);  // unknown tasks and bad task files fail before any stage runs
+    // Unknown tasks, bad task files and impossible splits fail before any stage runs.
+    for (const auto& spec : resolve_tasks(o_.tasks)) eval::load_split_docs(spec, o_.task_holdout.split(o_.task_split));
   }
   if (wants("perplexity") || wants("kld")) {
     LLMOPT_CHECK_INPUT(state.tokenizer != nullptr,
@@ -128,8 +131,14 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
     eval::TaskRunOptions to;
     to.num_fewshot = static_cast<int>(o_.num_fewshot);
     to.limit = o_.task_limit;
+    to.split = o_.task_holdout.split(o_.task_split);
     for (const auto& spec : resolve_tasks(o_.tasks)) {
       if (ctx.note) ctx.note(spec.name);
+      // Instruction data an earlier finetune stage built from this task: none of it may be scored.
+      const auto trained = state.artifacts.find(instruct_artifact_key(spec.name));
+      to.trained_on = trained == state.artifacts.end() ? std::string()
+                                                       : (std::filesystem::path(ctx.run_dir) / trained->second).string();
+      if (!to.trained_on.empty() && !std::filesystem::exists(to.trained_on)) to.trained_on.clear();
       const eval::TaskResult r = eval::run_task(*engine, *state.tokenizer, spec, to,
                                                 [&](int64_t done, int64_t total) { ctx.report(done, total, "req"); });
       for (const auto& [key, value] : r.metrics.items()) result.metrics[r.name + "/" + key] = value;

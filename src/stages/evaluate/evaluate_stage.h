@@ -7,6 +7,7 @@
 
 #include "stages/options.h"
 #include "stages/stage.h"
+#include "stages/task_holdout_options.h"
 
 namespace llmopt::stages {
 
@@ -21,6 +22,8 @@ struct EvaluateOptions {
   std::vector<std::string> tasks;
   int64_t num_fewshot = -1;
   int64_t task_limit = 0;
+  std::string task_split = "all";
+  TaskHoldoutOptions task_holdout;
 
   static void describe(Schema<EvaluateOptions>& s) {
     s.field("metrics", &EvaluateOptions::metrics,
@@ -51,6 +54,11 @@ struct EvaluateOptions {
         .range(-1, 1000);
     s.field("task_limit", &EvaluateOptions::task_limit, "tasks: score the first N samples of each task (0 = all)")
         .range(0, 1e9);
+    s.field("task_split", &EvaluateOptions::task_split,
+            "tasks: documents scored: all, or the held_out / train part of task_holdout (as `llmopt eval --split`); "
+            "documents a finetune stage of this run trained on (train.task) are an error to score")
+        .choices({"all", "train", "held_out"});
+    s.field("task_holdout", &EvaluateOptions::task_holdout, "tasks: the held-out part (task_split held_out / train)");
   }
 };
 

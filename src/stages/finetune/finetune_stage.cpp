@@ -6,6 +6,9 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "eval/harness.h"
+#include "eval/tasks.h"
+#include "io/atomic_file.h"
 #include "model/lora_adapter.h"
 #include "model/lora_linear.h"
 #include "model/lora_merge.h"
@@ -44,6 +47,11 @@ model::PromptAdapterConfig prompt_config(const FinetuneOptions& o) {
   c.init = o.prompt.init;
   c.init_text = o.prompt.init_text;
   return c;
+}
+
+eval::TaskSpec resolve_train_task(const std::string& name) {
+  const std::string dir = eval::find_tasks_dir();
+  return eval::resolve_task(name, dir, eval::find_shared_dir(dir));
 }
 
 }  // namespace
@@ -110,6 +118,9 @@ static void merge_adapters(const FinetuneOptions& o, model::LlamaModel& m, Model
 }
 
 void check_finetune_options(const FinetuneOptions& o) {
+  LLMOPT_CHECK_INPUT(o.train.path.empty() != o.train.task.empty(),
+                     "[finetune] give one of train.path (a file) and train.task (a task's training documents), found {}",
+                     o.train.path.empty() ? "neither" : "both");
   LLMOPT_CHECK_INPUT(o.method == "lora" || o.method == "qlora" || o.method == "full" || is_prompt_method(o.method),
                      "[finetune] method must be lora, qlora, full, prompt, prefix or ptuning, found '{}'", o.method);
   if (o.method == "lora" || o.method == "qlora") lora_config(o.lora).validate();
@@ -137,6 +148,25 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
 
   train::FinetuneDataOptions dopt;
   dopt.path = o.train.path;
+  if (!o.train.task.empty()) {
+    // The task's training part as instruction jsonl, kept as an artifact: evaluate stages later in
+    // the run refuse to score any of its prompts (stages/task_holdout_options.h).
+    const eval::TaskSpec spec = resolve_train_task(o.train.task);
+    int64_t dropped = 0;
+    const auto examples = eval::instruction_examples(spec, o.train.task_holdout.split("train"), &dropped);
+    LLMOPT_CHECK_INPUT(!examples.empty(), "[finetune] train.task {}: no training documents", spec.name);
+    const std::string rel = "artifacts/instruct-" + spec.name + ".jsonl";
+    dopt.path = (fs::path(ctx.artifacts_dir) / ("instruct-" + spec.name + ".jsonl")).string();
+    io::AtomicFile f(dopt.path);
+    for (const auto& e : examples)
+      f.write(eval::instruction_json(spec, e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    f.commit();
+    log::info("[finetune] {} -> {} ({} examples{})",
+              eval::describe_split(spec, o.train.task_holdout.split("train"), examples.size() + dropped), rel,
+              examples.size(), dropped > 0 ? fmt::format(", {} left out: same prompt as a held-out one", dropped) : "");
+    state.artifacts[instruct_artifact_key(spec.name)] = rel;
+    dopt.format = "jsonl";
+  }
   dopt.format = o.train.format;
   dopt.seq_len = o.train.seq_len;
   dopt.offset = o.train.offset;
@@ -150,6 +180,10 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
                      m.config().max_position_embeddings);
 
   StageResult r;
+  if (!o.train.task.empty()) {
+    r.artifacts.push_back(state.artifacts[instruct_artifact_key(resolve_train_task(o.train.task).name)]);
+    r.metrics["instruct_examples"] = data.train->size() + (data.val ? data.val->size() : 0);
+  }
   model::LoraApplyResult applied;
   if (is_prompt_method(o.method)) {
     // Prompt learning: a PromptAdapter (virtual tokens / prefixes) in front of the frozen base.
@@ -313,7 +347,14 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
 }
 
 std::vector<std::string> FinetuneStage::input_files(const DataOptions&) const {
-  std::vector<std::string> f = {o_.train.path};
+  std::vector<std::string> f;
+  if (!o_.train.path.empty()) f.push_back(o_.train.path);
+  if (!o_.train.task.empty()) {
+    const eval::TaskSpec spec = resolve_train_task(o_.train.task);
+    f.push_back(spec.file);
+    f.push_back(spec.train_data.empty() ? spec.data : spec.train_data);
+    if (!spec.train_data.empty()) f.push_back(spec.data);  // held-out prompts are left out of training
+  }
   if (!o_.val.path.empty()) f.push_back(o_.val.path);
   if (o_.merge && !o_.merge_calibration.path.empty()) f.push_back(o_.merge_calibration.path);
   return f;
@@ -323,6 +364,8 @@ void FinetuneStage::validate(const ModelState& state) const {
   LLMOPT_CHECK_INPUT(state.has_model(), "[finetune] no model to train");
   LLMOPT_CHECK_INPUT(state.tokenizer != nullptr, "[finetune] the model has no tokenizer (give model.tokenizer)");
   check_finetune_options(o_);
+  if (!o_.train.task.empty())  // unknown task, bad task file or impossible split: fail before any stage runs
+    eval::load_split_docs(resolve_train_task(o_.train.task), o_.train.task_holdout.split("train"));
 }
 
 StageResult FinetuneStage::run(ModelState& state, StageContext& ctx) {

@@ -14,6 +14,7 @@
 #include "stages/data_config.h"
 #include "stages/options.h"
 #include "stages/stage.h"
+#include "stages/task_holdout_options.h"
 
 namespace llmopt::stages {
 
@@ -69,11 +70,12 @@ struct FinetuneTrainDataOptions {
   int64_t offset = 0;
   int64_t max_bytes = 0;
   std::string chat_template = "plain";
+  std::string task;
+  TaskHoldoutOptions task_holdout;
 
   static void describe(Schema<FinetuneTrainDataOptions>& s) {
-    s.field("path", &FinetuneTrainDataOptions::path, "Training data: a text file, or instruction jsonl")
-        .existing_path()
-        .required();
+    s.field("path", &FinetuneTrainDataOptions::path, "Training data: a text file, or instruction jsonl (or give task)")
+        .existing_path();
     s.field("format", &FinetuneTrainDataOptions::format,
             "auto (.jsonl = instruction), text (packed into seq_len blocks), jsonl (prompt/response or messages; "
             "loss on the response tokens only)")
@@ -85,6 +87,12 @@ struct FinetuneTrainDataOptions {
     s.field("chat_template", &FinetuneTrainDataOptions::chat_template,
             "jsonl `messages`: built-in rendering (plain: 'User: ...' lines, 'Assistant: ' + the learned reply)")
         .choices({"plain"});
+    s.field("task", &FinetuneTrainDataOptions::task,
+            "Instead of path: a task (configs/tasks name or YAML) whose training part becomes instruction jsonl "
+            "(as `llmopt data instruct`: prompt = the context the task scores, response = the gold choice), written "
+            "to artifacts/instruct-<task>.jsonl");
+    s.field("task_holdout", &FinetuneTrainDataOptions::task_holdout,
+            "task: the documents held out of training (an evaluate stage scores them with task_split held_out)");
   }
 };
 
