@@ -12,6 +12,8 @@ LoRA adapters as llmopt applies the PEFT adapter they come from.
    peft computes on transformers' LlamaForCausalLM.
 3. DoRA has no llama.cpp form: convert is exit 2 naming the way out (merge), and finetune writes no
    adapter.gguf.
+4. A recipe finetune (LoRA) -> export [gguf_lora, peft]: llama.cpp applies the export stage's
+   model-lora.gguf to the base with the logits of `llmopt logits --adapter` of its model-peft/.
 
 Tolerance: as test_llama_cpp.py (f32 weights and an f32 KV cache on both sides, ~1e-5 measured
 on the base; the adapter adds a rank-r product of O(1) values, same rounding order): 1e-3.
@@ -102,6 +104,27 @@ def test_17m_gguf_adapter_in_llama_cpp(llmopt, hf17m, tiny17m_gguf, shakespeare,
     _, base = llmopt_logits(llmopt, tiny17m_gguf, tmp_path)
     theirs = llama_logits(tiny17m_gguf, ids, adapter / "adapter.gguf")
     compare("tinyllama-bpe-17m r=8", ours, theirs, base)
+
+
+def test_export_stage_gguf_lora_in_llama_cpp(llmopt, stories_bin, stories_tok, stories_gguf, shakespeare, tmp_path):
+    recipe = tmp_path / "export-lora.yaml"
+    recipe.write_text(
+        "name: export-lora\nseed: 0\n"
+        f"model: {{path: {stories_bin}, tokenizer: {stories_tok}}}\n"
+        "pipeline:\n"
+        "  - type: finetune\n"
+        "    method: lora\n"
+        "    lora: {r: 4, alpha: 8}\n"
+        f"    train: {{path: {shakespeare}, format: text, seq_len: 64}}\n"
+        "    max_steps: 6\n    batch_size: 4\n    lr: 0.01\n"
+        "  - {type: export, formats: [gguf_lora, peft]}\n")
+    run = tmp_path / "run"
+    llmopt.run("run", recipe, "--out", run)
+    art = run / "artifacts"
+    ids, ours = llmopt_logits(llmopt, stories_gguf, tmp_path, "--adapter", art / "model-peft")
+    _, base = llmopt_logits(llmopt, stories_gguf, tmp_path)
+    theirs = llama_logits(stories_gguf, ids, art / "model-lora.gguf")
+    compare("stories260K export stage gguf_lora", ours, theirs, base)
 
 
 def test_peft_adapter_converted_for_llama_cpp(llmopt, stories_bin, stories_tok, stories_gguf, tmp_path):

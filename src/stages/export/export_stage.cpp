@@ -9,7 +9,10 @@
 #include <random>
 
 #include "model/loader.h"
+#include "model/lora_adapter.h"
+#include "model/prompt_adapter.h"
 #include "model/save.h"
+#include "model/state_io.h"
 #include "model/verify.h"
 #include "core/log.h"
 
@@ -27,6 +30,12 @@ void ExportStage::validate(const ModelState& state) const {
     if (f == "gguf")
       LLMOPT_CHECK_INPUT(state.tokenizer != nullptr,
                          "[export] gguf needs a tokenizer; set model.tokenizer in the recipe");
+    // llama.cpp reads F32 and F16 adapter tensors (io/gguf_lora.h); a PEFT adapter is always F32.
+    if (f == "gguf_lora")
+      LLMOPT_CHECK_INPUT(o_.dtype == "f32" || o_.dtype == "f16",
+                         "[export] formats: gguf_lora is written as f32 or f16, but dtype is {}; export gguf_lora in "
+                         "a stage of its own with dtype: f16",
+                         o_.dtype);
     if (f == "onnx") {
       LLMOPT_CHECK_INPUT(o_.dtype == "f32" || o_.dtype == "f16",
                          "[export] formats: onnx is written as f32 or f16, but dtype is {}; export onnx in a "
@@ -58,6 +67,21 @@ static std::vector<std::string> files_under(const fs::path& dir) {
 
 namespace {
 
+bool is_adapter_format(const std::string& f) { return f == "gguf_lora" || f == "peft"; }
+
+// The file or directory a format is written to inside artifacts/.
+std::string output_name(const std::string& format_name, const std::string& basename) {
+  if (format_name == "gguf_lora") return basename + "-lora.gguf";
+  if (format_name == "peft") return basename + "-peft";
+  switch (model::parse_export_format(format_name)) {
+    case model::ExportFormat::Hf: return basename + "-hf";
+    case model::ExportFormat::Gguf: return basename + ".gguf";
+    case model::ExportFormat::Llama2c: return basename + ".bin";
+    case model::ExportFormat::Onnx: return basename + "-onnx";
+  }
+  return basename;
+}
+
 // Sequences to replay: consecutive windows of the evaluation text when the recipe has one (and a
 // tokenizer), else seeded random token ids.
 std::vector<std::vector<int64_t>> replay_sequences(const ModelState& state, const StageContext& ctx, int64_t n,
@@ -81,6 +105,58 @@ std::vector<std::vector<int64_t>> replay_sequences(const ModelState& state, cons
 
 }  // namespace
 
+void ExportStage::write_adapter(ModelState& state, const std::string& format_name, const std::string& out,
+                                const std::vector<std::vector<int64_t>>& replay, StageResult& result) const {
+  model::LlamaModel& m = *state.model;
+  const bool lora = !model::lora_layers(m).empty();
+  const bool prompt = m.prompt_adapter() != nullptr;
+  LLMOPT_CHECK_INPUT(lora || prompt,
+                     "[export] formats: {} writes the model's adapter, but the model has none (a finetune stage "
+                     "with method lora, qlora, prompt, prefix or ptuning comes first; for the model itself use "
+                     "formats: [hf] or [gguf])",
+                     format_name);
+  DType written_type = DType::F32;
+  if (format_name == "gguf_lora") {
+    LLMOPT_CHECK_INPUT(lora,
+                       "[export] formats: gguf_lora: the model's {} adapter has no llama.cpp --lora form (llama.cpp "
+                       "adapters are LoRA pairs only); use formats: [peft] for the adapter",
+                       m.prompt_adapter()->method());
+    const std::string why = model::gguf_lora_unsupported(m);
+    LLMOPT_CHECK_INPUT(why.empty(),
+                       "[export] formats: gguf_lora: {}; use formats: [peft] for the adapter as PEFT saves it, or "
+                       "formats: [gguf] (or hf) for the model with the adapter merged in",
+                       why);
+    written_type = model::parse_float_type(o_.dtype);
+    model::save_gguf_lora_adapter(m, out, model::gguf_lora_architecture(state.provenance.source_path), written_type);
+  } else if (lora) {
+    model::AdapterSaveOptions so;
+    so.base_model_name_or_path = state.provenance.source_path;
+    model::save_peft_adapter(m, out, so);
+  } else {
+    model::PromptAdapterSaveOptions so;
+    so.base_model_name_or_path = state.provenance.source_path;
+    model::save_prompt_adapter(m, out, so);
+  }
+  if (!o_.verify) return;
+  // The base alone (a copy of the model with its adapters taken off), the written adapter loaded
+  // onto it as `--adapter` loads it, replayed against the model.
+  auto back = model::clone_model(m);
+  for (const auto& [path, layer] : model::lora_layers(*back)) back->set_linear(path, layer->base());
+  if (back->prompt_adapter() != nullptr) back->set_prompt_adapter(nullptr);
+  model::load_any_adapter(*back, out);
+  back->to(m.device());
+  back->eval();
+  const model::ReplayStats r = model::replay(m, *back, replay);
+  const model::ReplayLimits limits = model::replay_limits(written_type, o_.verify_max_kld, o_.verify_min_top1);
+  if (!(r.kld_mean <= limits.max_kld) || !(r.top1 >= limits.min_top1))
+    throw RunError(fmt::format(
+        "[export] {}: the written adapter on the base does not reproduce the model: mean KLD {:.3g} (limit {:.3g}), "
+        "top-1 agreement {:.4f} (limit {:.4f}) over {} positions",
+        out, r.kld_mean, limits.max_kld, r.top1, limits.min_top1, r.positions));
+  result.metrics["verify_" + format_name + "_kld_mean"] = r.kld_mean;
+  result.metrics["verify_" + format_name + "_top1"] = r.top1;
+}
+
 StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
   torch::NoGradGuard no_grad;
   StageResult result;
@@ -94,21 +170,20 @@ StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
   for (const auto& format_name : o_.formats) {
     ctx.check_interrupted();
     if (ctx.note) ctx.note("writing " + format_name);
-    const model::ExportFormat format = model::parse_export_format(format_name);
     // Each format is written into a private temporary directory and then moved into artifacts/
     // (a rename per file, or per directory for hf), so artifacts/ only ever holds complete files.
     const fs::path tmp = artifacts / fmt::format(".export-{}-{}.tmp", format_name, ::getpid());
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    std::string out_name;
-    switch (format) {
-      case model::ExportFormat::Hf: out_name = o_.basename + "-hf"; break;
-      case model::ExportFormat::Gguf: out_name = o_.basename + ".gguf"; break;
-      case model::ExportFormat::Llama2c: out_name = o_.basename + ".bin"; break;
-      case model::ExportFormat::Onnx: out_name = o_.basename + "-onnx"; break;
-    }
+    const bool adapter = is_adapter_format(format_name);
+    // (Adapter formats are not model formats: `format` is only read for the others.)
+    const model::ExportFormat format = adapter ? model::ExportFormat::Hf : model::parse_export_format(format_name);
+    const std::string out_name = output_name(format_name, o_.basename);
     try {
-      if (format == model::ExportFormat::Onnx) {
+      if (adapter) {
+        if (ctx.note && o_.verify) ctx.note("writing and verifying " + format_name);
+        write_adapter(state, format_name, (tmp / out_name).string(), replay, result);
+      } else if (format == model::ExportFormat::Onnx) {
         const auto r = model::save_onnx(*state.model, state.tokenizer.get(), state.provenance.tokenizer_path,
                                         onnx_options(), model::parse_onnx_variants(o_.onnx_variant),
                                         (tmp / out_name).string());
@@ -120,10 +195,10 @@ StageResult ExportStage::run(ModelState& state, StageContext& ctx) {
                     "tests/peer/test_onnx.py checks exports in ONNX Runtime",
                     r.check_note);
       }
-      if (format != model::ExportFormat::Onnx)
+      if (!adapter && format != model::ExportFormat::Onnx)
         model::save_model(*state.model, state.tokenizer.get(), state.provenance.tokenizer_path, format,
                           type, (tmp / out_name).string());
-      if (o_.verify && format != model::ExportFormat::Onnx) {
+      if (o_.verify && !adapter && format != model::ExportFormat::Onnx) {
         // Declared done only after the written artifact, loaded back as a user would load it,
         // computes what the in-memory model computes (optimum only warns, optimum#1755).
         if (ctx.note) ctx.note("verifying " + format_name);

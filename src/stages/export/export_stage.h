@@ -1,6 +1,7 @@
 // `export`: writes the current model (and its tokenizer) into artifacts/ as Hugging Face
 // safetensors directories, GGUF files, llama2.c checkpoints and/or ONNX directories, at f32, f16
-// or bf16 (ONNX: f32/f16, docs/onnx.md).
+// or bf16 (ONNX: f32/f16, docs/onnx.md); or only its adapter (from a finetune stage) as a
+// llama.cpp GGUF LoRA adapter (gguf_lora) or a PEFT adapter directory (peft).
 // Quantized export types plug in here when the quantization stages land.
 #pragma once
 #include <string>
@@ -30,12 +31,16 @@ struct ExportOptions {
   static void describe(Schema<ExportOptions>& s) {
     s.field("formats", &ExportOptions::formats,
             "Formats to write: hf (directory), gguf (file), llama2c (.bin + tokenizer .bin), onnx "
-            "(directory: model.onnx, config.json, tokenizer.json)")
-        .choices({"hf", "gguf", "llama2c", "onnx"});
+            "(directory: model.onnx, config.json, tokenizer.json) hold the model (LoRA merged in); gguf_lora "
+            "(NAME-lora.gguf, llama.cpp's --lora; dtype f32 or f16) and peft (NAME-peft/: adapter_config.json, "
+            "adapter_model.safetensors; LoRA or prompt/prefix/P-tuning) hold only the adapter of an earlier "
+            "finetune stage")
+        .choices({"hf", "gguf", "llama2c", "onnx", "gguf_lora", "peft"});
     s.field("dtype", &ExportOptions::dtype, "Tensor storage type of the exported weights")
         .choices({"f32", "f16", "bf16"});
     s.field("basename", &ExportOptions::basename,
-            "File name stem inside artifacts/: NAME.gguf, NAME-hf/, NAME.bin");
+            "File name stem inside artifacts/: NAME.gguf, NAME-hf/, NAME.bin, NAME-onnx/, NAME-lora.gguf, "
+            "NAME-peft/");
     s.field("verify", &ExportOptions::verify,
             "Load every written artifact back and replay it against the in-memory model; the "
             "stage fails when it disagrees beyond verify_max_kld / verify_min_top1");
@@ -74,7 +79,8 @@ class ExportStage : public Stage {
   using Options = ExportOptions;
   static constexpr const char* kType = "export";
   static constexpr const char* kDoc =
-      "Write the model to artifacts/ as hf, gguf, llama2c and/or onnx at f32/f16/bf16";
+      "Write the model to artifacts/ as hf, gguf, llama2c and/or onnx at f32/f16/bf16, or its adapter as "
+      "gguf_lora / peft";
 
   explicit ExportStage(Options o) : o_(std::move(o)) {}
   std::string type() const override { return kType; }
@@ -84,6 +90,10 @@ class ExportStage : public Stage {
 
  private:
   io::OnnxExportOptions onnx_options() const;
+  // Writes the model's adapter as `format_name` (gguf_lora | peft) to `out` and, with verify,
+  // replays a copy of the base with the written adapter loaded back against the model.
+  void write_adapter(ModelState& state, const std::string& format_name, const std::string& out,
+                     const std::vector<std::vector<int64_t>>& replay, StageResult& result) const;
   Options o_;
 };
 
