@@ -23,6 +23,7 @@
 #include "infer/weights.h"
 #include "kernels/gemm_quant.h"
 #include "kernels/gemv.h"
+#include "kernels/gemv_intn.h"
 #include "kernels/repack.h"
 #include "kernels/vec_math.h"
 
@@ -76,6 +77,8 @@ bool any_int8(const Weights& w) {
 }  // namespace
 
 void gemv_rows_f32(const Matrix& m, const float* x, float* y, int64_t r0, int64_t r1) {
+  if (m.intn != nullptr) return kernels::intn_gemv_rows(*m.intn, x, m.bias, y, r0, r1);
+  if (m.nf4 != nullptr) return kernels::nf4_gemv_rows(*m.nf4, x, m.bias, y, r0, r1);
   if (!m.repacked) return kernels::gemv_rows(m.type, m.w, x, m.bias, y, r0, r1, m.k);
   constexpr int64_t kChunk = 64;
   const int64_t rb = dtype_bytes_for(m.type, m.k);

@@ -13,6 +13,7 @@
 #include "infer/llama_cpu.h"
 #include "kernels/gemm_quant.h"
 #include "kernels/gemv.h"
+#include "kernels/gemv_intn.h"
 #include "kernels/quant_formats.h"
 #include "kernels/repack.h"
 #include "kernels/vec_math.h"
@@ -28,9 +29,34 @@ constexpr int64_t kParallelElems = int64_t{1} << 20;
 // Rows of a packed weight dequantized per GEMM tile (about 1 MiB of f32 in cache).
 constexpr int64_t kTileFloats = int64_t{1} << 18;
 
+// Y[T×n] = X[T×k]·Wᵀ + bias for an int-N / NF4 projection (Matrix::intn / nf4): tiles of rows
+// dequantized into f32 (kernels/gemv_intn.h) and multiplied into the tile's output columns; no
+// f32 copy of the weight is kept.
+void gemm_packed_layer(const Matrix& m, const float* x, float* y, int64_t T) {
+  const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(m.n, kTileFloats / m.k));
+  std::vector<float> tile(static_cast<size_t>(rows * m.k));
+  for (int64_t r0 = 0; r0 < m.n; r0 += rows) {
+    const int64_t nr = std::min(rows, m.n - r0);
+    constexpr int64_t kPart = 8;  // rows per parallel task
+#pragma omp parallel for if (nr * m.k > kParallelElems / 4)
+    for (int64_t p = 0; p < nr; p += kPart) {
+      const int64_t p1 = std::min(nr, p + kPart);
+      if (m.intn != nullptr)
+        kernels::intn_dequantize_tile(*m.intn, r0 + p, r0 + p1, tile.data() + p * m.k);
+      else
+        kernels::nf4_dequantize_tile(*m.nf4, r0 + p, r0 + p1, tile.data() + p * m.k);
+    }
+    sgemm(true, T, nr, m.k, 1.0f, x, m.k, tile.data(), m.k, 0.0f, y + r0, m.n);
+  }
+  if (m.bias != nullptr)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < m.n; ++j) y[t * m.n + j] += m.bias[j];
+}
+
 // Y[T×n] = X[T×k]·Wᵀ (+ bias): W [n×k] row-major, f32 or packed (ggml blocks, f16, bf16).
 // int8: Q8_0/Q4_0/Q4_K/Q6_K weights take the integer-dot GEMM on int8-quantized rows of X.
 void gemm(const Matrix& m, const float* x, float* y, int64_t T, bool int8) {
+  if (m.packed_layer()) return gemm_packed_layer(m, x, y, T);
   if (int8 && kernels::act_q8_supports(m.type)) {
     kernels::gemm_quant(m.type, m.w, x, m.bias, y, T, m.n, m.k, 0, m.repacked);
     return;
@@ -185,7 +211,11 @@ void CpuLlama::prefill(const int64_t* tokens, int64_t T, EngineCache& ec, float*
     // Only the last position's: what a generator (and llama-bench) needs.
     blocks::rms_norm_rows(x.data() + (T - 1) * D, w_.final_norm, xn.data(), 0, 1, D, eps);
     const Matrix& h = w_.head;
-    if (w_.int8_activations && h.repacked) {
+    if (h.packed_layer()) {
+      constexpr int64_t kChunk = 256;
+#pragma omp parallel for schedule(static)
+      for (int64_t r0 = 0; r0 < V; r0 += kChunk) gemv_rows_f32(h, xn.data(), logits, r0, std::min(V, r0 + kChunk));
+    } else if (w_.int8_activations && h.repacked) {
       kernels::gemv_repacked(h.type, h.w, xn.data(), h.bias, logits, V, D);
     } else if (w_.int8_activations && kernels::act_q8_supports(h.type)) {
       kernels::gemv_act_q8(h.type, h.w, xn.data(), h.bias, logits, V, D);

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "infer/blas.h"
+#include "infer/packed_layers.h"
 #include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 #include "kernels/gemv.h"
@@ -54,8 +55,21 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
     int64_t n = 0, k = 0;
   };
   std::unordered_map<std::string, Slot> slots;
+  // Int-N / NF4 projections (infer/packed_layers.h) keep their own storage: views of the
+  // checkpoint's bytes (Borrow) or of copies (Copy), never a dense f32 matrix.
+  std::unordered_map<std::string, const PackedProjection*> packed_views;
   int64_t total = 0;
   io::arch::for_each_tensor(c, [&](const io::arch::TensorInfo& t) {
+    if (io::arch::describe(t.role).linear && !t.bias && t.shape.size() == 2) {
+      const std::string module = t.hf_name.substr(0, t.hf_name.size() - std::string(".weight").size());
+      if (has_packed_projection(ckpt, module)) {
+        packed_.push_back(std::make_unique<PackedProjection>(
+            bind_packed_projection(ckpt, module, t.shape[0], t.shape[1], storage == Storage::Copy)));
+        weight_bytes_ += packed_.back()->bytes;
+        packed_views.emplace(t.hf_name, packed_.back().get());
+        return;
+      }
+    }
     const io::TensorView& v = ckpt.get(t.hf_name);
     Slot s;
     s.offset = total;
@@ -102,6 +116,21 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
   };
   auto type_of = [&](const std::string& name) { return slots.at(name).type; };
   auto repacked = [&](const std::string& name) { return slots.at(name).repacked; };
+  // Binds a projection's weight [n, k]: packed layer views or arena/borrowed rows.
+  auto bind = [&](Matrix& m, const io::arch::TensorInfo& t) {
+    m.n = t.shape[0], m.k = t.shape[1];
+    if (const auto it = packed_views.find(t.hf_name); it != packed_views.end()) {
+      const PackedProjection& p = *it->second;
+      m.type = DType::U8, m.repacked = false;
+      if (p.kind == PackedProjection::Kind::IntN) {
+        m.intn = &p.intn, m.w = p.intn.codes;
+      } else {
+        m.nf4 = &p.nf4, m.w = p.nf4.codes;
+      }
+      return;
+    }
+    m.w = at(t.hf_name), m.type = type_of(t.hf_name), m.repacked = repacked(t.hf_name);
+  };
 
   // Bind every tensor by its role in the architecture description.
   inv_freq_ = rope_inv_freq(c);
@@ -115,8 +144,7 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
     } else if (t.role == Role::OutputNorm) {
       w_.final_norm = p;
     } else if (t.role == Role::Output) {
-      w_.head.w = p, w_.head.n = t.shape[0], w_.head.k = t.shape[1], w_.head.type = type_of(t.hf_name);
-      w_.head.repacked = repacked(t.hf_name);
+      bind(w_.head, t);
     } else if (t.role == Role::AttnNorm) {
       w_.layers[static_cast<size_t>(t.layer)].ln1 = p;
     } else if (t.role == Role::FfnNorm) {
@@ -126,14 +154,13 @@ CpuLlama::CpuLlama(const io::Checkpoint& ckpt, Storage storage) : arena_(nullptr
       if (t.bias) {
         m.bias = p;
       } else {
-        m.w = p, m.n = t.shape[0], m.k = t.shape[1], m.type = type_of(t.hf_name);
-        m.repacked = repacked(t.hf_name);
+        bind(m, t);
       }
     }
   });
   if (c.tie_word_embeddings) {
     w_.head.w = w_.embed, w_.head.n = c.vocab_size, w_.head.k = c.hidden_size;
-    w_.head.type = DType::F32, w_.head.repacked = false;
+    w_.head.type = DType::F32, w_.head.repacked = false, w_.head.intn = nullptr, w_.head.nf4 = nullptr;
   }
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "infer/engine.h"
+#include "infer/packed_layers.h"
 #include "infer/weights.h"
 #include "io/checkpoint.h"
 #include "tokenizer/tokenizer.h"
@@ -25,8 +26,10 @@ class CpuLlama : public Engine {
   // interleaved form of kernels/repack.h, everything else converted to f32); the checkpoint may
   // be dropped afterwards. Borrow: tensors already in the type the engine computes with are used
   // where they lie (a memory-mapped file, an in-memory model's tensors), only the others are
-  // converted into the arena; the engine keeps the checkpoint's storage alive. InputError naming
-  // the file for missing tensors or wrong shapes.
+  // converted into the arena; the engine keeps the checkpoint's storage alive. Int-N / NF4
+  // projections (infer/packed_layers.h: llmopt's own layers, GPTQ's layout) are held packed as
+  // stored (Borrow: views of the checkpoint's bytes) and run through kernels/gemv_intn.h.
+  // InputError naming the file for missing tensors or wrong shapes.
   enum class Storage { Copy, Borrow };
   explicit CpuLlama(const io::Checkpoint& ckpt, Storage storage = Storage::Copy);
   ~CpuLlama() override;
@@ -68,6 +71,7 @@ class CpuLlama : public Engine {
   std::vector<float> inv_freq_;
   std::unique_ptr<float, void (*)(void*)> arena_;
   std::vector<std::shared_ptr<const void>> borrowed_;  // the checkpoint's storage (Borrow)
+  std::vector<std::unique_ptr<PackedProjection>> packed_;  // int-N / NF4 projections as stored
   int64_t weight_bytes_ = 0;
   int64_t arena_bytes_ = 0;
 };

@@ -9,6 +9,8 @@
 
 #include "core/dtype.h"
 #include "core/model_config.h"
+#include "kernels/intn.h"
+#include "kernels/nf4.h"
 
 namespace llmopt::infer {
 
@@ -16,12 +18,18 @@ namespace llmopt::infer {
 // (repacked) Q4_0/Q4_K rows in kernels/repack.h's 8-row interleaved form: the int8-activation
 // decode GEMV reads that form directly; every other path unpacks the rows it needs
 // (gemv_rows_f32, the prefill GEMMs) into ggml blocks first.
+// Int-N / NF4 projections (infer/packed_layers.h) are held as stored: `intn` or `nf4` points to
+// the view (decode: kernels/gemv_intn.h; prefill: dequantized tiles into a GEMM), `w` to the
+// codes and `type` is U8 (no kernel reads it as rows).
 struct Matrix {
   const void* w = nullptr;
   DType type = DType::F32;
   const float* bias = nullptr;  // [n] or null
   int64_t n = 0, k = 0;
   bool repacked = false;
+  const kernels::IntNMatrix* intn = nullptr;
+  const kernels::NF4Matrix* nf4 = nullptr;
+  bool packed_layer() const { return intn != nullptr || nf4 != nullptr; }
 };
 
 // y[r] = row r of m · x (+ bias) for r in [r0, r1), f32 activations (kernels::gemv_rows; repacked

@@ -65,6 +65,10 @@ void validate_checkpoint_tensors(const Checkpoint& ckpt, const char* component) 
         check_gptq_module(ckpt, module, e.shape[0], e.shape[1], component);
         return;
       }
+      // llmopt's own packed layers (int-N, NF4) as stored: `<module>#<tensor>` with the layer's
+      // kind under metadata "llmopt_layers"; the native engine checks them (infer/packed_layers.h).
+      if (const auto it = ckpt.metadata.find("llmopt_layers"); it != ckpt.metadata.end() && it->contains(module))
+        return;
     }
     LLMOPT_CHECK_INPUT(t != nullptr, "[{}] {}: missing tensor '{}' (expected shape {})", component,
                        ckpt.path, e.name, shape_string(e.shape));

@@ -1,9 +1,11 @@
 #include "io/gptq.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
 #include "core/half.h"
+#include "io/checkpoint_tensors.h"
 
 namespace llmopt::io {
 
@@ -17,6 +19,7 @@ std::optional<GptqConfig> parse_gptq_config(const nlohmann::json& config_json, c
     c.group_size = q.value("group_size", int64_t{-1});
     c.desc_act = q.value("desc_act", false);
     c.sym = q.value("sym", true);
+    c.static_groups = q.value("static_groups", false);
   } catch (const nlohmann::json::exception& e) {
     throw_input("[gptq] {}: quantization_config: {}", source, e.what());
   }
@@ -27,13 +30,19 @@ std::optional<GptqConfig> parse_gptq_config(const nlohmann::json& config_json, c
   const std::string fmt = q.value("checkpoint_format", std::string("gptq"));
   LLMOPT_CHECK_INPUT(fmt == "gptq", "[gptq] {}: quantization_config.checkpoint_format '{}': llmopt reads 'gptq' (v1)",
                      source, fmt);
+  // auto-gptq's Marlin repacking keeps the names but not the v1 layout.
+  const auto marlin = q.find("is_marlin_format");
+  LLMOPT_CHECK_INPUT(marlin == q.end() || !marlin->is_boolean() || !marlin->get<bool>(),
+                     "[gptq] {}: quantization_config.is_marlin_format is true: llmopt reads the GPTQ v1 layout, not "
+                     "Marlin's repacked tensors",
+                     source);
   return c;
 }
 
 nlohmann::json gptq_config_json(const GptqConfig& c) {
   return {{"quant_method", "gptq"}, {"bits", c.bits},           {"group_size", c.group_size},
           {"desc_act", c.desc_act}, {"sym", c.sym},             {"checkpoint_format", "gptq"},
-          {"damp_percent", 0.01},   {"true_sequential", true},  {"static_groups", false}};
+          {"damp_percent", 0.01},   {"true_sequential", true},  {"static_groups", c.static_groups}};
 }
 
 std::string gptq_cannot_hold(const kernels::IntNMatrix& w) {
@@ -67,7 +76,11 @@ GptqTensors gptq_pack(const kernels::IntNMatrix& w, const std::string& tensor) {
   const uint32_t mask = (1u << w.bits) - 1u;
   t.qweight.assign(static_cast<size_t>(t.in / per_word * t.out), 0);
   t.qzeros.assign(static_cast<size_t>(t.groups * (t.out / per_word)), 0);
-  t.scales.assign(static_cast<size_t>(t.groups * t.out), 0);
+  if (w.scales_f32) {
+    t.scales_f32.assign(static_cast<size_t>(t.groups * t.out), 0.0f);
+  } else {
+    t.scales.assign(static_cast<size_t>(t.groups * t.out), 0);
+  }
   t.g_idx.resize(static_cast<size_t>(t.in));
   for (int64_t i = 0; i < t.in; ++i) t.g_idx[i] = static_cast<int32_t>(w.group_of(i));
   std::vector<uint8_t> codes(static_cast<size_t>(t.in));
@@ -79,7 +92,11 @@ GptqTensors gptq_pack(const kernels::IntNMatrix& w, const std::string& tensor) {
     }
     for (int64_t g = 0; g < t.groups; ++g) {
       const kernels::IntNGrid grid = w.grid(o, g);
-      t.scales[g * t.out + o] = f32_to_f16(grid.scale);
+      if (w.scales_f32) {
+        t.scales_f32[g * t.out + o] = grid.scale;
+      } else {
+        t.scales[g * t.out + o] = f32_to_f16(grid.scale);
+      }
       const uint32_t stored = (static_cast<uint32_t>(grid.zero) - 1u) & mask;
       auto& word = reinterpret_cast<uint32_t&>(t.qzeros[g * (t.out / per_word) + o / per_word]);
       word |= stored << (w.bits * (o % per_word));
@@ -88,7 +105,11 @@ GptqTensors gptq_pack(const kernels::IntNMatrix& w, const std::string& tensor) {
   return t;
 }
 
-kernels::IntNStorage gptq_unpack(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales,
+namespace {
+
+// Shared by both scale types: `scale_at(g, o)` is the f32 value of scales[g, o] (checked there).
+template <class ScaleAt>
+kernels::IntNStorage unpack_impl(const int32_t* qweight, const int32_t* qzeros, ScaleAt scale_at, bool f32_scales,
                                  const int32_t* g_idx, int64_t in, int64_t out, int64_t groups, const GptqConfig& c,
                                  const std::string& tensor) {
   const int bits = c.bits;
@@ -126,14 +147,31 @@ kernels::IntNStorage gptq_unpack(const int32_t* qweight, const int32_t* qzeros, 
   std::vector<kernels::IntNGrid> grids(static_cast<size_t>(out * groups));
   for (int64_t o = 0; o < out; ++o)
     for (int64_t g = 0; g < groups; ++g) {
-      const uint16_t h = scales[g * out + o];
-      // A zero or negative scale cannot come from GPTQ's packer; f16 values keep encode/decode exact.
-      LLMOPT_CHECK_INPUT((h & 0x7fffu) != 0 && (h & 0x8000u) == 0 && (h & 0x7c00u) != 0x7c00u,
-                         "[gptq] {}.scales[{}, {}] = {} is not a positive finite value", tensor, g, o, f16_to_f32(h));
-      grids[o * groups + g] = {f16_to_f32(h), static_cast<float>(zero_codes[o * groups + g])};
+      // A zero or negative scale cannot come from GPTQ's packer (an all-zero group gets 2/maxq).
+      const float sc = scale_at(g, o);
+      LLMOPT_CHECK_INPUT(sc > 0.0f && std::isfinite(sc), "[gptq] {}.scales[{}, {}] = {} is not a positive finite value",
+                         tensor, g, o, sc);
+      grids[o * groups + g] = {sc, static_cast<float>(zero_codes[o * groups + g])};
     }
   return kernels::intn_from_codes(codes.data(), grids.data(), out, in, bits, group, all_mid,
-                                  plain_order ? nullptr : g_idx);
+                                  plain_order ? nullptr : g_idx, f32_scales);
+}
+
+}  // namespace
+
+kernels::IntNStorage gptq_unpack(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales,
+                                 const int32_t* g_idx, int64_t in, int64_t out, int64_t groups, const GptqConfig& c,
+                                 const std::string& tensor) {
+  // f16 scales stay f16 in the storage (every f16 value is exact there).
+  auto at = [&](int64_t g, int64_t o) { return f16_to_f32(scales[g * out + o]); };
+  return unpack_impl(qweight, qzeros, at, false, g_idx, in, out, groups, c, tensor);
+}
+
+kernels::IntNStorage gptq_unpack(const int32_t* qweight, const int32_t* qzeros, const float* scales,
+                                 const int32_t* g_idx, int64_t in, int64_t out, int64_t groups, const GptqConfig& c,
+                                 const std::string& tensor) {
+  auto at = [&](int64_t g, int64_t o) { return scales[g * out + o]; };
+  return unpack_impl(qweight, qzeros, at, true, g_idx, in, out, groups, c, tensor);
 }
 
 std::optional<GptqConfig> checkpoint_gptq_config(const Checkpoint& ckpt) {
@@ -178,7 +216,10 @@ void check_gptq_module(const Checkpoint& ckpt, const std::string& module, int64_
                      module, out, in, c->bits);
   expect(".qweight", DType::I32, {in / per_word, out}, true);
   expect(".qzeros", DType::I32, {groups, out / per_word}, true);
-  expect(".scales", DType::F16, {groups, out}, true);
+  // Scales keep the dtype of the model they were saved from: f16, f32 or bf16 (all read exactly).
+  const TensorView* sc = ckpt.find(module + ".scales");
+  const DType scales_dt = sc && (sc->dtype == DType::F32 || sc->dtype == DType::BF16) ? sc->dtype : DType::F16;
+  expect(".scales", scales_dt, {groups, out}, true);
   expect(".g_idx", DType::I32, {in}, false);
 }
 
@@ -201,10 +242,15 @@ kernels::IntNStorage load_gptq_module(const Checkpoint& ckpt, const std::string&
     return v;
   };
   const std::vector<int32_t> qweight = words(".qweight"), qzeros = words(".qzeros");
-  std::vector<uint16_t> sc(static_cast<size_t>(scales.nbytes / 2));
-  std::memcpy(sc.data(), scales.data, static_cast<size_t>(scales.nbytes));
-  return gptq_unpack(qweight.data(), qzeros.data(), sc.data(), g_idx.data(), in, out, scales.shape[0], c,
-                     ckpt.path + ": " + module);
+  const std::string where = ckpt.path + ": " + module;
+  if (scales.dtype == DType::F16) {
+    std::vector<uint16_t> sc(static_cast<size_t>(scales.nbytes / 2));
+    std::memcpy(sc.data(), scales.data, static_cast<size_t>(scales.nbytes));
+    return gptq_unpack(qweight.data(), qzeros.data(), sc.data(), g_idx.data(), in, out, scales.shape[0], c, where);
+  }
+  // f32 as they are; bf16 widened to f32 (exact).
+  std::vector<float> sc = tensor_to_f32(scales);
+  return gptq_unpack(qweight.data(), qzeros.data(), sc.data(), g_idx.data(), in, out, scales.shape[0], c, where);
 }
 
 std::vector<std::string> gptq_tensor_names(const Checkpoint& ckpt, const std::string& module) {

@@ -5,7 +5,8 @@
 //                     W-codes of inputs i·(32/bits) + t at bits [t·bits, (t+1)·bits), t = 0 ..
 //   <module>.qzeros   i32 [groups, out·bits/32]  zero points minus one ((z − 1) mod 2^bits, v1),
 //                     packed along the OUTPUT dim the same way
-//   <module>.scales   f16 [groups, out]
+//   <module>.scales   f16 [groups, out] (f32 or bf16 when saved from such a model: auto-gptq keeps
+//                     the model's dtype; loaded into f32 int-N scales as they are, never rounded)
 //   <module>.g_idx    i32 [in]  group of each input (i / G, or a permutation with desc_act)
 // and W[o, i] = scales[g, o]·(q[i, o] − (qzeros[g, o] + 1)), g = g_idx[i].
 // config.json gains quantization_config {quant_method: "gptq", bits, group_size, desc_act, sym,
@@ -29,6 +30,9 @@ struct GptqConfig {
   int64_t group_size = 128;  // -1: one group per input row
   bool desc_act = false;
   bool sym = true;
+  // How the codes were chosen, as auto-gptq records it (nothing a reader needs: g_idx says it):
+  // grids fitted before GPTQ's column sweep; with desc_act, g_idx then stays i / group_size.
+  bool static_groups = false;
 };
 
 // quantization_config of a config.json: nullopt when absent or not GPTQ; InputError naming
@@ -45,7 +49,8 @@ struct GptqTensors {
   int bits = 4;
   std::vector<int32_t> qweight;  // [in·bits/32, out]
   std::vector<int32_t> qzeros;   // [groups, out·bits/32]
-  std::vector<uint16_t> scales;  // [groups, out] f16 bits
+  std::vector<uint16_t> scales;  // [groups, out] f16 bits (empty when scales_f32 is used)
+  std::vector<float> scales_f32; // [groups, out] when the int-N storage holds f32 scales
   std::vector<int32_t> g_idx;    // [in]
 };
 
@@ -58,13 +63,17 @@ GptqTensors gptq_pack(const kernels::IntNMatrix& w, const std::string& tensor);
 kernels::IntNStorage gptq_unpack(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales,
                                  const int32_t* g_idx, int64_t in, int64_t out, int64_t groups,
                                  const GptqConfig& c, const std::string& tensor);
+// The same with f32 scales [groups, out]: the storage keeps them as they are (scales_f32).
+kernels::IntNStorage gptq_unpack(const int32_t* qweight, const int32_t* qzeros, const float* scales,
+                                 const int32_t* g_idx, int64_t in, int64_t out, int64_t groups,
+                                 const GptqConfig& c, const std::string& tensor);
 
 // The GPTQ config recorded in a checkpoint's metadata by load_hf_dir (nullopt: not GPTQ).
 std::optional<GptqConfig> checkpoint_gptq_config(const Checkpoint& ckpt);
 // Whether `module` ("model.layers.0.self_attn.q_proj") is stored in GPTQ's layout in `ckpt`.
 bool has_gptq_module(const Checkpoint& ckpt, const std::string& module);
 // InputError "[component] FILE: ..." unless the module's GPTQ tensors have the dtypes and shapes
-// a [out, in] projection implies (g_idx may be absent: i / group_size).
+// a [out, in] projection implies (g_idx may be absent: i / group_size; scales f16, f32 or bf16).
 void check_gptq_module(const Checkpoint& ckpt, const std::string& module, int64_t out, int64_t in,
                        const char* component);
 // The module's int-N storage (after check_gptq_module).

@@ -1,5 +1,8 @@
 // Hugging Face model directories: config.json + model.safetensors (or a sharded
-// model.safetensors.index.json), tokenizer.json or tokenizer.model.
+// model.safetensors.index.json), tokenizer.json or tokenizer.model. GPTQ directories as auto-gptq
+// saves them load too: quantize_config.json (its quantization_config when config.json has none)
+// and weights named by its model_file_base_name or the directory's only *.safetensors
+// (gptq_model-4bit-128g.safetensors) / *.safetensors.index.json; several candidates: exit 2.
 #pragma once
 #include <string>
 

@@ -348,6 +348,9 @@ GptqResult gptq_quantize(const LinearLayer& layer, const InputStats& stats, Colu
   auto Q = Qt.index_select(0, inv).t().contiguous();
   GptqResult res;
   res.layer = qz.build(layer.bias());
+  // For the HF export's quantization_config (desc_act, static_groups as auto-gptq means them).
+  if (auto* l = dynamic_cast<IntNLinear*>(res.layer.get()); l && o.propagate)
+    l->set_gptq_process({o.act_order, static_groups});
   {
     auto Hf = (stats.hessian.defined() ? stats.hessian : torch::diag(stats.sum_sq)).to(torch::kFloat64);
     auto D = (W0 - Q).to(torch::kFloat64);

@@ -11,6 +11,7 @@
 #include "io/architecture.h"
 #include "io/checkpoint_tensors.h"
 #include "io/gptq.h"
+#include "infer/packed_layers.h"
 #include "io/mapped_file.h"
 #include "kernels/gemv.h"
 #include "model/intn_linear.h"
@@ -44,7 +45,10 @@ std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt) {
         bias = torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kFloat32).clone();
         packed.insert(b.name);
       }
-      m->set_linear(li.path, std::make_shared<IntNLinear>(io::load_gptq_module(ckpt, li.path, li.out, li.in), bias));
+      auto layer = std::make_shared<IntNLinear>(io::load_gptq_module(ckpt, li.path, li.out, li.in), bias);
+      // The file's own account of how GPTQ chose the codes, carried to a re-export.
+      if (const auto c = io::checkpoint_gptq_config(ckpt)) layer->set_gptq_process({c->desc_act, c->static_groups});
+      m->set_linear(li.path, layer);
       for (const auto& n : io::gptq_tensor_names(ckpt, li.path)) packed.insert(n);
       continue;
     }
@@ -159,7 +163,15 @@ io::Checkpoint model_to_checkpoint(LlamaModel& model, CheckpointWeights weights)
       add(t.hf_name, l.bias());
       return;
     }
-    if (weights == CheckpointWeights::AsStored) {
+    if (weights == CheckpointWeights::Packed && infer::native_stored_kind(l.kind())) {
+      const std::string module = io::arch::module_path(t.role, t.layer);
+      LayerState st = l.stored_state();
+      for (const StoredTensor& s : st.tensors)
+        if (s.name != "bias") add_view(module + "#" + s.name, s.dtype, s.shape, s.data, s.nbytes, s.owner);
+      ck.metadata[infer::kStoredLayersKey][module] = {{"kind", st.kind}, {"meta", st.meta}};
+      return;
+    }
+    if (weights != CheckpointWeights::Dense) {
       if (auto fw = l.file_weight()) {
         LLMOPT_CHECK_INPUT(fw->shape == t.shape, "[model] {}: stored weight has shape {}, expected {}", t.hf_name,
                            shape_str(fw->shape), shape_str(t.shape));

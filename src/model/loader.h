@@ -31,7 +31,11 @@ LoadedModel load_model(const std::string& path, const ModelLoadOptions& opts = {
 std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt);
 // Dense: every tensor as F32 (dequantized / merged). AsStored: each projection whose
 // LinearLayer::file_weight() exists keeps its storage (packed ggml blocks are not re-rounded).
-enum class CheckpointWeights { Dense, AsStored };
+// Packed: AsStored, and each layer whose kind the native engine binds as stored
+// (infer::native_stored_kind: int-N, NF4) as its stored_state() tensors `<module>#<name>` with
+// metadata "llmopt_layers" (infer/packed_layers.h), no dense copy: the native engine's input
+// (model::make_engine), not a file format's.
+enum class CheckpointWeights { Dense, AsStored, Packed };
 // The model's weights as canonical HF-named tensors (owned by the returned checkpoint).
 io::Checkpoint model_to_checkpoint(LlamaModel& model, CheckpointWeights weights = CheckpointWeights::Dense);
 

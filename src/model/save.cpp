@@ -35,7 +35,7 @@ void add_gptq_layout(LlamaModel& m, io::Checkpoint& ck) {
   std::optional<io::GptqConfig> cfg;
   std::string first;
   std::set<std::string> quantized_children, dense_children;
-  bool all_sym = true;
+  bool all_sym = true, all_static = true;
   for (auto& [name, layer] : m.linear_layers()) {
     const auto info = io::arch::find_linear(m.config(), name);
     const std::string child = info && info->layer >= 0 ? name.substr(name.find('.', std::string("model.layers.").size()) + 1) : name;
@@ -62,7 +62,12 @@ void add_gptq_layout(LlamaModel& m, io::Checkpoint& ck) {
                        "[export] {}: {} bits, group size {}, but {} has {} bits, group size {}: the GPTQ "
                        "quantization_config holds one of each; {}",
                        tensor, w.bits, group, first, cfg->bits, cfg->group_size, way_out);
-    cfg->desc_act = cfg->desc_act || l.act_order();
+    // desc_act: a permuted g_idx, or GPTQ's act-order with static groups (contiguous g_idx, as
+    // auto-gptq writes desc_act + static_groups); static_groups only when every layer's GPTQ
+    // fitted its grids up front (auto-gptq's meaning; RTN/AWQ layers and loaded ones: false).
+    const auto& process = l.gptq_process();
+    cfg->desc_act = cfg->desc_act || l.act_order() || (process && process->desc_act);
+    all_static = all_static && process && process->static_groups;
     all_sym = all_sym && w.sym;
     quantized_children.insert(child);
     auto packed = std::make_shared<io::GptqTensors>(io::gptq_pack(w, tensor));
@@ -81,7 +86,10 @@ void add_gptq_layout(LlamaModel& m, io::Checkpoint& ck) {
     std::vector<io::TensorView> views = {
         view(".qweight", DType::I32, {packed->in / per_word, packed->out}, packed->qweight.data(), 4 * packed->qweight.size()),
         view(".qzeros", DType::I32, {packed->groups, packed->out / per_word}, packed->qzeros.data(), 4 * packed->qzeros.size()),
-        view(".scales", DType::F16, {packed->groups, packed->out}, packed->scales.data(), 2 * packed->scales.size()),
+        packed->scales_f32.empty()
+            ? view(".scales", DType::F16, {packed->groups, packed->out}, packed->scales.data(), 2 * packed->scales.size())
+            : view(".scales", DType::F32, {packed->groups, packed->out}, packed->scales_f32.data(),
+                   4 * packed->scales_f32.size()),
         view(".g_idx", DType::I32, {packed->in}, packed->g_idx.data(), 4 * packed->g_idx.size())};
     it = ck.tensors.erase(it);
     ck.tensors.insert(it, views.begin(), views.end());
@@ -94,6 +102,7 @@ void add_gptq_layout(LlamaModel& m, io::Checkpoint& ck) {
                        "projection in every layer or in none; {}",
                        c, way_out);
   cfg->sym = all_sym;
+  cfg->static_groups = all_static;
   nlohmann::json q = io::gptq_config_json(*cfg);
   if (!dense_children.empty()) {
     // transformers/optimum replace only these projections of each block by GPTQ layers.

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "infer/llama_cpu.h"
+#include "infer/packed_layers.h"
 #include "model/loader.h"
 
 namespace llmopt::model {
@@ -67,6 +68,9 @@ void TorchEngine::decode(int64_t token, infer::EngineCache& cache, float* logits
 bool native_equivalent(LlamaModel& m) {
   if (!m.device().is_cpu() || m.prompt_adapter() != nullptr) return false;
   for (auto& [name, layer] : m.linear_layers()) {
+    // int-N and NF4 layers: the native engine binds their stored codes, scales and zeros
+    // (infer/packed_layers.h) and runs the same per-group formula (kernels/gemv_intn.h).
+    if (infer::native_stored_kind(layer->kind())) continue;
     // Plain and packed (ggml blocks, f16, bf16) matrices: the native engine holds them as stored.
     if (layer->kind() != "dense" && layer->kind() != "packed") return false;
     DType type = DType::BF16;
@@ -83,11 +87,12 @@ std::unique_ptr<infer::Engine> make_engine(const std::shared_ptr<LlamaModel>& m,
   const bool native = native_equivalent(*m);
   if (choice == "auto" && !native) return std::make_unique<TorchEngine>(m);
   LLMOPT_CHECK_INPUT(native,
-                     "[engine] the native engine runs CPU models of dense or packed layers only; this model has "
+                     "[engine] the native engine runs CPU models of dense, packed, int-N or NF4 layers only; this model has "
                      "other layers or lives on {} (use engine torch)",
                      m->device().str());
-  // Borrowed: the engine reads the model's own f32 and packed tensors (no second copy).
-  return std::make_unique<infer::CpuLlama>(model_to_checkpoint(*m, CheckpointWeights::AsStored),
+  // Borrowed: the engine reads the model's own f32 and packed tensors, int-N / NF4 codes included
+  // (no second copy, no dense one).
+  return std::make_unique<infer::CpuLlama>(model_to_checkpoint(*m, CheckpointWeights::Packed),
                                            infer::CpuLlama::Storage::Borrow);
 }
 

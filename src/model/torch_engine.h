@@ -41,15 +41,16 @@ class TorchEngine : public infer::Engine {
   std::shared_ptr<LlamaModel> model_;
 };
 
-// True when every projection of `m` is a plain DenseLinear or a PackedLinear (ggml blocks,
-// f16, bf16) on the CPU: the native engine built from model_to_checkpoint(m, AsStored) holds the
+// True when every projection of `m` is a plain DenseLinear, a PackedLinear (ggml blocks, f16,
+// bf16), an IntNLinear or an NF4Linear on the CPU: the native engine built from
+// model_to_checkpoint(m, Packed) holds the
 // same stored bytes and computes the same function, so it may stand in for it. LoRA, sparse or
 // other layers keep their own forward (and their own speed) only in the torch engine.
 bool native_equivalent(LlamaModel& m);
 
 // The engine that runs an in-memory model for evaluation and benchmarks, by name:
-// "native" — infer::CpuLlama built from model_to_checkpoint(*m, AsStored) (its own copy of the
-// weights, packed ones kept packed; InputError unless native_equivalent(*m)); "torch" —
+// "native" — infer::CpuLlama built from model_to_checkpoint(*m, Packed) (borrowing the model's
+// tensors, packed ones kept packed; InputError unless native_equivalent(*m)); "torch" —
 // TorchEngine(m); "auto" — native when native_equivalent(*m), torch otherwise.
 std::unique_ptr<infer::Engine> make_engine(const std::shared_ptr<LlamaModel>& m, const std::string& choice);
 

@@ -52,14 +52,16 @@ check quantize-group-larger-than-row 2 "group_size: 128 .*larger than the rows o
   "$BIN" quantize "$S/stories260K.bin" "$TMP/s-int4-hf" --tokenizer "$S/tok512.bin" --method rtn --format int4 \
   --group-size 128 --to hf
 check quantize-group-no-output 1 "" -- test -e "$TMP/s-int4-hf"
-# A GPTQ-layout HF directory: eval/generate pick the torch engine (the native one reads ggml blocks);
-# --engine native is exit 2 naming the way out.
+# A GPTQ-layout HF directory: the native engine holds its projections packed as int-N
+# (infer/packed_layers.h); the torch engine runs it too.
 check quantize-int8-hf 0 "" -- "$BIN" quantize "$S/stories260K.bin" "$TMP/s-int8-hf" --tokenizer "$S/tok512.bin" \
   --method rtn --format int8 --group-size -1 --to hf
 check eval-gptq-dir 0 '"perplexity"' -- "$BIN" eval "$TMP/s-int8-hf" --data "$SHARED/text/tinystories_val.txt" \
   --ctx 128 --limit 2 --json -
-check eval-gptq-dir-native 2 "GPTQ checkpoint .*torch engine" -- "$BIN" eval "$TMP/s-int8-hf" \
-  --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 2 --engine native
+check eval-gptq-dir-native 0 '"engine": "native"' -- "$BIN" eval "$TMP/s-int8-hf" \
+  --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 2 --engine native --json -
+check eval-gptq-dir-torch 0 '"engine": "torch"' -- "$BIN" eval "$TMP/s-int8-hf" \
+  --data "$SHARED/text/tinystories_val.txt" --ctx 128 --limit 2 --engine torch --json -
 check info-bits-q4_0 0 '"linear_bits_per_weight": 7\.2937' -- "$BIN" info "$TMP/s-q4_0.gguf" --json -
 # llama2.c v2 int8 (q8_0, groups of 32) through the model: byte for byte the reference file (issue 9).
 mkdir -p "$TMP/q80"
