@@ -1,11 +1,17 @@
 // The torch engine's fused single-token CPU step: when the cache, norms and every projection are
 // plain CPU float32 GEMV operands, LlamaModel hands raw views of them to infer::decode_step (the
 // step CpuLlama runs too; see src/infer/decode_step.cpp for how it is organized).
+#include "model/decode_cpu.h"
+
+#include <atomic>
+
 #include "infer/weights.h"
 #include "model/llama_layers.h"
 
 namespace llmopt::model {
 namespace {
+
+std::atomic<int64_t> g_fused_steps{0};
 
 bool cpu_f32(const torch::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous();
@@ -26,6 +32,8 @@ bool as_mat(const LinearLayer* l, infer::Matrix& m) {
 }
 
 }  // namespace
+
+int64_t fused_decode_steps() { return g_fused_steps.load(std::memory_order_relaxed); }
 
 torch::Tensor LlamaModel::try_decode_fused(int64_t token, KVCache& cache) {
   // Applicable when the cache, norms and every projection are plain CPU float32 GEMV operands;
@@ -62,6 +70,7 @@ torch::Tensor LlamaModel::try_decode_fused(int64_t token, KVCache& cache) {
   auto logits = torch::empty({1, 1, cfg_.vocab_size}, torch::kFloat32);
   infer::decode_step(w, kv, cache.length, token, logits.data_ptr<float>());
   cache.length += 1;
+  g_fused_steps.fetch_add(1, std::memory_order_relaxed);
   return logits;
 }
 

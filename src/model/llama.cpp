@@ -159,11 +159,11 @@ void LlamaModel::prime_cache(KVCache& cache) {
 
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) {
   if (cache && prompt_ && !cache->primed) prime_cache(*cache);
-  // One token with a cache on the CPU, no autograd: the fused decode step (decode_cpu.cpp). Not
-  // with a prompt adapter: `llmopt bench --adapter` of a trained prefix adapter (stories260K, 20
-  // prefixes, default -r 3 --warmup 1) ended in heap corruption on that path (cause not found yet;
-  // the generic path runs it cleanly and equals the cache-free forward, prompt_adapter_test).
-  if (cache && !prompt_ && tokens.dim() == 2 && tokens.size(0) == 1 && tokens.size(1) == 1 && !torch::GradMode::is_enabled() &&
+  // One token with a cache on the CPU, no autograd: the fused decode step (decode_cpu.cpp). With a
+  // prompt adapter too: its virtual tokens are ordinary rows at the front of the cache (primed
+  // above), which the step reads like any other (prompt_adapter_test checks it against the generic
+  // cached path and the cache-free forward, up to the cache's last row).
+  if (cache && tokens.dim() == 2 && tokens.size(0) == 1 && tokens.size(1) == 1 && !torch::GradMode::is_enabled() &&
       embed_tokens_.device().is_cpu() && tokens.device().is_cpu()) {
     if (auto logits = try_decode_fused(tokens.item<int64_t>(), *cache); logits.defined()) return logits;
   }

@@ -2,18 +2,23 @@
 // central finite differences of the loss in float64 on a tiny grouped-query model; the forward
 // semantics against the base model run on a longer sequence (virtual tokens that are real token
 // embeddings, prefixes that are the keys and values the base model caches for real tokens); the
-// KV-cache path against the cache-free one; stage-state and PEFT-file round trips; bad adapters.
+// KV-cache path (generic and fused single-token step) against the cache-free one; the bench loop
+// over the torch engine; stage-state and PEFT-file round trips; bad adapters.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/threads.h"
+#include "infer/generate.h"
 #include "io/safetensors.h"
+#include "model/decode_cpu.h"
 #include "model/prompt_adapter.h"
 #include "model/state_io.h"
 #include "model/synth.h"
@@ -236,6 +241,89 @@ TEST(PromptAdapter, TorchEngineCacheHoldsVirtualTokens) {
       cache->truncate(0);
       EXPECT_EQ(cache->length(), 0);
     }
+  }
+}
+
+// The fused single-token CPU step (decode_cpu.cpp) with each adapter kind: the cache's first n
+// positions hold the virtual tokens, real tokens decode at positions n.. up to the last position
+// of the cache (capacity n + T, so the last step writes the cache's final row). Each step equals
+// the generic cached path (forward_hidden, the same cache layout) and the cache-free forward.
+// Float32 on both sides with different summation orders (SIMD dots in decode_step, torch's
+// matmuls): ~10^2 float32 accumulations of O(1) terms per logit, rounding 6e-8 each, so 2e-5 of
+// the logits' scale (as CachedDecodingMatchesFullForward). The step is bit-identical for 1 and 3
+// threads. One more token is an InputError (overflow) that writes nothing.
+TEST(PromptAdapter, FusedDecodeMatchesGenericCachedPathAndFullForward) {
+  const int64_t n = 5, T = 11;
+  for (const std::string method : {"prompt", "prefix", "ptuning"}) {
+    SCOPED_TRACE(method);
+    auto m = model::synth_model(tiny_config(), 25);
+    model::apply_prompt_adapter(*m, cfg_of(method, n, 16), 8);
+    m->eval();
+    torch::NoGradGuard g;
+    const auto tokens = torch::randint(0, 50, {1, T}, torch::kInt64);
+    const auto want = m->forward(tokens)[0];  // cache-free [T, V]
+    const double tol = 2e-5 * std::max(1.0, want.abs().max().item<double>());
+    // The generic cached path, one token at a time.
+    auto generic_cache = m->make_cache(1, T);
+    std::vector<torch::Tensor> generic;
+    for (int64_t t = 0; t < T; ++t)
+      generic.push_back(m->logits_from_hidden(m->forward_hidden(tokens.narrow(1, t, 1), &generic_cache))[0][0]);
+    const auto generic_all = torch::stack(generic);
+    EXPECT_LT((generic_all - want).abs().max().item<double>(), tol);
+    std::vector<torch::Tensor> by_threads;
+    for (int threads : {1, 3}) {
+      set_threads(threads);
+      auto cache = m->make_cache(1, T);
+      ASSERT_EQ(cache.capacity, n + T);
+      const int64_t fused_before = model::fused_decode_steps();
+      std::vector<torch::Tensor> rows;
+      for (int64_t t = 0; t < T; ++t) rows.push_back(m->forward(tokens.narrow(1, t, 1), &cache)[0][0]);
+      EXPECT_EQ(model::fused_decode_steps() - fused_before, T) << "every step took the fused path";
+      EXPECT_EQ(cache.length, cache.capacity);
+      const auto all = torch::stack(rows);
+      const double vs_full = (all - want).abs().max().item<double>();
+      const double vs_generic = (all - generic_all).abs().max().item<double>();
+      std::printf("[fused decode] %s, %d threads: max |fused - cache-free| = %.3g, |fused - generic cached| = %.3g "
+                  "(tolerance %.3g)\n",
+                  method.c_str(), threads, vs_full, vs_generic, tol);
+      EXPECT_LT(vs_full, tol);
+      EXPECT_LT(vs_generic, tol);
+      // The cache rows the fused steps wrote are those the generic path wrote.
+      for (int64_t l = 0; l < 2; ++l) {
+        EXPECT_LT((cache.k[l] - generic_cache.k[l]).abs().max().item<double>(), tol);
+        EXPECT_LT((cache.v[l] - generic_cache.v[l]).abs().max().item<double>(), tol);
+      }
+      const auto k_before = cache.k[0].clone();
+      EXPECT_THROW(m->forward(tokens.narrow(1, 0, 1), &cache), InputError);
+      EXPECT_EQ(cache.length, cache.capacity);
+      EXPECT_TRUE(torch::equal(cache.k[0], k_before));
+      by_threads.push_back(all);
+    }
+    set_threads(1);
+    EXPECT_TRUE(torch::equal(by_threads[0], by_threads[1])) << "1 vs 3 threads";
+  }
+}
+
+// `llmopt bench --adapter` as it runs: infer::run_bench over the torch engine (prefill, then
+// truncate(0) keeping the virtual tokens, then decode on the fused step, repeated after a
+// warm-up). With a prefix adapter this once ended in heap corruption (the step
+// ran out of the cache; under AddressSanitizer, scripts/sanitize.sh, this test is the check).
+TEST(PromptAdapter, BenchLoopOverTorchEngineWithEachAdapter) {
+  for (const std::string method : {"prompt", "prefix", "ptuning"}) {
+    SCOPED_TRACE(method);
+    auto m = model::synth_model(tiny_config(), 26);
+    model::apply_prompt_adapter(*m, cfg_of(method, 6, 16), 9);
+    m->eval();
+    infer::BenchOptions o;
+    o.prompt_tokens = 12;
+    o.gen_tokens = 11;  // the cache holds max(12, 11 + 1) real positions: prefill fills it
+    o.repetitions = 2;
+    o.warmup = 1;
+    const int64_t fused_before = model::fused_decode_steps();
+    const infer::BenchResult r = infer::run_bench(model::TorchEngine(m), o);
+    EXPECT_EQ(model::fused_decode_steps() - fused_before, (o.repetitions + o.warmup) * o.gen_tokens);
+    EXPECT_GT(r.tg_tok_s, 0);
+    EXPECT_GT(r.pp_tok_s, 0);
   }
 }
 
