@@ -8,6 +8,12 @@ machine. Prints one row per (round, file) and the per-file medians and llmopt / 
 (each ratio is taken within a round, then the median over rounds). Writes every raw result to
 --out as JSON lines.
 
+--llmopt-before OLD adds a second llmopt binary (e.g. the build before a change) to every round,
+run right before the new one, so that old and new see the same minutes of the machine; the summary
+then shows its decode ratio too, with min / max over rounds and the number of rounds whose decode
+ratio fell below --collapse (0.5 by default: a round where llmopt's decode "collapsed").
+Each row also records the 1-minute load average before the pair.
+
   python3 bench/quant_vs_llama_cpp.py --llmopt build/apps/llmopt/llmopt \
       --llama-bench /path/to/llama-bench --rounds 4 f32.gguf q8_0.gguf q4_0.gguf ...
 """
@@ -44,6 +50,8 @@ def med(xs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llmopt", required=True)
+    ap.add_argument("--llmopt-before", help="a second llmopt binary run in the same rounds (old build)")
+    ap.add_argument("--collapse", type=float, default=0.5, help="decode ratio below which a round counts as collapsed")
     ap.add_argument("--llama-bench", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-p", type=int, default=128)
@@ -58,16 +66,21 @@ def main():
         for rnd in range(1, a.rounds + 1):
             for f in a.files:
                 load = os.getloadavg()[0]
+                old = run_llmopt(a.llmopt_before, f, a.p, a.n, a.r, a.t) if a.llmopt_before else None
                 lo = run_llmopt(a.llmopt, f, a.p, a.n, a.r, a.t)
                 ll = run_llama(a.llama_bench, f, a.p, a.n, a.r, a.t)
                 rec = {"round": rnd, "file": f, "utc": time.strftime("%H:%M:%S", time.gmtime()),
                        "load1": load, "llmopt": lo, "llama_cpp": ll}
+                if old:
+                    rec["llmopt_before"] = old
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 rows[f].append(rec)
                 print("round %d %-16s load %.1f  llama.cpp pp %7.1f tg %6.2f | llmopt pp %7.1f tg %6.2f "
-                      "rss %.1f MiB" % (rnd, os.path.basename(f), load, ll["pp"], ll["tg"], lo["pp"], lo["tg"],
-                                        lo["rss"] / 2**20), flush=True)
+                      "rss %.1f MiB%s" % (rnd, os.path.basename(f), load, ll["pp"], ll["tg"], lo["pp"], lo["tg"],
+                                          lo["rss"] / 2**20,
+                                          " | before pp %7.1f tg %6.2f" % (old["pp"], old["tg"]) if old else ""),
+                      flush=True)
     print("\n| file | file MiB | llama.cpp pp%d | llmopt pp%d | pp ratio | llama.cpp tg%d | llmopt tg%d | tg ratio "
           "| llmopt peak RSS MiB | RSS / (file + KV) |" % (a.p, a.p, a.n, a.n))
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -82,6 +95,16 @@ def main():
             med([x["llama_cpp"]["tg"] for x in rs]), med([x["llmopt"]["tg"] for x in rs]),
             med([x["llmopt"]["tg"] / x["llama_cpp"]["tg"] for x in rs]),
             rss / 2**20, rss / (size + kv)))
+
+    print("\n| file | binary | rounds | tg ratio median | min | max | collapsed (< %.2f) | load1 min-max |" % a.collapse)
+    print("|---|---|---|---|---|---|---|---|")
+    for f, rs in rows.items():
+        loads = [x["load1"] for x in rs]
+        for key in (["llmopt_before"] if a.llmopt_before else []) + ["llmopt"]:
+            r = [x[key]["tg"] / x["llama_cpp"]["tg"] for x in rs]
+            print("| %s | %s | %d | %.2f | %.2f | %.2f | %d | %.1f-%.1f |" % (
+                os.path.basename(f), "before" if key == "llmopt_before" else "llmopt", len(r), med(r), min(r),
+                max(r), sum(1 for v in r if v < a.collapse), min(loads), max(loads)))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 // slabs (one sequential stream per core; handing all rows out dynamically measured 10% slower)
 // followed by a small dynamically shared tail (for_rows), every row computed by one thread with
 // the kernels::gemv row kernel (so every output is bit-identical for any thread count),
-// attention is split by key/value head, and the threads meet at barriers (which spin,
-// GOMP_SPINCOUNT) instead of forking and joining. Attention dots, softmax, SwiGLU and RMSNorm
+// attention is split by key/value head, and the threads meet at barriers instead of forking and
+// joining. The barriers are core/spin_barrier.h's (spin up to 20 µs, then sleep), not OpenMP's:
+// with libgomp's longer spin a 2-thread decode collapsed 5-50x whenever another process took one
+// of the two cores (bench/RESULTS.md, 2026-11-30 13:30). Attention dots, softmax, SwiGLU and RMSNorm
 // use the SIMD primitives of kernels/vec_math.h. RMSNorm, RoPE and the cache write are the blocks
 // of infer/blocks.h that CpuLlama's prefill uses too; the query's attention is blocks::attend_one.
 // tests/model/llama_test.cpp checks it against a float64 reference and across thread counts.
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/spin_barrier.h"
 #include "core/threads.h"
 #include "infer/blocks.h"
 #include "infer/weights.h"
@@ -141,6 +144,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
   enum { kQ, kK, kV, kO, kGateUp, kDown, kPhases };
   std::vector<std::atomic<int64_t>> next(static_cast<size_t>(nl * kPhases + 1));
   const bool int8 = any_int8(w);
+  SpinBarrier barrier;
 #pragma omp parallel num_threads(threads())
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -171,7 +175,7 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
         for_rows(lw.m[j].n, t, nt, ctr[kQ + j],
                  [&](int64_t r0, int64_t r1) { gemv_range(lw.m[j], xn.data(), xnq, y, r0, r1); });
       }
-#pragma omp barrier
+      barrier.wait(nt);
       // Attention by key/value head: RoPE on k, the cache row, then the G query heads sharing it.
       const blocks::LayerCache lc{kv.k[li], kv.v[li], cap, hd};
       for (int64_t kh = t; kh < KV; kh += nt) {
@@ -183,9 +187,9 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
                              scores.data() + h * S, att.data() + h * hd);
         }
       }
-#pragma omp barrier
+      barrier.wait(nt);
       add_projection(lw.m[LayerWeights::O], att.data(), ctr[kO]);
-#pragma omp barrier
+      barrier.wait(nt);
       blocks::rms_norm_rows(x.data(), lw.ln2, xn.data(), 0, 1, D, eps);
       const kernels::ActRow* xnq2 = quantized(xn.data(), D);
       for_rows(F, t, nt, ctr[kGateUp], [&](int64_t r0, int64_t r1) {
@@ -193,9 +197,9 @@ void decode_step(const Weights& w, const KvSlots& kv, int64_t pos, int64_t token
         gemv_range(lw.m[LayerWeights::Up], xn.data(), xnq2, hb2.data(), r0, r1);
         kernels::silu_mul_f32(hb.data() + r0, hb2.data() + r0, r1 - r0);
       });
-#pragma omp barrier
+      barrier.wait(nt);
       add_projection(lw.m[LayerWeights::Down], hb.data(), ctr[kDown]);
-#pragma omp barrier
+      barrier.wait(nt);
     }
     blocks::rms_norm_rows(x.data(), w.final_norm, xn.data(), 0, 1, D, eps);
     const kernels::ActRow* xnq = quantized(xn.data(), D);
