@@ -46,6 +46,11 @@ class Binder {
     auto& b = owned_->buffers.emplace_back(t->data, t->data + t->nbytes);
     return b.data();
   }
+  // The dtype of `<module>#<name>` (F16 when absent: tensor() then names it missing).
+  DType dtype_of(const std::string& name) const {
+    const io::TensorView* t = ckpt_.find(module_ + "#" + name);
+    return t ? t->dtype : DType::F16;
+  }
   const json& meta_entry() const { return ckpt_.metadata.at(kStoredLayersKey).at(module_); }
   std::string where() const { return ckpt_.path + ": " + module_; }
   PackedProjection finish(PackedProjection p) {
@@ -80,11 +85,18 @@ PackedProjection bind_intn(Binder& b, const json& meta, int64_t out, int64_t in)
   m.rows = out;
   if (m.group >= m.cols) m.group = -1;
   m.codes = b.tensor("qweight", DType::U8, {out, m.code_row_bytes()}, 1);
-  m.scales = reinterpret_cast<const uint16_t*>(b.tensor("scales", DType::F16, {out, m.groups()}, 2));
-  for (int64_t i = 0; i < out * m.groups(); ++i) {
-    const uint16_t h = m.scales[i];
-    LLMOPT_CHECK_INPUT((h & 0x8000u) == 0 && (h & 0x7c00u) != 0x7c00u && h != 0,
-                       "[infer] {}#scales: entry {} is not a positive finite f16 (bits 0x{:04x})", b.where(), i, h);
+  if (b.dtype_of("scales") == DType::F32) {  // exact f32 scales (kernels/intn.h scales_f32)
+    m.scales_f32 = reinterpret_cast<const float*>(b.tensor("scales", DType::F32, {out, m.groups()}, 4));
+    for (int64_t i = 0; i < out * m.groups(); ++i)
+      LLMOPT_CHECK_INPUT(m.scales_f32[i] > 0.0f && std::isfinite(m.scales_f32[i]),
+                         "[infer] {}#scales: entry {} is not a positive finite f32 ({})", b.where(), i, m.scales_f32[i]);
+  } else {
+    m.scales = reinterpret_cast<const uint16_t*>(b.tensor("scales", DType::F16, {out, m.groups()}, 2));
+    for (int64_t i = 0; i < out * m.groups(); ++i) {
+      const uint16_t h = m.scales[i];
+      LLMOPT_CHECK_INPUT((h & 0x8000u) == 0 && (h & 0x7c00u) != 0x7c00u && h != 0,
+                         "[infer] {}#scales: entry {} is not a positive finite f16 (bits 0x{:04x})", b.where(), i, h);
+    }
   }
   if (!m.sym) m.zeros = b.tensor("qzeros", DType::U8, {out, m.zero_row_bytes()}, 1);
   if (act_order) {
@@ -156,7 +168,8 @@ PackedProjection bind_packed_projection(const io::Checkpoint& ckpt, const std::s
     p.kind = PackedProjection::Kind::IntN;
     p.intn = s.view();
     p.owned = owned;
-    p.bytes = static_cast<int64_t>(s.codes.size() + 2 * s.scales.size() + s.zeros.size() + 4 * s.g_idx.size());
+    p.bytes = static_cast<int64_t>(s.codes.size() + 2 * s.scales.size() + 4 * s.scales_f32.size() + s.zeros.size() +
+                                   4 * s.g_idx.size());
     return p;
   }
   const json& e = b.meta_entry();

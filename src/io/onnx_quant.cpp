@@ -257,7 +257,11 @@ kernels::IntNMatrix intn_view(const OnnxPackedWeight& w, const std::string& wher
   const TensorView* s = w.find("scales");
   LLMOPT_CHECK_INPUT(q && s, "[onnx] {}: intn layer needs stored tensors qweight and scales", where);
   m.codes = typed<uint8_t>(*q, DType::U8, m.rows * m.code_row_bytes(), where);
-  m.scales = typed<uint16_t>(*s, DType::F16, m.rows * m.groups(), where);
+  if (s->dtype == DType::F32) {  // exact f32 scales (kernels/intn.h scales_f32), read through grid()
+    m.scales_f32 = typed<float>(*s, DType::F32, m.rows * m.groups(), where);
+  } else {
+    m.scales = typed<uint16_t>(*s, DType::F16, m.rows * m.groups(), where);
+  }
   if (!m.sym) {
     const TensorView* z = w.find("qzeros");
     LLMOPT_CHECK_INPUT(z, "[onnx] {}: asymmetric intn layer needs stored tensor qzeros", where);
