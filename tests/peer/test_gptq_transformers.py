@@ -13,7 +13,8 @@ Producer: auto-gptq's own GPTQ (`BaseGPTQForCausalLM.quantize`, its Hessian, act
 from a transformers model directly (its `from_pretrained` refuses without CUDA), points its layer
 device at the CPU and makes `torch.cuda.synchronize` a no-op; the algorithm and packing are theirs.
 torch 1.13's CPU matmul has no float16, so auto-gptq quantizes an f32 model, then `model.half()`
-before `save_quantized` gives the usual f16 scales (the layout's dtype) as an fp16 model would.
+before `save_quantized` gives the usual f16 scales (the layout's dtype) as an fp16 model would;
+the `-f32` cases skip it and keep the f32 scales auto-gptq writes for an f32 model.
 
 1. llmopt's exports (`llmopt quantize ... --to hf`: int4 g128 sym/asym, act-order, int8 per channel
    and g128; tinyllama-bpe-17m at g64, since its FFN rows of 704 are not whole groups of 128) load in
@@ -23,14 +24,21 @@ before `save_quantized` gives the usual f16 scales (the layout's dtype) as an fp
    desc_act; tinyllama-bpe-17m int4 g64 asym desc_act) load in llmopt with the same weights and
    logits as in transformers; llmopt's export of them writes the same GPTQ tensors back bit for bit,
    which transformers loads again (this covers llmopt's writer with a permuted g_idx, which its own
-   act-order, static groups, never produces).
+   act-order, static groups, never produces). With f32 scales the same holds (llmopt keeps them f32).
+3. auto-gptq's own file names (no `model_file_base_name`: gptq_model-4bit-128g.safetensors, and
+   quantize_config.json as the only quantization config, as older auto-gptq writes): llmopt loads
+   that directory with the weights and logits transformers gets from the same bytes under the name
+   it looks for (model.safetensors); a second *.safetensors makes it ambiguous: exit 2.
 
 Tolerance: s·(q − z) with an f16 scale (11-bit significand) and an integer |q − z| < 2^8 is exact in
-f32, so both sides hold bit-identical f32 weights (checked); the logits then differ only by f32
-summation order, the case of test_transformers.py's dense f32 comparison: LOGIT_TOL = 1e-4.
+f32, so both sides hold bit-identical f32 weights (checked); with an f32 scale it is one f32 rounding
+of the exact product on both sides (auto-gptq: `scales * (weight - zeros)` in f32), so bit-identical
+too. The logits then differ only by f32 summation order, the case of test_transformers.py's dense
+f32 comparison: LOGIT_TOL = 1e-4.
 """
 import contextlib
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -97,9 +105,10 @@ def llmopt_weights(llmopt, d, tmp):
     return load_np(str(out / "model.safetensors"))
 
 
-def check_same_model(llmopt, d, tmp, label, ids=None, text=None):
-    """Consumer vs llmopt on one GPTQ directory: weights bit for bit, logits within LOGIT_TOL."""
-    model = consumer_load(d)
+def check_same_model(llmopt, d, tmp, label, ids=None, text=None, consumer_dir=None):
+    """Consumer vs llmopt on one GPTQ directory (or the consumer on `consumer_dir`, the same bytes
+    under the names transformers looks for): weights bit for bit, logits within LOGIT_TOL."""
+    model = consumer_load(consumer_dir or d)
     theirs = consumer_weights(model)
     ours = llmopt_weights(llmopt, d, tmp)
     for name, w in theirs.items():
@@ -168,6 +177,11 @@ def test_transformers_loads_llmopt_gptq_export(llmopt, synth, hf17m, calibration
     llmopt.run(*args)
     q = gptq_config(out)
     assert (q["quant_method"], q["bits"], q["group_size"], q["sym"]) == ("gptq", int(fmt[3:]), group, not asym)
+    # desc_act / static_groups as auto-gptq's fasterquant means them (actorder; grids fitted before the
+    # column sweep, which leaves g_idx contiguous). llmopt's act-order fits every grid up front, and a
+    # whole-row grid is the same either way; RTN is no GPTQ sweep: false.
+    assert q["desc_act"] == act_order, q
+    assert q["static_groups"] == (method == "gptq" and (act_order or group == -1)), q
     if model == "synth":
         check_same_model(llmopt, out, tmp_path, case, ids=SYNTH_IDS)
     else:
@@ -190,11 +204,12 @@ def auto_gptq_on_cpu():
         base.CUDA_0, torch.cuda.synchronize = saved
 
 
-def auto_gptq_quantize(src, out, bits, group, desc_act, sym, examples):
+def auto_gptq_quantize(src, out, bits, group, desc_act, sym, examples, half=True, base_name="model"):
+    """base_name "model": model.safetensors, as transformers looks for; None: auto-gptq's default."""
     from auto_gptq import BaseQuantizeConfig
     from auto_gptq.modeling.llama import LlamaGPTQForCausalLM
     qc = BaseQuantizeConfig(bits=bits, group_size=group, desc_act=desc_act, sym=sym,
-                            model_file_base_name="model")  # model.safetensors, as transformers looks for
+                            model_file_base_name=base_name)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(src), torch_dtype=torch.float32, attn_implementation="eager")
     hf.eval()
@@ -203,7 +218,8 @@ def auto_gptq_quantize(src, out, bits, group, desc_act, sym, examples):
     torch.manual_seed(0)
     with auto_gptq_on_cpu():
         wrapped.quantize(examples, use_cuda_fp16=False)
-    wrapped.model.half()  # f16 scales and tensors, as from an fp16 model (module docstring)
+    if half:
+        wrapped.model.half()  # f16 scales and tensors, as from an fp16 model (module docstring)
     wrapped.save_quantized(str(out), use_safetensors=True)
     (out / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
 
@@ -214,31 +230,37 @@ def examples_from_ids(rows):
 
 
 AUTO_GPTQ_CASES = {
-    # id: (model, bits, group, desc_act, sym)
-    "synth-int4-g128-sym": ("synth", 4, 128, False, True),
-    "synth-int4-g128-asym-descact": ("synth", 4, 128, True, False),
-    "synth-int4-g128-sym-descact": ("synth", 4, 128, True, True),
-    "synth-int8-perchannel-sym": ("synth", 8, -1, False, True),
-    "synth-int8-g128-asym-descact": ("synth", 8, 128, True, False),
-    "17m-int4-g64-asym-descact": ("17m", 4, 64, True, False),
+    # id: (model, bits, group, desc_act, sym, scales dtype)
+    "synth-int4-g128-sym": ("synth", 4, 128, False, True, np.float16),
+    "synth-int4-g128-asym-descact": ("synth", 4, 128, True, False, np.float16),
+    "synth-int4-g128-sym-descact": ("synth", 4, 128, True, True, np.float16),
+    "synth-int8-perchannel-sym": ("synth", 8, -1, False, True, np.float16),
+    "synth-int8-g128-asym-descact": ("synth", 8, 128, True, False, np.float16),
+    "17m-int4-g64-asym-descact": ("17m", 4, 64, True, False, np.float16),
+    "synth-int4-g128-asym-descact-f32": ("synth", 4, 128, True, False, np.float32),
+    "17m-int4-g64-sym-f32": ("17m", 4, 64, False, True, np.float32),
 }
+
+
+def calibration_rows(model, hf17m, shared):
+    if model == "synth":
+        rng = np.random.default_rng(1)
+        return [rng.integers(3, SYNTH["vocab"], 64).tolist() for _ in range(8)]
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(hf17m / "tokenizer.json"))
+    text = (shared / "text" / "tinystories_val.txt").read_text(encoding="utf-8")[:50_000]
+    ids = tok.encode(text).ids
+    return [ids[i * 64:(i + 1) * 64] for i in range(8)]
 
 
 @pytest.mark.parametrize("case", list(AUTO_GPTQ_CASES))
 def test_llmopt_loads_auto_gptq_checkpoint(llmopt, synth, hf17m, shared, tmp_path, case):
-    model, bits, group, desc_act, sym = AUTO_GPTQ_CASES[case]
+    model, bits, group, desc_act, sym, scales_dtype = AUTO_GPTQ_CASES[case]
     src = synth if model == "synth" else hf17m
-    if model == "synth":
-        rng = np.random.default_rng(1)
-        rows = [rng.integers(3, SYNTH["vocab"], 64).tolist() for _ in range(8)]
-    else:
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(hf17m / "tokenizer.json"))
-        text = (shared / "text" / "tinystories_val.txt").read_text(encoding="utf-8")[:50_000]
-        ids = tok.encode(text).ids
-        rows = [ids[i * 64:(i + 1) * 64] for i in range(8)]
+    rows = calibration_rows(model, hf17m, shared)
     ckpt = tmp_path / "auto-gptq"
-    auto_gptq_quantize(src, ckpt, bits, group, desc_act, sym, examples_from_ids(rows))
+    auto_gptq_quantize(src, ckpt, bits, group, desc_act, sym, examples_from_ids(rows),
+                       half=scales_dtype == np.float16)
 
     q = gptq_config(ckpt)
     assert (q["quant_method"], q["bits"], q["group_size"], q["desc_act"], q["sym"]) == \
@@ -249,19 +271,24 @@ def test_llmopt_loads_auto_gptq_checkpoint(llmopt, synth, hf17m, shared, tmp_pat
     trivial = np.arange(in_features) // (group if group > 0 else in_features)
     # desc_act must really permute the groups here, or the test would not exercise g_idx.
     assert (not np.array_equal(g_idx, trivial)) == desc_act
-    assert theirs["model.layers.0.self_attn.q_proj.scales"].dtype == np.float16
+    assert theirs["model.layers.0.self_attn.q_proj.scales"].dtype == scales_dtype
+    if scales_dtype == np.float32:  # f32 scales f16 cannot hold, or the case would not test keeping them
+        sc = theirs["model.layers.0.self_attn.q_proj.scales"]
+        assert not np.array_equal(sc.astype(np.float16).astype(np.float32), sc)
 
     kw = dict(ids=SYNTH_IDS) if model == "synth" else dict(text=TEXT)
     _, ref = check_same_model(llmopt, ckpt, tmp_path, f"auto-gptq {case}", **kw)
 
-    # llmopt's export of that checkpoint: the same GPTQ tensors and config, loadable again.
+    # llmopt's export of that checkpoint: the same GPTQ tensors and config, loadable again (the dense
+    # tensors in the checkpoint's own float type, so the logits compare within LOGIT_TOL).
+    dense_type = "f16" if scales_dtype == np.float16 else "f32"
     recipe = tmp_path / "export.yaml"
     recipe.write_text(
         "name: gptq_reexport\n"
         f"model: {{path: {ckpt}}}\n"
         f"output: {{dir: {tmp_path / 'run'}, cache: false}}\n"
         "pipeline:\n"
-        "  - {type: export, name: export, formats: [hf], dtype: f16, basename: m}\n")
+        f"  - {{type: export, name: export, formats: [hf], dtype: {dense_type}, basename: m}}\n")
     llmopt.run("run", recipe)
     back = tmp_path / "run" / "artifacts" / "m-hf"
     qb = gptq_config(back)
@@ -281,3 +308,34 @@ def test_llmopt_loads_auto_gptq_checkpoint(llmopt, synth, hf17m, shared, tmp_pat
     diff = np.abs(consumer_logits(again, ids) - ref).max()
     print(f"auto-gptq {case}: llmopt's re-export in transformers vs the original, max |logit diff| = {diff:.3g}")
     assert diff <= LOGIT_TOL
+
+
+# ------------------------------------------------ 3. auto-gptq's own file names and quantize_config.json
+
+def test_llmopt_finds_auto_gptq_default_names(llmopt, synth, hf17m, shared, tmp_path):
+    rows = calibration_rows("synth", hf17m, shared)
+    ckpt = tmp_path / "auto-gptq-default"
+    auto_gptq_quantize(synth, ckpt, 4, 128, True, False, examples_from_ids(rows), base_name=None)
+    weights = ckpt / "gptq_model-4bit-128g.safetensors"
+    assert weights.is_file() and not (ckpt / "model.safetensors").exists()
+    qc = json.loads((ckpt / "quantize_config.json").read_text())
+    assert (qc["bits"], qc["group_size"], qc["model_file_base_name"]) == (4, 128, None)
+    # The consumer reads the same bytes under the name transformers looks for.
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    for f in ("config.json", "tokenizer.json"):
+        (consumer / f).write_bytes((ckpt / f).read_bytes())
+    (consumer / "model.safetensors").symlink_to(weights)
+    # llmopt: auto-gptq's names only, quantize_config.json the only quantization config (config.json
+    # without quantization_config, as auto-gptq before 0.5 wrote it).
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg["quantization_config"]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    check_same_model(llmopt, ckpt, tmp_path, "auto-gptq default names", ids=SYNTH_IDS, consumer_dir=consumer)
+
+    # A second *.safetensors without an index: which one is the model is ambiguous -> exit 2.
+    (ckpt / "extra.safetensors").write_bytes(weights.read_bytes())
+    p = subprocess.run([str(llmopt.exe), "-q", "logits", str(ckpt), "--ids", "3,20"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "ambiguous" in p.stderr and "extra.safetensors" in p.stderr, p.stderr
