@@ -96,7 +96,11 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--python-side", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.python_side:
+        print(run_python(a.model, a.text, a.threads, a.batch, a.seq_len, a.steps))
+        return 0
     print("command:", " ".join(sys.argv), flush=True)
     print("machine:", platform.machine(), cpu_model(), f"{os.cpu_count()} CPUs", flush=True)
     ratios = []
@@ -106,7 +110,13 @@ def main():
                 return run_llmopt(a.llmopt, a.model, a.text, a.threads, a.batch, a.seq_len, a.steps, tmp)
 
             def py_side():
-                return run_python(a.model, a.text, a.threads, a.batch, a.seq_len, a.steps)
+                # In a child process of its own, as llmopt runs: a parent that has run torch (its
+                # OpenMP / OpenBLAS pools, 3 GB of tensors) slowed the llmopt child that followed.
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--python-side", "--model", a.model,
+                                      "--text", a.text, "--threads", str(a.threads), "--batch", str(a.batch),
+                                      "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--llmopt", a.llmopt],
+                                     check=True, capture_output=True, text=True).stdout
+                return float(out.split()[-1])
             sides = [("llmopt", ours_side), ("python", py_side)]
             if r % 2 == 1:
                 sides.reverse()
