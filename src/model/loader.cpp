@@ -45,10 +45,7 @@ std::shared_ptr<LlamaModel> model_from_checkpoint(const io::Checkpoint& ckpt) {
         bias = torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kFloat32).clone();
         packed.insert(b.name);
       }
-      auto layer = std::make_shared<IntNLinear>(io::load_gptq_module(ckpt, li.path, li.out, li.in), bias);
-      // The file's own account of how GPTQ chose the codes, carried to a re-export.
-      if (const auto c = io::checkpoint_gptq_config(ckpt)) layer->set_gptq_process({c->desc_act, c->static_groups});
-      m->set_linear(li.path, layer);
+      m->set_linear(li.path, std::make_shared<IntNLinear>(io::load_gptq_module(ckpt, li.path, li.out, li.in), bias));
       for (const auto& n : io::gptq_tensor_names(ckpt, li.path)) packed.insert(n);
       continue;
     }
