@@ -116,6 +116,50 @@ torch::Tensor TokenDataset::sample(int64_t batch, int64_t seq_len, torch::Genera
   return tokens_.index({index});  // [batch, seq_len + 1]
 }
 
+namespace {
+
+// Mean cross entropy of the logits h·Wᵀ (h [N, D], W [V, D] frozen) against targets [N], with the
+// gradient d loss / d h computed in the same pass, a block of rows at a time: the [N, V] logits,
+// their log-softmax and its gradient (three fresh tensors of 412 MB each at 8 x 256 tokens and a
+// 50k vocabulary, every page of them faulted in anew each step) never exist; one [rows, V] block
+// is reused in place (logits -> softmax -> softmax - onehot) and multiplied back by W. Same
+// arithmetic as cross_entropy(h·Wᵀ) up to float reassociation; W gets no gradient.
+class FrozenHeadCrossEntropy : public torch::autograd::Function<FrozenHeadCrossEntropy> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& h, const torch::Tensor& w,
+                               const torch::Tensor& targets) {
+    const int64_t n = h.size(0), vocab = w.size(0);
+    const bool need_grad = ctx->needs_input_grad(0);
+    const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(vocab, 1));
+    torch::Tensor grad_h = need_grad ? torch::empty_like(h) : torch::Tensor();
+    torch::Tensor loss = torch::zeros({}, h.options().dtype(torch::kFloat64));
+    const double inv_n = 1.0 / static_cast<double>(n);
+    for (int64_t r = 0; r < n; r += rows) {
+      const int64_t m = std::min(rows, n - r);
+      const torch::Tensor hc = h.narrow(0, r, m);
+      const torch::Tensor tc = targets.narrow(0, r, m).unsqueeze(1);  // [m, 1]
+      torch::Tensor block = torch::mm(hc, w.t());                     // logits [m, V]
+      const torch::Tensor lse = block.logsumexp(1, /*keepdim=*/true);  // [m, 1]
+      loss += (lse - block.gather(1, tc)).sum().to(torch::kFloat64);
+      if (!need_grad) continue;
+      block.sub_(lse).exp_();                                          // softmax
+      block.scatter_add_(1, tc, torch::full({m, 1}, -1.0, block.options()));  // - onehot
+      block.mul_(inv_n);
+      torch::Tensor out = grad_h.narrow(0, r, m);  // a view: mm_out writes into grad_h
+      torch::mm_out(out, block, w);
+    }
+    ctx->save_for_backward({grad_h});
+    return (loss * inv_n).to(h.scalar_type());
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const torch::Tensor grad_h = ctx->get_saved_variables()[0];
+    return {grad_h.defined() ? grad_h * grad_out[0] : torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
 LossFn next_token_loss(model::LlamaModel& model) {
   return [&model](const torch::Tensor& batch) {
     LLMOPT_CHECK_INPUT(batch.dim() == 2 && batch.size(1) >= 2,
@@ -124,6 +168,14 @@ LossFn next_token_loss(model::LlamaModel& model) {
     const torch::Tensor tokens = batch.to(model.device());
     const torch::Tensor inputs = tokens.slice(1, 0, -1).contiguous();  // [B, T]
     const torch::Tensor targets = tokens.slice(1, 1).contiguous();     // [B, T]
+    // A frozen output head tied to the embedding (LoRA, QLoRA, DoRA, prompt learning): the
+    // blockwise loss above; else (full fine-tuning, an untied head) the plain logits.
+    const torch::Tensor& w = model.embed_tokens();
+    if (model.config().tie_word_embeddings && !w.requires_grad() && torch::GradMode::is_enabled()) {
+      const torch::Tensor h = model.forward_hidden(inputs);  // [B, T, D]
+      return FrozenHeadCrossEntropy::apply(h.reshape({-1, h.size(-1)}), w.to(h.scalar_type()),
+                                           targets.reshape({-1}));
+    }
     const torch::Tensor logits = model.forward(inputs);                // [B, T, V]
     return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
                                                 targets.reshape({-1}));

@@ -141,6 +141,48 @@ std::vector<uint8_t> parameter_bytes(torch::nn::Module& m) {
   return bytes;
 }
 
+// next_token_loss with a frozen head tied to the embedding (LoRA, prompt learning) computes the
+// loss and d loss / d hidden blockwise (FrozenHeadCrossEntropy); the reference is torch's
+// cross_entropy over the full logits of model.forward, with autograd, in float64. The vocabulary
+// (65,536) makes the 96 rows span two blocks (64 + 32 rows). Both sides sum the same terms in a
+// different order: at most (V + N) terms of magnitude <= ~ln V + |logits| per row, so the
+// difference is bounded by (V + N)·u·(that magnitude) ≈ 6.6e4 · 1.1e-16 · 20 ≈ 1.5e-10 on the
+// loss; gradients are products of such sums with O(1) weights, same order.
+TEST(NextTokenLoss, FrozenTiedHeadMatchesCrossEntropyOverFullLogits) {
+  ModelConfig c = tiny_config();
+  c.vocab_size = 65536;
+  auto model = model::synth_model(c, 3);
+  model->to(torch::kFloat64);
+  model->embed_tokens().set_requires_grad(false);
+  const torch::Tensor batch = torch::randint(0, c.vocab_size, {4, 25}, torch::kInt64);
+  constexpr double kTol = 1e-9;  // ~6x the reassociation bound above
+
+  const torch::Tensor loss = next_token_loss(*model)(batch);
+  loss.backward();
+  std::vector<std::pair<std::string, torch::Tensor>> grads;
+  for (const auto& p : model->named_parameters())
+    if (p.value().requires_grad()) {
+      ASSERT_TRUE(p.value().grad().defined()) << p.key();
+      grads.emplace_back(p.key(), p.value().grad().clone());
+      p.value().mutable_grad().zero_();
+    }
+  ASSERT_GT(grads.size(), 10u);
+
+  const torch::Tensor logits = model->forward(batch.slice(1, 0, -1).contiguous());
+  const torch::Tensor ref = torch::nn::functional::cross_entropy(logits.reshape({-1, c.vocab_size}),
+                                                                 batch.slice(1, 1).reshape({-1}));
+  ref.backward();
+  EXPECT_EQ(loss.scalar_type(), torch::kFloat64);
+  EXPECT_NEAR(loss.item<double>(), ref.item<double>(), kTol);
+  EXPECT_NEAR(ref.item<double>(), std::log(65536.0), 1.0);  // near uniform: a real logits scale
+  for (const auto& [name, g] : grads) {
+    const torch::Tensor r = model->named_parameters()[name].grad();
+    EXPECT_GT(r.abs().max().item<double>(), 0.0) << name;
+    EXPECT_LE((g - r).abs().max().item<double>(), kTol) << name;
+  }
+  EXPECT_FALSE(model->embed_tokens().grad().defined());
+}
+
 TEST(Trainer, LossDecreasesOnTinyLlama) {
   auto model = model::synth_model(tiny_config(), 1);
   const TokenDataset data = periodic_data();
