@@ -23,7 +23,7 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   static std::string calibration, imatrix;
   static int64_t cal_samples = 128, cal_seq_len = 256, cal_offset = 0, cal_bytes = 0, cal_seed = 0;
   static double damp = 0.01;
-  static bool act_order = false, asym = false;
+  static bool act_order = false, asym = false, awq_clip = true;
   static int64_t group_size = 128;
   static double outlier_threshold = 6.0, smooth_alpha = 0.5;
   static std::string act_range = "minmax";
@@ -45,6 +45,8 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
   cmd->add_option("--calibration-seed", cal_seed, "Which windows are drawn")->capture_default_str();
   cmd->add_option("--damp", damp, "GPTQ dampening (fraction of the mean Hessian diagonal)")->capture_default_str();
   cmd->add_flag("--act-order", act_order, "GPTQ: columns by decreasing Hessian diagonal");
+  cmd->add_flag("--awq-clip,!--no-awq-clip", awq_clip,
+                "--method awq: clip weight groups at the output-error-minimizing threshold (default on)");
   cmd->add_option("--outlier-threshold", outlier_threshold, "W8A8: |x| above which a column is computed in float")
       ->capture_default_str();
   cmd->add_option("--act-range", act_range, "W8A8 static: minmax | percentile | mse")
@@ -83,6 +85,7 @@ void register_quantize_command(CLI::App& app, GlobalOptions& g) {
     spec.target_bpw = target_bpw;
     spec.candidates = candidates;
     spec.gptq.act_order = act_order;
+    spec.awq_clip = awq_clip;
     spec.outlier_threshold = outlier_threshold;
     spec.act_range = act_range;
     spec.smooth_alpha = smooth_alpha;

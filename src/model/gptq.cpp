@@ -235,6 +235,36 @@ std::unique_ptr<ColumnQuantizer> make_ggml_column_quantizer(DType t, int64_t out
   return std::make_unique<GgmlColumnQuantizer>(t, out, in);
 }
 
+torch::Tensor round_to_grid(const torch::Tensor& W, const InputStats& stats, ColumnQuantizer& qz) {
+  torch::NoGradGuard ng;
+  const int64_t out = W.size(0), in = W.size(1), gs = qz.group();
+  LLMOPT_CHECK_INPUT(stats.rows > 0 && stats.sum_sq.defined() && stats.sum_sq.size(0) == in,
+                     "[gptq] no calibration statistics for {} inputs", in);
+  // The importance gptq_quantize uses: diag of H = 2/n Σxxᵀ (or 2/n Σx²), dead inputs at 1.
+  auto diag = (stats.hessian.defined() ? stats.hessian.diagonal() : stats.sum_sq) * (2.0 / static_cast<double>(stats.rows));
+  auto dead = diag.eq(0);
+  auto Wc = W.to(torch::kFloat32).clone();
+  if (dead.any().item<bool>()) {
+    Wc.index_fill_(1, dead.nonzero().flatten(), 0.0f);
+    diag = diag.masked_fill(dead, 1.0);
+  }
+  const auto importance = diag.to(torch::kFloat32).contiguous();
+  const float* imp = importance.data_ptr<float>();
+  Wc = Wc.contiguous();
+  const auto Wt = Wc.t().contiguous();  // column c of W is row c of Wt
+  auto Qt = torch::empty_like(Wt);
+  std::vector<float> buf;
+  const float* w = Wc.data_ptr<float>();
+  for (int64_t g0 = 0; g0 < in; g0 += gs) {
+    const int64_t gn = std::min(gs, in - g0);
+    buf.resize(static_cast<size_t>(out * gn));
+    for (int64_t r = 0; r < out; ++r) std::copy(w + r * in + g0, w + r * in + g0 + gn, buf.begin() + r * gn);
+    qz.fit(g0, gn, buf.data(), imp + g0);
+    for (int64_t c = g0; c < g0 + gn; ++c) qz.round_column(c, Wt.data_ptr<float>() + c * out, Qt.data_ptr<float>() + c * out);
+  }
+  return Qt.t().contiguous();
+}
+
 GptqResult gptq_quantize(const LinearLayer& layer, const InputStats& stats, ColumnQuantizer& qz,
                          const GptqOptions& o, const std::string& where) {
   torch::NoGradGuard ng;

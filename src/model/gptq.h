@@ -68,4 +68,9 @@ struct GptqResult {
 GptqResult gptq_quantize(const LinearLayer& layer, const InputStats& stats, ColumnQuantizer& q,
                          const GptqOptions& o, const std::string& where);
 
+// Calibrated round to nearest of a dense W [out, in]: the dequantized values gptq_quantize with
+// propagate = false stores (same importance, dead inputs zeroed, same fits), without building the
+// layer or measuring its error. q must be fresh (AWQ's clip search rounds many candidates).
+torch::Tensor round_to_grid(const torch::Tensor& W, const InputStats& stats, ColumnQuantizer& q);
+
 }  // namespace llmopt::model

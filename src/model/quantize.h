@@ -29,6 +29,11 @@ struct QuantizeSpec {
   CalibrationOptions calibration;  // path empty: none
   GptqOptions gptq;
   int64_t awq_grid = 20;
+  // AWQ auto-clip (model/awq.h): per output row and group, the clipping threshold over
+  // max|w|·{1, 0.95, …, 0.55} with the smallest output error on the calibration inputs (q/k
+  // excepted). On by default, as in llm-awq and AutoAWQ; method awq only (awq_gptq: GPTQ's
+  // compensation does better from the unclipped weights).
+  bool awq_clip = true;
   int64_t calibration_batch = 8;
   int64_t awq_sample_rows = 4096;  // calibration input rows kept per projection input for AWQ's search
   // llama.cpp importance matrix (llama-imatrix's GGUF or legacy .dat, io/imatrix.h): rtn rounds
@@ -61,6 +66,9 @@ struct QuantizedLayer {
   double bits_per_weight = 0;
   double rel_error = -1;  // GPTQ/calibrated: relative output error on the calibration inputs
   double awq_alpha = -1;  // AWQ: exponent chosen for this projection's input scales
+  // AWQ clip: share of (row, group) thresholds below max|w|, and the rounded output error on the
+  // calibration inputs with the clip over without it (≤ 1).
+  double awq_clipped = -1, awq_clip_error_ratio = -1;
   bool fallback = false;  // stored as the fallback type (rows that are not whole blocks)
 };
 

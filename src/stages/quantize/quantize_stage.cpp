@@ -18,6 +18,7 @@ model::QuantizeSpec QuantizeStage::spec(const DataOptions* data) const {
   s.gptq.act_order = o_.act_order;
   s.gptq.block = o_.block;
   s.awq_grid = o_.awq_grid;
+  s.awq_clip = o_.awq_clip;
   s.outlier_threshold = o_.outlier_threshold;
   s.act_range = o_.act_range;
   s.act_percentile = o_.act_percentile;
@@ -82,6 +83,10 @@ StageResult QuantizeStage::run(ModelState& state, StageContext& ctx) {
     nlohmann::json j = {{"path", l.path}, {"type", l.type}, {"bits_per_weight", l.bits_per_weight}};
     if (l.rel_error >= 0) j["rel_error"] = l.rel_error;
     if (l.awq_alpha >= 0) j["awq_alpha"] = l.awq_alpha;
+    if (l.awq_clipped >= 0) {
+      j["awq_clipped"] = l.awq_clipped;
+      j["awq_clip_error_ratio"] = l.awq_clip_error_ratio;
+    }
     for (const auto& ls : rep.sensitivity)
       if (ls.path == l.path) j["kld_if_only_this_rounded"] = ls.kld;
     layers.push_back(j);

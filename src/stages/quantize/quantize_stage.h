@@ -27,6 +27,7 @@ struct QuantizeOptions {
   bool act_order = false;
   int64_t block = 128;
   int64_t awq_grid = 20;
+  bool awq_clip = true;
   // W8A8 (methods dynamic, static)
   double outlier_threshold = 6.0;
   std::string act_range = "minmax";
@@ -64,6 +65,9 @@ struct QuantizeOptions {
     s.field("block", &QuantizeOptions::block, "GPTQ: columns updated together").range(1, 1 << 16);
     s.field("awq_grid", &QuantizeOptions::awq_grid, "AWQ: exponents searched for the input scales")
         .range(1, 1000);
+    s.field("awq_clip", &QuantizeOptions::awq_clip,
+            "AWQ: clip each output row's weight groups at the threshold (max|w|·1 … 0.55) with the smallest "
+            "output error on the calibration inputs (q/k excepted), as llm-awq's auto_clip; method awq only");
     s.field("outlier_threshold", &QuantizeOptions::outlier_threshold,
             "W8A8: input columns with |x| above this are computed in float (LLM.int8(); 0 = none)")
         .range(0, 1e9);
