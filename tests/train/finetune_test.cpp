@@ -172,7 +172,11 @@ TEST(FinetuneData, InstructionLossOnlyOnResponseTokens) {
   ASSERT_EQ(d.train->size(), 2);
   tok::EncodeOptions plain;
   plain.add_bos = false;
-  const auto resp = tk->encode("The ball is red.", plain);
+  // prompt/response: the response's tokens are those of prompt + response after the prompt's own
+  // (lm-eval's _encode_pair, as the task harness scores a continuation).
+  const auto whole = tk->encode("Tom has a red ball.The ball is red.", plain);
+  const auto prompt_ids = tk->encode("Tom has a red ball.", plain);
+  const std::vector<int32_t> resp(whole.begin() + static_cast<std::ptrdiff_t>(prompt_ids.size()), whole.end());
   const auto reply = tk->encode("Tom is in the park.", plain);
   const bool eos = tk->eos_id() >= 0;
   const auto rows = d.train->rows(0, 2);  // [2, 2, 64]
