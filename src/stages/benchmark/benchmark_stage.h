@@ -56,7 +56,8 @@ struct BenchmarkOptions {
         .range(1, 1000);
     s.field("warmup", &BenchmarkOptions::warmup, "Unmeasured repetitions first").range(0, 100);
     s.field("engine", &BenchmarkOptions::engine,
-            "auto (native for dense float32 layers on the CPU, torch otherwise), native, torch")
+            "auto (native on the CPU when every projection is dense, ggml blocks, int-N or NF4 and no prompt "
+            "adapter is attached; torch otherwise), native, torch")
         .choices({"auto", "native", "torch"});
   }
 };

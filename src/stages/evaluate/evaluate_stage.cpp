@@ -78,7 +78,7 @@ StageResult EvaluateStage::run(ModelState& state, StageContext& ctx) {
   auto& m = *state.model;
   const bool need_ppl = wants("perplexity") || wants("kld");
   // Perplexity, KLD and speed run through the one inference interface, on the engine `llmopt
-  // eval|bench` would pick for this model (native for dense float32 layers on the CPU).
+  // eval|bench` would pick for this model (native_equivalent: dense, ggml, int-N, NF4 on the CPU).
   std::unique_ptr<infer::Engine> engine;
   if (need_ppl || wants("speed") || wants("tasks")) engine = model::make_engine(state.model, o_.engine);
   if (need_ppl) {

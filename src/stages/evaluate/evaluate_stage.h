@@ -44,8 +44,8 @@ struct EvaluateOptions {
             "speed: measured repetitions (mean reported)")
         .range(1, 1000);
     s.field("engine", &EvaluateOptions::engine,
-            "Engine for perplexity, kld and speed: auto (native for dense float32 layers on the CPU, "
-            "torch otherwise), native, torch")
+            "Engine for perplexity, kld and speed: auto (native on the CPU when every projection is dense, "
+            "ggml blocks, int-N or NF4 and no prompt adapter is attached; torch otherwise), native, torch")
         .choices({"auto", "native", "torch"});
     s.field("tasks", &EvaluateOptions::tasks,
             "tasks: task names (configs/tasks/*.yaml) or task YAML paths; metrics <task>/<metric> "
