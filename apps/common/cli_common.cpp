@@ -249,7 +249,7 @@ bool want_spin() {
          std::getenv("LLMOPT_NO_REEXEC") == nullptr;
 }
 void set_spin_env() {
-  setenv("GOMP_SPINCOUNT", "30000", 1);
+  setenv("GOMP_SPINCOUNT", "300", 1);
   setenv("LLMOPT_NO_REEXEC", "1", 1);
 }
 }  // namespace

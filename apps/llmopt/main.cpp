@@ -29,8 +29,12 @@ int main(int argc, char** argv) {
   // libgomp's threads spin-wait 300k iterations after each parallel region by default; with
   // OpenBLAS's own pthreads alternating with them (prefill) the spinning threads starve the
   // working ones (134M model, 2 cores: prefill 150 tok/s spinning vs 513 with a short spin),
-  // while never spinning costs decode a wake-up per GEMV (35 vs 53 tok/s). A spin count of 30k
-  // serves both. libgomp reads it once at load time, so set it and re-execute ourselves once.
+  // while never spinning cost decode a wake-up per GEMV (35 vs 53 tok/s) before the decode step
+  // met at its own spin-then-sleep barriers (core/spin_barrier.h). A short spin (300) now serves
+  // both: on the loaded 2-core VM LoRA training ran 2.1-2.4x faster than with 30k (81/79/156 vs
+  // 191/166/334 tok/s, alternating) and 2-thread q4_0 decode was unchanged (258/207/173 vs
+  // 234/183/233 tok/s; bench/RESULTS.md 2026-11-30 15:45). libgomp reads it once at load time, so
+  // set it and re-execute ourselves once.
   cli::set_spin_and_reexec(argv);
   cli::GlobalOptions g;
   CLI::App app{"llmopt: make language models smaller, faster or better adapted, and measure the cost"};
