@@ -21,10 +21,17 @@ def make_biased_llama3_synth(llmopt, tmp):
                rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
     (src / "config.json").write_text(json.dumps(cfg, indent=2))
+    # The edit relies on the shape asked for above: fail here, not later in a confusing mismatch.
+    assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_hidden_layers"]) \
+        == (96, 6, 2, 3), f"llmopt synth wrote another shape: {cfg}"
+    assert cfg.get("tie_word_embeddings"), "llmopt synth --tied wrote an untied model"
     tensors = load_file(str(src / "model.safetensors"))
     rng = np.random.default_rng(5)
     for l in range(cfg["num_hidden_layers"]):
-        for proj, rows in (("q", 96), ("k", 32), ("v", 32)):
-            tensors[f"model.layers.{l}.self_attn.{proj}_proj.bias"] = rng.normal(0, 0.5, rows).astype(np.float32)
+        for proj in ("q", "k", "v"):
+            prefix = f"model.layers.{l}.self_attn.{proj}_proj"
+            assert f"{prefix}.bias" not in tensors, f"{prefix}.bias already present"
+            rows = tensors[f"{prefix}.weight"].shape[0]  # one bias per output row (q 96, k/v 32)
+            tensors[f"{prefix}.bias"] = rng.normal(0, 0.5, rows).astype(np.float32)
     save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
     return src
