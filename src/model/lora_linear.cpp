@@ -61,7 +61,7 @@ void append_prefixed(LayerState& out, const LayerState& in, const std::string& p
 }
 
 // Name characters only: PEFT's "module name" form of a target.
-bool is_plain_name(const std::string& s) {
+bool is_module_name(const std::string& s) {
   if (s.empty()) return false;
   for (char c : s)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_')) return false;
@@ -310,7 +310,7 @@ std::vector<std::string> match_target_modules(LlamaModel& model, const std::vect
           continue;
         hit[i] = any = true;
       }
-    } else if (is_plain_name(t)) {
+    } else if (is_module_name(t)) {
       for (size_t i = 0; i < layers.size(); ++i) {
         const std::string& p = layers[i].first;
         if (p == t || (p.size() > t.size() && p.compare(p.size() - t.size() - 1, std::string::npos, "." + t) == 0))

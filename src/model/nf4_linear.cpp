@@ -9,9 +9,9 @@
 namespace llmopt::model {
 namespace {
 
-constexpr int64_t kTileRows = 64;
+constexpr int64_t kNf4TileRows = 64;
 
-StoredTensor view_of(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
+StoredTensor nf4_view_of(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
                      int64_t nbytes, std::shared_ptr<const void> owner) {
   StoredTensor t;
   t.name = name;
@@ -24,7 +24,7 @@ StoredTensor view_of(const std::string& name, DType dtype, std::vector<int64_t> 
 }
 
 template <class T>
-void copy_stored(const StoredTensor& t, DType want, int64_t count, std::vector<T>& out, const std::string& where) {
+void nf4_copy_stored(const StoredTensor& t, DType want, int64_t count, std::vector<T>& out, const std::string& where) {
   LLMOPT_CHECK_INPUT(t.dtype == want && t.nbytes == count * static_cast<int64_t>(sizeof(T)),
                      "[model] {}: stored '{}' must be {} values of {}, got {} bytes of {}", where, t.name, count,
                      dtype_name(want), t.nbytes, dtype_name(t.dtype));
@@ -75,9 +75,9 @@ torch::Tensor NF4Linear::forward(const torch::Tensor& x) {
   if (m <= kernels::kMaxGemvBatch) {
     kernels::nf4_gemv(w, xf.data_ptr<float>(), b, y.data_ptr<float>(), m);
   } else {
-    auto tile = torch::empty({kTileRows, in}, torch::kFloat32);
-    for (int64_t r0 = 0; r0 < out; r0 += kTileRows) {
-      const int64_t rows = std::min(kTileRows, out - r0);
+    auto tile = torch::empty({kNf4TileRows, in}, torch::kFloat32);
+    for (int64_t r0 = 0; r0 < out; r0 += kNf4TileRows) {
+      const int64_t rows = std::min(kNf4TileRows, out - r0);
       kernels::nf4_dequantize_rows(w, r0, r0 + rows, tile.data_ptr<float>());
       y.narrow(1, r0, rows).copy_(torch::matmul(xf, tile.narrow(0, 0, rows).t()));
     }
@@ -92,16 +92,16 @@ LayerState NF4Linear::stored_state() const {
   st.meta = {{"double_quant", s_->double_quant}, {"in_features", s_->cols}};
   auto owner = std::static_pointer_cast<const void>(s_);
   const kernels::NF4Matrix v = s_->view();
-  st.tensors.push_back(view_of("qweight", DType::U8, {s_->rows, v.code_row_bytes()}, s_->codes.data(),
+  st.tensors.push_back(nf4_view_of("qweight", DType::U8, {s_->rows, v.code_row_bytes()}, s_->codes.data(),
                                static_cast<int64_t>(s_->codes.size()), owner));
   if (s_->double_quant) {
-    st.tensors.push_back(view_of("absmax_codes", DType::I8, {static_cast<int64_t>(s_->absmax_codes.size())},
+    st.tensors.push_back(nf4_view_of("absmax_codes", DType::I8, {static_cast<int64_t>(s_->absmax_codes.size())},
                                  s_->absmax_codes.data(), static_cast<int64_t>(s_->absmax_codes.size()), owner));
-    st.tensors.push_back(view_of("absmax_scales", DType::F32, {static_cast<int64_t>(s_->absmax_scales.size())},
+    st.tensors.push_back(nf4_view_of("absmax_scales", DType::F32, {static_cast<int64_t>(s_->absmax_scales.size())},
                                  s_->absmax_scales.data(), static_cast<int64_t>(4 * s_->absmax_scales.size()), owner));
-    st.tensors.push_back(view_of("absmax_offset", DType::F32, {1}, &s_->absmax_offset, 4, owner));
+    st.tensors.push_back(nf4_view_of("absmax_offset", DType::F32, {1}, &s_->absmax_offset, 4, owner));
   } else {
-    st.tensors.push_back(view_of("absmax", DType::F32, {static_cast<int64_t>(s_->absmax.size())}, s_->absmax.data(),
+    st.tensors.push_back(nf4_view_of("absmax", DType::F32, {static_cast<int64_t>(s_->absmax.size())}, s_->absmax.data(),
                                  static_cast<int64_t>(4 * s_->absmax.size()), owner));
   }
   if (bias_.defined()) st.tensors.push_back(stored_from_tensor("bias", bias_));
@@ -123,16 +123,16 @@ LinearFactory nf4_linear_factory() {
     s.rows = q.shape[0];
     const kernels::NF4Matrix v = s.view();
     const int64_t n_abs = s.rows * v.blocks_per_row();
-    copy_stored(q, DType::U8, s.rows * v.code_row_bytes(), s.codes, where);
+    nf4_copy_stored(q, DType::U8, s.rows * v.code_row_bytes(), s.codes, where);
     if (s.double_quant) {
-      copy_stored(st.get("absmax_codes", where), DType::I8, n_abs, s.absmax_codes, where);
-      copy_stored(st.get("absmax_scales", where), DType::F32,
+      nf4_copy_stored(st.get("absmax_codes", where), DType::I8, n_abs, s.absmax_codes, where);
+      nf4_copy_stored(st.get("absmax_scales", where), DType::F32,
                   (n_abs + kernels::kNF4DoubleQuantBlock - 1) / kernels::kNF4DoubleQuantBlock, s.absmax_scales, where);
       std::vector<float> offset;
-      copy_stored(st.get("absmax_offset", where), DType::F32, 1, offset, where);
+      nf4_copy_stored(st.get("absmax_offset", where), DType::F32, 1, offset, where);
       s.absmax_offset = offset[0];
     } else {
-      copy_stored(st.get("absmax", where), DType::F32, n_abs, s.absmax, where);
+      nf4_copy_stored(st.get("absmax", where), DType::F32, n_abs, s.absmax, where);
     }
     kernels::nf4_check_storage(s, where.c_str());
     torch::Tensor bias;

@@ -13,7 +13,7 @@ namespace {
 int64_t row_bytes(DType t, int64_t in) { return in / dtype_block_elems(t) * dtype_block_bytes(t); }
 
 // Rows dequantized per tile in forward(): 64 rows x in floats stay in cache for the product.
-constexpr int64_t kTileRows = 64;
+constexpr int64_t kPackedTileRows = 64;
 
 }  // namespace
 
@@ -84,10 +84,10 @@ torch::Tensor PackedLinear::forward(const torch::Tensor& x) {
     kernels::gemv_batch(type_, blocks_->data(), xf.data_ptr<float>(), b, y.data_ptr<float>(), m, out_, in_);
   } else {
     // Prefill / evaluation: dequantize a tile of rows, multiply, move on (no dense copy kept).
-    auto tile = torch::empty({kTileRows, in_}, torch::kFloat32);
+    auto tile = torch::empty({kPackedTileRows, in_}, torch::kFloat32);
     const int64_t rb = row_bytes(type_, in_);
-    for (int64_t r0 = 0; r0 < out_; r0 += kTileRows) {
-      const int64_t rows = std::min(kTileRows, out_ - r0);
+    for (int64_t r0 = 0; r0 < out_; r0 += kPackedTileRows) {
+      const int64_t rows = std::min(kPackedTileRows, out_ - r0);
       kernels::dequantize_row(type_, blocks_->data() + r0 * rb, tile.data_ptr<float>(), rows * in_);
       y.narrow(1, r0, rows).copy_(torch::matmul(xf, tile.narrow(0, 0, rows).t()));
     }
