@@ -128,7 +128,12 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
     auto lm = load_for_inference(model, tokenizer, /*need_tokenizer=*/true);
     fs::create_directories(dir);
     const std::string ckpt = (dir / "checkpoints").string();
-    if (!resume) fs::remove_all(ckpt);
+    // A fresh run into a directory used before starts new logs: its events would otherwise follow
+    // the earlier run's, and its loss curve and step times would span both (a resumed run appends).
+    if (!resume) {
+      fs::remove_all(ckpt);
+      fs::remove(dir / "train_events.jsonl");
+    }
     stages::ModelState state;
     state.model = lm.model;
     state.tokenizer = lm.tokenizer;

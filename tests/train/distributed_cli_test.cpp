@@ -37,6 +37,10 @@ TEST(DistributedCli, TwoRanksFollowOneProcessInFinetuneAndRun) {
                              " --lr 0.01 --warmup 0 -q";
   const auto one = run_llmopt(common + " --out " + shell_quote((dir / "one").string()));
   ASSERT_EQ(one.exit_code, 0) << one.output;
+  // Once more into the same directory, not resumed: a fresh run, so its events replace the first
+  // run's instead of following them (4 train_step lines, not 8).
+  const auto again = run_llmopt(common + " --out " + shell_quote((dir / "one").string()));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
   const auto two = run_llmopt(common + " --nproc 2 --out " + shell_quote((dir / "two").string()));
   ASSERT_EQ(two.exit_code, 0) << two.output;
   EXPECT_TRUE(fs::exists(dir / "two" / "adapter_model.safetensors"));
