@@ -13,6 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# CI runs each peer check at a size that keeps `scripts/test.sh` within its 30 minutes (fewer
+# documents, formats or cases where they repeat one code path); LLMOPT_PEER_FULL=1 runs the full-size
+# versions, with the same references and tolerances (bench/peer_full_size.sh, bench/README.md).
+PEER_FULL = os.environ.get("LLMOPT_PEER_FULL", "0") == "1"
+
+
+def ci_or_full(ci, full):
+    """The CI-size value, or the full-size one under LLMOPT_PEER_FULL=1."""
+    return full if PEER_FULL else ci
+
 # Transformers and the hub must never try the network: every model here is a local directory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

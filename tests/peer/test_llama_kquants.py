@@ -16,10 +16,11 @@ tinyllama-bpe-17m (dim 256; its ffn_down rows of 704 fit no super-block) -- the 
     division by the call count is exercised), passed to `llama-quantize --imatrix` and to
     `llmopt quantize --imatrix`, for q4_0, q4_1, q5_0, q5_1 and the k-quants: byte-identical
     again (ggml's quantize_row_*_impl with quant_weights). The importance must change the bytes
-    (compared with (a)), or the check would prove nothing about the weighted path.
+    (compared with llama-quantize's file without it, the bytes (a) compares), or the check would
+    prove nothing about the weighted path.
 (b') the same with an importance matrix written by llama.cpp's own `llama-imatrix` (GGUF format,
-    in_sum2/counts) from calibration text, on the 17M model (real activations): q4_0 and q4_k
-    byte-identical, which also checks llmopt's reading of the GGUF imatrix format.
+    in_sum2/counts) from calibration text, on the 17M model (real activations): q4_0, q4_1, q3_k
+    and q4_k byte-identical, which also checks llmopt's reading of the GGUF imatrix format.
 (c) `gguf.quants.dequantize` (gguf-py, an independent numpy decoder) of every k-quant tensor of
     llmopt's file equals, bit for bit, llmopt's own decoding (`llmopt convert OUT --to hf --type
     f32`, q/k rows permuted to GGUF's rotary layout as in test_llama_quantized.py). Exact because
@@ -27,6 +28,15 @@ tinyllama-bpe-17m (dim 256; its ffn_down rows of 704 fit no super-block) -- the 
 Tensors outside the comparison are listed: token_embd (llama-quantize rounds it too, llmopt packs
 projections only) and, for the k-quants, the 17M ffn_down (llama.cpp falls back to another type,
 llmopt to f16 by default).
+
+Size (CI): the synth model runs every format in (a), (b) and (c) and the quantize stage's
+`imatrix:` option; the 17M model, whose 13M-value embedding makes each quantize run several times
+dearer, runs the formats whose row quantizers differ (K_FORMATS_17M: q2_k's, q4_k's and q6_k's
+scale searches; (b') LLAMA_IMATRIX_FORMATS: q4_0's and q4_1's weighted make_qx/make_qkx paths,
+q3_k's and q4_k's) and its 704-column fallback, with llama-imatrix on CALIB_BYTES of text. Every
+compared file gets the same checks and the same byte-for-byte standard. LLMOPT_PEER_FULL=1
+(bench/peer_full_size.sh) adds the remaining formats on the 17M model, (b) on it, the stage on
+it, and 40 kB of calibration text (the sizes this file had before it was cut for CI).
 """
 import json
 
@@ -36,7 +46,7 @@ import pytest
 from gguf.quants import dequantize
 from safetensors.numpy import load_file
 
-from conftest import utf8_prefix
+from conftest import ci_or_full, utf8_prefix
 from llama_tools import IMATRIX, QUANTIZE, THREADS, llama_tools, run_tool  # noqa: F401 (fixture)
 from test_llama_quantized import hf_name, is_projection, permute_rope
 
@@ -45,6 +55,17 @@ K_FORMATS = {"q2_k": "Q2_K", "q3_k": "Q3_K_M", "q4_k": "Q4_K_M", "q5_k": "Q5_K_M
 IMATRIX_FORMATS = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", **K_FORMATS}
 NCALL = 3
 MODELS = ["synth", "17m"]
+K_FORMATS_17M = ci_or_full(["q2_k", "q4_k", "q6_k"], list(K_FORMATS))
+IMATRIX_FORMATS_17M = ci_or_full([], list(IMATRIX_FORMATS))  # (b) with the synthetic .dat
+DECODE_FORMATS_17M = ci_or_full(["q4_k"], list(K_FORMATS))
+STAGE_MODELS = ci_or_full(["synth"], MODELS)
+LLAMA_IMATRIX_FORMATS = ["q4_0", "q4_1", "q3_k", "q4_k"]
+CALIB_BYTES = ci_or_full(10_000, 40_000)
+
+
+def cases(formats, formats_17m=None):
+    """(model, format) pairs: every format on synth, formats_17m (default: the same) on the 17M."""
+    return [("synth", f) for f in formats] + [("17m", f) for f in (formats if formats_17m is None else formats_17m)]
 
 
 def tensors(path):
@@ -77,25 +98,52 @@ class Setup:
             f.write(np.int32(10).tobytes() + np.int32(9).tobytes() + b"synthetic")
         self.files = {}
 
-    def pair(self, fmt, imatrix):
-        """(llmopt's file, llama-quantize's file) for fmt; imatrix: False, True (the synthetic
-        .dat) or the path of another imatrix file."""
+    def quantized(self, who, fmt, imatrix):
+        """llmopt's (who="llmopt") or llama-quantize's (who="llama") file for fmt, made once;
+        imatrix: False, True (the synthetic .dat) or the path of another imatrix file."""
         path = self.imatrix if imatrix is True else imatrix
-        key = (fmt, str(path))
+        key = (who, fmt, str(path))
         if key not in self.files:
-            tag = f"{fmt}-{path.stem if path else 'plain'}"
-            ours, theirs = self.tmp / f"llmopt-{tag}.gguf", self.tmp / f"llama-{tag}.gguf"
+            out = self.tmp / f"{who}-{fmt}-{path.stem if path else 'plain'}.gguf"
             extra = ["--imatrix", path] if path else []
-            self.llmopt.run("quantize", self.f32, ours, "--format", fmt, *extra)
-            run_tool(QUANTIZE, "--tensor-type", f"blk={fmt}", *extra, self.f32, theirs,
-                     IMATRIX_FORMATS[fmt], THREADS)
-            self.files[key] = (ours, theirs)
+            if who == "llmopt":
+                self.llmopt.run("quantize", self.f32, out, "--format", fmt, *extra)
+            else:
+                run_tool(QUANTIZE, "--tensor-type", f"blk={fmt}", *extra, self.f32, out,
+                         IMATRIX_FORMATS[fmt], THREADS)
+            self.files[key] = out
         return self.files[key]
 
+    def pair(self, fmt, imatrix):
+        """(llmopt's file, llama-quantize's file) for fmt and imatrix (see quantized)."""
+        return self.quantized("llmopt", fmt, imatrix), self.quantized("llama", fmt, imatrix)
 
-@pytest.fixture(scope="module", params=MODELS)
-def setup(request, llama_tools, llmopt, hf17m, tmp_path_factory):
-    return Setup(request.param, llmopt, hf17m, tmp_path_factory.mktemp(request.param))
+
+@pytest.fixture(scope="module")
+def setups(llama_tools, llmopt, hf17m, tmp_path_factory):
+    """Setup per model name, made on first use and shared by every test of this file."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = Setup(name, llmopt, hf17m, tmp_path_factory.mktemp(name))
+        return made[name]
+    return get
+
+
+def assert_importance_changed(setup, weighted, fmt, what):
+    """The weighted file must differ from llama-quantize's unweighted one (byte-identical to
+    llmopt's where (a) compares them), or the check proves nothing about the weighted path."""
+    plain = tensors(setup.quantized("llama", fmt, False))
+    want = GT[fmt.upper()]
+    changed = 0
+    for n, t in weighted.items():
+        if not is_projection(n) or t.tensor_type != want:
+            continue
+        assert plain[n].tensor_type == want, f"{n}: llama-quantize wrote {plain[n].tensor_type.name} without an imatrix"
+        changed += not np.array_equal(np.asarray(t.data), np.asarray(plain[n].data))
+    print(f"{setup.name} {fmt}: {what} changed {changed} projections' bytes")
+    assert changed > 0
 
 
 def compare_bytes(setup, fmt, imatrix):
@@ -126,49 +174,43 @@ def compare_bytes(setup, fmt, imatrix):
     return a
 
 
-@pytest.mark.parametrize("fmt", list(K_FORMATS))
-def test_k_quants_equal_llama_quantize(setup, fmt):
-    compare_bytes(setup, fmt, imatrix=False)
+@pytest.mark.parametrize("model,fmt", cases(list(K_FORMATS), K_FORMATS_17M))
+def test_k_quants_equal_llama_quantize(setups, model, fmt):
+    compare_bytes(setups(model), fmt, imatrix=False)
 
 
-@pytest.mark.parametrize("fmt", list(IMATRIX_FORMATS))
-def test_imatrix_quantization_equals_llama_quantize(setup, fmt):
+@pytest.mark.parametrize("model,fmt", cases(list(IMATRIX_FORMATS), IMATRIX_FORMATS_17M))
+def test_imatrix_quantization_equals_llama_quantize(setups, model, fmt):
+    setup = setups(model)
     weighted = compare_bytes(setup, fmt, imatrix=True)
-    plain, _ = setup.pair(fmt, False)
-    plain = tensors(plain)
-    changed = sum(not np.array_equal(np.asarray(weighted[n].data), np.asarray(plain[n].data))
-                  for n in weighted if is_projection(n) and weighted[n].tensor_type == GT[fmt.upper()])
-    print(f"{setup.name} {fmt}: the imatrix changed {changed} projections' bytes")
-    assert changed > 0
+    assert_importance_changed(setup, weighted, fmt, "the imatrix")
 
 
 @pytest.fixture(scope="module")
-def llama_imatrix_file(setup, shared):
-    """llama-imatrix's GGUF imatrix of the model on 40 kB of tinystories_val.txt (from byte 100,000)."""
-    if setup.name != "17m":
-        pytest.skip("real activations: the 17M model only")
+def llama_imatrix_file(setups, shared):
+    """llama-imatrix's GGUF imatrix of the 17M model (real activations) on CALIB_BYTES of
+    tinystories_val.txt (from byte 100,000)."""
     if not IMATRIX.is_file():
         pytest.skip(f"{IMATRIX} missing: rerun tests/peer/make-llama-tools.sh (it builds llama-imatrix)")
+    setup = setups("17m")
     text = setup.tmp / "calibration.txt"
-    text.write_bytes(utf8_prefix((shared / "text" / "tinystories_val.txt").read_bytes()[100_000:], 40_000))
+    text.write_bytes(utf8_prefix((shared / "text" / "tinystories_val.txt").read_bytes()[100_000:], CALIB_BYTES))
     out = setup.tmp / "llama-imatrix.gguf"
     run_tool(IMATRIX, "-m", setup.f32, "-f", text, "-o", out, "-c", 128, "-t", THREADS)
     return out
 
 
-@pytest.mark.parametrize("fmt", ["q4_0", "q4_k"])
-def test_llama_imatrix_gguf_equals_llama_quantize(setup, llama_imatrix_file, fmt):
+@pytest.mark.parametrize("fmt", LLAMA_IMATRIX_FORMATS)
+def test_llama_imatrix_gguf_equals_llama_quantize(setups, llama_imatrix_file, fmt):
+    setup = setups("17m")
     weighted = compare_bytes(setup, fmt, imatrix=llama_imatrix_file)
-    plain = tensors(setup.pair(fmt, False)[0])
-    changed = sum(not np.array_equal(np.asarray(weighted[n].data), np.asarray(plain[n].data))
-                  for n in weighted if is_projection(n) and weighted[n].tensor_type == GT[fmt.upper()])
-    print(f"{setup.name} {fmt}: llama-imatrix's importance changed {changed} projections' bytes")
-    assert changed > 0
+    assert_importance_changed(setup, weighted, fmt, "llama-imatrix's importance")
 
 
-@pytest.mark.parametrize("fmt", list(K_FORMATS))
-def test_gguf_package_decodes_like_llmopt(setup, fmt):
-    ours, _ = setup.pair(fmt, False)
+@pytest.mark.parametrize("model,fmt", cases(list(K_FORMATS), DECODE_FORMATS_17M))
+def test_gguf_package_decodes_like_llmopt(setups, model, fmt):
+    setup = setups(model)
+    ours = setup.quantized("llmopt", fmt, False)
     hf_dir = setup.tmp / f"{fmt}-deq-hf"
     setup.llmopt.run("convert", ours, hf_dir, "--to", "hf", "--type", "f32")
     cfg = json.loads((hf_dir / "config.json").read_text())
@@ -191,11 +233,13 @@ def test_gguf_package_decodes_like_llmopt(setup, fmt):
     assert checked > 0
 
 
-def test_quantize_stage_imatrix_equals_llama_quantize(setup):
+@pytest.mark.parametrize("model", STAGE_MODELS)
+def test_quantize_stage_imatrix_equals_llama_quantize(setups, model):
     """The quantize stage's `imatrix:` option (a recipe, exported to GGUF) writes the bytes
     llama-quantize --imatrix writes with the same importance matrix."""
+    setup = setups(model)
     fmt = "q4_0"
-    _, theirs = setup.pair(fmt, True)
+    theirs = setup.quantized("llama", fmt, True)
     run = setup.tmp / "stage-imatrix-run"
     recipe = setup.tmp / "stage-imatrix.yaml"
     recipe.write_text(
