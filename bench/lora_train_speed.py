@@ -9,6 +9,11 @@ in odd rounds and Python first in even ones (so neither side always follows the 
 is taken within a round, so load from other jobs hits both sides of it, and the median, min and max
 over rounds are printed with the 1-minute load average (/proc/loadavg) before each side.
 
+Python runs twice per round: as a user starts it (libgomp's default spin-wait), and with
+GOMP_SPINCOUNT=300, the OpenMP setting llmopt gives itself (apps/common/cli_common.cpp re-execs with
+it). On a loaded machine the default spin costs torch 2-3x (2 cores, load 5: ~250 vs ~630 tok/s), so
+both ratios are printed: against what a user gets, and against Python under llmopt's own setting.
+
 Run with the peer venv (Debian's torch 1.13 + transformers 4.44.2 + peft 0.12.0):
 
   tests/peer/.venv/bin/python bench/lora_train_speed.py --llmopt build/apps/llmopt/llmopt \
@@ -42,7 +47,7 @@ def cpu_model():
 
 
 def run_llmopt(exe, model, text, threads, batch, seq_len, steps, tmp):
-    out = os.path.join(tmp, "llmopt-adapter")
+    out = tempfile.mkdtemp(prefix="llmopt-adapter-", dir=tmp)  # a fresh run each round
     subprocess.run([exe, "-q", "--threads", str(threads), "finetune", model, "--data", text, "--method", "lora",
                     "--r", "8", "--alpha", "16", "--steps", str(steps), "--batch-size", str(batch), "--seq-len",
                     str(seq_len), "--lr", "2e-3", "--schedule", "constant", "--out", out], check=True,
@@ -103,34 +108,41 @@ def main():
         return 0
     print("command:", " ".join(sys.argv), flush=True)
     print("machine:", platform.machine(), cpu_model(), f"{os.cpu_count()} CPUs", flush=True)
-    ratios = []
+    ratios, ratios_spin = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             def ours_side():
                 return run_llmopt(a.llmopt, a.model, a.text, a.threads, a.batch, a.seq_len, a.steps, tmp)
 
-            def py_side():
+            def py_side(spin=None):
                 # In a child process of its own, as llmopt runs: a parent that has run torch (its
                 # OpenMP / OpenBLAS pools, 3 GB of tensors) slowed the llmopt child that followed.
+                env = dict(os.environ)
+                if spin is not None:
+                    env["GOMP_SPINCOUNT"] = spin
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--python-side", "--model", a.model,
                                       "--text", a.text, "--threads", str(a.threads), "--batch", str(a.batch),
                                       "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--llmopt", a.llmopt],
-                                     check=True, capture_output=True, text=True).stdout
+                                     check=True, capture_output=True, text=True, env=env).stdout
                 return float(out.split()[-1])
-            sides = [("llmopt", ours_side), ("python", py_side)]
-            if r % 2 == 1:
-                sides.reverse()
+            sides = [("llmopt", ours_side), ("python", py_side), ("python_spin300", lambda: py_side("300"))]
+            k = r % len(sides)  # rotate who goes first
+            sides = sides[k:] + sides[:k]
             got, load = {}, {}
             for name, fn in sides:
                 load[name] = loadavg()
                 got[name] = fn()
-            ours, py = got["llmopt"], got["python"]
+            ours, py, py3 = got["llmopt"], got["python"], got["python_spin300"]
             ratios.append(ours / py)
+            ratios_spin.append(ours / py3)
             print(f"round {r + 1} ({sides[0][0]} first): llmopt {ours:.0f} tok/s (load {load['llmopt']}), "
-                  f"PyTorch+peft {py:.0f} tok/s (load {load['python']}), ratio {ours / py:.2f}", flush=True)
-    print(f"ratio llmopt / PyTorch+peft: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, "
-          f"max {max(ratios):.2f} (threads {a.threads}, batch {a.batch} x {a.seq_len}, {a.steps} steps, "
-          f"{a.rounds} rounds)")
+                  f"PyTorch+peft {py:.0f} tok/s (load {load['python']}), "
+                  f"PyTorch+peft with GOMP_SPINCOUNT=300 {py3:.0f} tok/s (load {load['python_spin300']}); "
+                  f"ratios {ours / py:.2f} / {ours / py3:.2f}", flush=True)
+    for label, rs in (("PyTorch+peft", ratios), ("PyTorch+peft with GOMP_SPINCOUNT=300", ratios_spin)):
+        print(f"ratio llmopt / {label}: median {statistics.median(rs):.2f}, min {min(rs):.2f}, "
+              f"max {max(rs):.2f} (threads {a.threads}, batch {a.batch} x {a.seq_len}, {a.steps} steps, "
+              f"{a.rounds} rounds)")
 
 
 if __name__ == "__main__":
