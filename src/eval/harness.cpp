@@ -743,7 +743,10 @@ std::vector<InstructionExample> instruction_examples(const TaskSpec& t, const Ta
 }
 
 json instruction_json(const TaskSpec& t, const InstructionExample& e) {
-  return {{"prompt", e.prompt}, {"response", e.response}, {"task", t.name}, {"doc", e.doc}, {"source", e.source}};
+  json j = {{"prompt", e.prompt}, {"response", e.response}, {"task", t.name}, {"doc", e.doc}, {"source", e.source}};
+  // A log-likelihood task scores the response tokens alone: no EOS target after them.
+  if (t.output_type != OutputType::GenerateUntil) j["eos"] = false;
+  return j;
 }
 
 TaskResult run_task(const infer::Engine& m, const tok::Tokenizer& tk, const TaskSpec& t, const TaskRunOptions& o,

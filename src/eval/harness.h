@@ -146,7 +146,11 @@ std::vector<InstructionExample> instruction_examples(const TaskSpec& t, const Ta
 // InputError when the prompt of a document of `docs` (as instruction_example renders it) is a
 // prompt of the instruction jsonl `trained_on`, naming both.
 void check_not_trained_on(const TaskSpec& t, const DocSet& docs, const std::string& trained_on);
-// One jsonl line: {"prompt", "response", "task", "doc", "source"}.
+// One jsonl line: {"prompt", "response", "task", "doc", "source"}, and "eos": false for tasks
+// scored by log-likelihood (multiple_choice, loglikelihood): the fine-tuning loader then adds no
+// EOS target after the response, which the harness never scores (and which a model that rarely
+// saw its EOS cannot learn cheaply: tinyllama-bpe-17m's frozen tied head gives EOS at most p 0.05).
+// generate_until keeps the EOS (generation should stop after the answer).
 nlohmann::json instruction_json(const TaskSpec& t, const InstructionExample& e);
 
 nlohmann::json task_result_json(const TaskResult& r);

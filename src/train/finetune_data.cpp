@@ -76,6 +76,14 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
       throw_input("[data] {}: not valid JSON ({})", where, e.what());
     }
     LLMOPT_CHECK_INPUT(j.is_object(), "[data] {}: expected a JSON object", where);
+    // "eos": false = no EOS target after the response (task data: the harness scores the response
+    // tokens alone, `llmopt data instruct` writes it for log-likelihood tasks).
+    bool add_eos = eos >= 0;
+    if (j.contains("eos")) {
+      LLMOPT_CHECK_INPUT(j["eos"].is_boolean(), "[data] {}: 'eos' must be true or false, found {}", where,
+                         j["eos"].dump());
+      add_eos = add_eos && j["eos"].get<bool>();
+    }
     Example e;
     if (bos >= 0 && tk.add_bos_default()) {
       e.ids.push_back(bos);
@@ -94,7 +102,7 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
         if (is_response) {
           append(e, tk, "Assistant: ", false);
           append(e, tk, text, true);
-          if (eos >= 0) e.ids.push_back(eos), e.target.push_back(1);
+          if (add_eos) e.ids.push_back(eos), e.target.push_back(1);
           append(e, tk, "\n", false);
           any_response = true;
         } else {
@@ -108,7 +116,7 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
       LLMOPT_CHECK_INPUT(j.contains("response") && j["response"].is_string(),
                          "[data] {}: missing string field 'response'", where);
       append_pair(e, tk, j["prompt"].get<std::string>(), j["response"].get<std::string>());
-      if (eos >= 0) e.ids.push_back(eos), e.target.push_back(1);
+      if (add_eos) e.ids.push_back(eos), e.target.push_back(1);
     }
     int64_t n = 0;
     for (size_t t = 1; t < e.target.size(); ++t) n += e.target[t];
@@ -253,12 +261,19 @@ LossFn masked_next_token_loss(model::LlamaModel& model) {
     LLMOPT_CHECK_INPUT(batch.dim() == 3 && batch.size(1) == 2 && batch.size(2) >= 2,
                        "[train] masked batch must be [B, 2, T+1], found {} dims", batch.dim());
     const torch::Tensor tokens = batch.select(1, 0).to(model.device());
-    const torch::Tensor mask = batch.select(1, 1).slice(1, 1).to(model.device()).to(torch::kFloat32);
-    const torch::Tensor logits = model.forward(tokens.slice(1, 0, -1).contiguous());
-    const torch::Tensor nll = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}), tokens.slice(1, 1).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    return (nll * mask.reshape({-1})).sum() / mask.sum().clamp_min(1);
+    const torch::Tensor mask = batch.select(1, 1).slice(1, 1).reshape({-1});
+    // Logits only at the target positions: an instruction row has a handful of response tokens
+    // after a long prompt, and the [B, T, vocab] logits of every position (100 MB at 8 x 64 and a
+    // 50k vocabulary, with their gradient) would cost more than the model itself. The hidden
+    // states of the targets' positions are gathered first; same arithmetic per target.
+    const torch::Tensor where = mask.nonzero().reshape({-1}).to(model.device());
+    const torch::Tensor hidden = model.forward_hidden(tokens.slice(1, 0, -1).contiguous());  // [B, T, D]
+    const int64_t k = where.numel();
+    if (k == 0) return (hidden.sum() * 0.0).reshape({});  // no target in the batch: zero loss, zero gradient
+    const torch::Tensor h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, where).unsqueeze(0);  // [1, K, D]
+    const torch::Tensor logits = model.logits_from_hidden(h).reshape({k, -1});
+    const torch::Tensor targets = tokens.slice(1, 1).reshape({-1}).index_select(0, where);
+    return torch::nn::functional::cross_entropy(logits, targets);
   };
 }
 

@@ -1,7 +1,9 @@
 // Fine-tuning data: plain text packed into seq_len blocks, or instruction jsonl (`prompt` /
 // `response` fields, tokenized as the task harness tokenizes a context and continuation, or
 // `messages` [{role, content}] rendered with a built-in template) with the loss only on response
-// tokens; a train / validation split by fraction (the tail) or a separate
+// tokens, an EOS target after each response unless the line says "eos": false (task data from
+// `llmopt data instruct`: the harness scores the response alone); a train / validation split by
+// fraction (the tail) or a separate
 // file; deterministic shuffling (one permutation per epoch from the seed), addressed by batch
 // index so a checkpoint's data position resumes the exact order.
 //
@@ -64,7 +66,8 @@ struct FinetuneData {
 // fields (naming file:line), no response tokens, data too short for one row / batch.
 FinetuneData load_finetune_data(const FinetuneDataOptions& o, const tok::Tokenizer& tk, int64_t batch);
 
-// Mean next-token cross entropy over the targets of a batch ([B, T+1] or [B, 2, T+1] masked).
+// Mean next-token cross entropy over the targets of a batch ([B, T+1] or [B, 2, T+1] masked; the
+// masked one computes logits only at the target positions).
 LossFn masked_next_token_loss(model::LlamaModel& model);
 // Mean loss per target over a whole dataset (batches of `batch` rows, no grad).
 double dataset_loss(model::LlamaModel& model, const FinetuneDataset& data, int64_t batch);

@@ -114,6 +114,10 @@ TEST(TaskSplit, InstructionPairsAreTheTaskRendering) {
   EXPECT_EQ(line["response"], train[0].response);
   EXPECT_EQ(line["task"], "colors");
   EXPECT_EQ(line["doc"], train[0].doc);
+  EXPECT_EQ(line["eos"], false);  // scored by log-likelihood: the response alone, no EOS target
+  eval::TaskSpec gen = t;
+  gen.output_type = eval::OutputType::GenerateUntil;
+  EXPECT_FALSE(eval::instruction_json(gen, train[0]).contains("eos"));  // generation: EOS after the answer
   std::string jsonl;
   for (const auto& e : train) jsonl += eval::instruction_json(t, e).dump() + "\n";
   write(dir / "train.jsonl", jsonl);

@@ -5,7 +5,7 @@
 //    out; its documents and the held-out ones partition the set;
 //  - the fine-tuning loader learns exactly the continuation tokens the harness scores: the response
 //    tokens are encode(prompt + response) after encode(prompt) (lm-eval's _encode_pair), computed
-//    here with the tokenizer alone (plus EOS);
+//    here with the tokenizer alone (no EOS: the lines say "eos": false);
 //  - `llmopt eval --split held-out --trained-on` scores the held-out documents, and scoring a
 //    trained document (another seed, or all documents) exits 2 naming the training file;
 //  - the recipe stages evaluate(task_split held_out) -> finetune(train.task) -> evaluate run, the
@@ -88,6 +88,7 @@ TEST(InstructTuning, Sst2JsonlHeldOutEvalAndRecipe) {
     EXPECT_EQ(e["prompt"], row.text + "\nQuestion: Is this sentence positive or negative?\nAnswer:");
     EXPECT_EQ(e["response"], row.label == "1" ? " positive" : " negative");
     EXPECT_EQ(e["task"], "sst2");
+    EXPECT_EQ(e["eos"], false);
     EXPECT_EQ(e["doc"].get<int>(), ln - 2);
     EXPECT_FALSE(held_prompts.count(e["prompt"])) << ln;
   }
@@ -113,7 +114,7 @@ TEST(InstructTuning, Sst2JsonlHeldOutEvalAndRecipe) {
     const std::string p = train[static_cast<size_t>(i)]["prompt"], resp = train[static_cast<size_t>(i)]["response"];
     const auto whole = tk->encode(p + resp, plain), ctx = tk->encode(p, plain);
     std::vector<int64_t> want(whole.begin() + static_cast<std::ptrdiff_t>(ctx.size()), whole.end());
-    if (tk->eos_id() >= 0) want.push_back(tk->eos_id());
+    EXPECT_EQ(train[static_cast<size_t>(i)]["eos"], false);  // the task scores the response alone: no EOS target
     std::vector<int64_t> got;
     for (int64_t t = 1; t < 512; ++t)
       if (rows_t[i][1][t].item<int64_t>() == 1) got.push_back(rows_t[i][0][t].item<int64_t>());
