@@ -12,6 +12,7 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -90,9 +91,17 @@ Env env_from_environment() {
 
 // ---------------------------------------------------------------- process group
 
+// What ProcessGroupGloo derives from: c10d::ProcessGroup in torch 1.x (Debian's 1.13), c10d::Backend
+// from torch 2.0 on (the PyPI libtorch a CUDA build links), with the same collective methods.
+#if TORCH_VERSION_MAJOR >= 2
+using GroupBackend = c10d::Backend;
+#else
+using GroupBackend = c10d::ProcessGroup;
+#endif
+
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<GroupBackend> pg;
   std::chrono::milliseconds timeout{0};
 
   void wait(const c10::intrusive_ptr<c10d::Work>& w, const char* what) {
