@@ -4,7 +4,14 @@
 // gold choice), for `llmopt finetune --data FILE` or a finetune stage. The training part leaves
 // out the held-out documents that `llmopt eval --tasks NAME --split held-out` with the same
 // --held-out / --split-seed scores, and any document whose prompt equals a held-out one.
+//
+// `llmopt data render --model M --data FILE [--template auto|NAME]`: each `messages` row of an
+// instruction jsonl rendered with a chat template (train/chat_template.h), one JSON line per row
+// {line, template, text, segments: [{text, response}], ids, targets}: the text and loss mask a
+// finetune run trains on (tests/peer/test_chat_template.py compares the text with transformers).
 #include <filesystem>
+#include <fstream>
+#include <iostream>
 
 #include "apps/llmopt/commands.h"
 #include "core/error.h"
@@ -12,6 +19,7 @@
 #include "eval/harness.h"
 #include "eval/tasks.h"
 #include "io/atomic_file.h"
+#include "train/chat_template.h"
 
 namespace llmopt::cli {
 namespace fs = std::filesystem;
@@ -53,6 +61,47 @@ void register_data_command(CLI::App& app, GlobalOptions& g) {
       log::info("[data] {}: {} documents left out: their prompt equals a prompt of the other part", spec.name, dropped);
     std::printf("%s -> %s (%zu examples)\n", eval::describe_split(spec, s, examples.size() + dropped).c_str(),
                 out.c_str(), examples.size());
+  });
+
+  auto* render = data->add_subcommand("render", "Rendered text and loss mask of jsonl `messages` rows (JSON lines)");
+  static std::string model, tokenizer, file, tmpl = "auto";
+  render->add_option("--model", model, "Model (its tokenizer, and its chat_template for auto)")->required();
+  render->add_option("--tokenizer", tokenizer, "Tokenizer file (llama2.c models)");
+  render->add_option("--data", file, "Instruction jsonl with `messages` rows")->required();
+  render->add_option("--template", tmpl, "auto | " + train::chat_template_list())->capture_default_str();
+  render->callback([] {
+    const auto tk = load_tokenizer_for(model, tokenizer);
+    const std::string name = train::resolve_chat_template(tmpl, tokenizer.empty() ? model : tokenizer);
+    std::ifstream in(file);
+    LLMOPT_CHECK_INPUT(in.good(), "[data] --data {}: cannot read", file);
+    std::string line;
+    for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const std::string where = fmt::format("{}:{}", file, lineno);
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        throw_input("[data] {}: not valid JSON ({})", where, e.what());
+      }
+      LLMOPT_CHECK_INPUT(j.is_object() && j.contains("messages") && j["messages"].is_array(),
+                         "[data] {}: expected an object with a 'messages' array", where);
+      std::vector<train::ChatMessage> messages;
+      for (const auto& m : j["messages"]) {
+        LLMOPT_CHECK_INPUT(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
+                               m["content"].is_string(),
+                           "[data] {}: every message needs string fields 'role' and 'content'", where);
+        messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+      }
+      const auto segments = train::render_chat(name, messages, train::chat_special_pieces(*tk), where);
+      const auto tokens = train::encode_chat(*tk, segments);
+      nlohmann::json out = {{"line", lineno}, {"template", name}, {"text", train::joined_text(segments)}};
+      out["segments"] = nlohmann::json::array();
+      for (const auto& g : segments) out["segments"].push_back({{"text", g.text}, {"response", g.is_response}});
+      out["ids"] = tokens.ids;
+      out["targets"] = tokens.target;
+      std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    }
   });
 }
 

@@ -35,6 +35,10 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
       ->required();
   cmd->add_option("--out", out, "Output directory (adapter files; model/ for full or --merge)")->required();
   cmd->add_option("--format", o.train.format, "auto | text | jsonl")->capture_default_str();
+  cmd->add_option("--template", o.train.chat_template,
+                  "jsonl messages: chat template, auto (the model's chat_template, plain when none) | plain | chatml | "
+                  "llama2 | llama3 | zephyr | mistral | gemma | phi3")
+      ->capture_default_str();
   cmd->add_option("--seq-len", o.train.seq_len, "Predicted tokens per training row")->capture_default_str();
   cmd->add_option("--data-offset", o.train.offset, "Text: first byte of the file used")->capture_default_str();
   cmd->add_option("--data-bytes", o.train.max_bytes, "Text: bytes used from the offset (0 = all)")->capture_default_str();

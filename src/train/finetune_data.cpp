@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "eval/harness.h"
 #include "io/mapped_file.h"
+#include "train/chat_template.h"
 
 namespace llmopt::train {
 namespace fs = std::filesystem;
@@ -44,6 +45,25 @@ void append_pair(Example& e, const tok::Tokenizer& tk, const std::string& prompt
   for (int64_t id : cont) e.ids.push_back(id), e.target.push_back(1);
 }
 
+// A `messages` row rendered with a chat template (train/chat_template.h): the template's text is the
+// whole sequence (its own BOS where the format has one), the targets its response segments.
+Example chat_example(const nlohmann::json& messages, const std::string& name, const tok::Tokenizer& tk,
+                     const std::string& where) {
+  std::vector<ChatMessage> list;
+  bool any_assistant = false;
+  for (const auto& m : messages) {
+    LLMOPT_CHECK_INPUT(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
+                           m["content"].is_string(),
+                       "[data] {}: every message needs string fields 'role' and 'content'", where);
+    list.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    any_assistant = any_assistant || list.back().role == "assistant";
+  }
+  const auto segments = render_chat(name, list, chat_special_pieces(tk), where);
+  LLMOPT_CHECK_INPUT(any_assistant, "[data] {}: 'messages' has no assistant message to learn", where);
+  ChatTokens t = encode_chat(tk, segments);
+  return Example{std::move(t.ids), std::move(t.target)};
+}
+
 // The built-in `plain` template: system text on its own line, "User: ...\n", "Assistant: ...".
 std::string render_role(const std::string& role, const std::string& content, bool* is_response,
                         const std::string& where) {
@@ -57,8 +77,11 @@ std::string render_role(const std::string& role, const std::string& content, boo
   throw_input("[data] {}: message role '{}' is not system, user or assistant", where, role);
 }
 
-std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& tk, const std::string& tmpl) {
-  LLMOPT_CHECK_INPUT(tmpl == "plain", "[data] template '{}' is unknown (built-in: plain)", tmpl);
+// `tmpl` a built-in chat template name or auto (train/chat_template.h), resolved against
+// `template_model` at the first `messages` row.
+std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& tk, const std::string& tmpl,
+                                const std::string& template_model) {
+  std::string chat = tmpl == "auto" ? "" : resolve_chat_template(tmpl, template_model);
   std::ifstream in(path);
   LLMOPT_CHECK_INPUT(in.good(), "[data] {}: cannot read", path);
   std::vector<Example> out;
@@ -92,8 +115,11 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
     if (j.contains("messages")) {
       LLMOPT_CHECK_INPUT(j["messages"].is_array() && !j["messages"].empty(),
                          "[data] {}: 'messages' must be a non-empty array", where);
-      bool any_response = false;
-      for (const auto& m : j["messages"]) {
+      if (chat.empty()) chat = resolve_chat_template(tmpl, template_model);
+      if (chat != "plain") e = chat_example(j["messages"], chat, tk, where);
+      bool any_response = chat != "plain";
+      const nlohmann::json plain_messages = chat == "plain" ? j["messages"] : nlohmann::json::array();
+      for (const auto& m : plain_messages) {
         LLMOPT_CHECK_INPUT(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
                                m["content"].is_string(),
                            "[data] {}: every message needs string fields 'role' and 'content'", where);
@@ -231,7 +257,7 @@ FinetuneData load_finetune_data(const FinetuneDataOptions& o, const tok::Tokeniz
       d.val = text_rows(vids, o.seq_len, 0, vrows);
     }
   } else {
-    const auto ex = read_jsonl(o.path, tk, o.template_name);
+    const auto ex = read_jsonl(o.path, tk, o.template_name, o.template_model);
     const auto n = static_cast<int64_t>(ex.size());
     const int64_t val_n = o.val_path.empty() ? static_cast<int64_t>(static_cast<double>(n) * o.val_fraction) : 0;
     LLMOPT_CHECK_INPUT(n - val_n >= 1, "[data] {}: {} examples ({} held out); at least one training example is needed",
@@ -239,7 +265,7 @@ FinetuneData load_finetune_data(const FinetuneDataOptions& o, const tok::Tokeniz
     d.train = jsonl_rows(std::vector<Example>(ex.begin(), ex.end() - val_n), o.seq_len);
     if (val_n > 0) d.val = jsonl_rows(std::vector<Example>(ex.end() - val_n, ex.end()), o.seq_len);
     if (!o.val_path.empty()) {
-      const auto vex = read_jsonl(o.val_path, tk, o.template_name);
+      const auto vex = read_jsonl(o.val_path, tk, o.template_name, o.template_model);
       LLMOPT_CHECK_INPUT(!vex.empty(), "[data] val.path {}: no examples", o.val_path);
       d.val = jsonl_rows(vex, o.seq_len);
     }

@@ -29,7 +29,11 @@ struct FinetuneDataOptions {
   int64_t seq_len = 256;        // predicted positions per row (rows hold seq_len + 1 tokens)
   int64_t offset = 0;           // text: first byte of the file used
   int64_t max_bytes = 0;        // text: bytes used from offset (0 = to the end)
-  std::string template_name = "plain";  // `messages` rendering: plain (User:/Assistant: lines)
+  // `messages` rendering: a built-in chat template (train/chat_template.h) or auto = the one the
+  // model's chat_template is (read from template_model: its directory, .gguf or tokenizer file), plain
+  // (User:/Assistant: lines) when it has none.
+  std::string template_name = "auto";
+  std::string template_model;
   std::string val_path;         // validation file in the same format; empty = split by fraction
   double val_fraction = 0;      // the tail of the rows held out when val_path is empty
 };

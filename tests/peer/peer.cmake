@@ -3,7 +3,7 @@
 # tests/peer/make-venv.sh (scripts/test.sh runs it first); without it the tests are skipped.
 set(LLMOPT_PEER_DIR ${CMAKE_CURRENT_LIST_DIR})
 foreach(peer_name transformers tokenizers gguf_package llama_cpp llama_perplexity llama_quantized gptq_layout gptq_transformers
-                  llama_kquants lm_eval peft llama_tasks rouge llama_lora)
+                  llama_kquants lm_eval peft llama_tasks rouge llama_lora chat_template)
   add_test(NAME peer_${peer_name}
            COMMAND ${LLMOPT_PEER_DIR}/run-pytest.sh ${LLMOPT_PEER_DIR}/test_${peer_name}.py)
   set_tests_properties(peer_${peer_name} PROPERTIES

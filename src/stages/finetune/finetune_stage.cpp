@@ -172,6 +172,8 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
   dopt.offset = o.train.offset;
   dopt.max_bytes = o.train.max_bytes;
   dopt.template_name = o.train.chat_template;
+  dopt.template_model =
+      state.provenance.tokenizer_path.empty() ? state.provenance.source_path : state.provenance.tokenizer_path;
   dopt.val_path = o.val.path;
   dopt.val_fraction = o.val.fraction;
   const train::FinetuneData data = train::load_finetune_data(dopt, *state.tokenizer, o.batch_size);

@@ -69,7 +69,7 @@ struct FinetuneTrainDataOptions {
   int64_t seq_len = 256;
   int64_t offset = 0;
   int64_t max_bytes = 0;
-  std::string chat_template = "plain";
+  std::string chat_template = "auto";
   std::string task;
   TaskHoldoutOptions task_holdout;
 
@@ -85,8 +85,10 @@ struct FinetuneTrainDataOptions {
     s.field("max_bytes", &FinetuneTrainDataOptions::max_bytes, "Text: bytes used from offset (0 = to the end)")
         .range(0, 1e15);
     s.field("chat_template", &FinetuneTrainDataOptions::chat_template,
-            "jsonl `messages`: built-in rendering (plain: 'User: ...' lines, 'Assistant: ' + the learned reply)")
-        .choices({"plain"});
+            "jsonl `messages`: chat template (auto: the built-in the model's chat_template is, plain when it has "
+            "none; plain: 'User: ...' lines, 'Assistant: ' + the learned reply; chatml, llama2, llama3, zephyr, "
+            "mistral, gemma, phi3: that format, learning the assistant content and its end-of-turn marker)")
+        .choices({"auto", "plain", "chatml", "llama2", "llama3", "zephyr", "mistral", "gemma", "phi3"});
     s.field("task", &FinetuneTrainDataOptions::task,
             "Instead of path: a task (configs/tasks name or YAML) whose training part becomes instruction jsonl "
             "(as `llmopt data instruct`: prompt = the context the task scores, response = the gold choice), written "
