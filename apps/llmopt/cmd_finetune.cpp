@@ -39,6 +39,10 @@ void register_finetune_command(CLI::App& app, GlobalOptions& g) {
                   "jsonl messages: chat template, auto (the model's chat_template, plain when none) | plain | chatml | "
                   "llama2 | llama3 | zephyr | mistral | gemma | phi3")
       ->capture_default_str();
+  cmd->add_option("--eos", o.train.eos,
+                  "jsonl: EOS target after each response: auto (unless the line says \"eos\": false) | true | false")
+      ->check(CLI::IsMember({"auto", "true", "false"}))
+      ->capture_default_str();
   cmd->add_option("--seq-len", o.train.seq_len, "Predicted tokens per training row")->capture_default_str();
   cmd->add_option("--data-offset", o.train.offset, "Text: first byte of the file used")->capture_default_str();
   cmd->add_option("--data-bytes", o.train.max_bytes, "Text: bytes used from the offset (0 = all)")->capture_default_str();

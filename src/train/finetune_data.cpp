@@ -80,7 +80,9 @@ std::string render_role(const std::string& role, const std::string& content, boo
 // `tmpl` a built-in chat template name or auto (train/chat_template.h), resolved against
 // `template_model` at the first `messages` row.
 std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& tk, const std::string& tmpl,
-                                const std::string& template_model) {
+                                const std::string& template_model, const std::string& eos_mode) {
+  LLMOPT_CHECK_INPUT(eos_mode == "auto" || eos_mode == "true" || eos_mode == "false",
+                     "[data] eos '{}': expected auto, true or false", eos_mode);
   std::string chat = tmpl == "auto" ? "" : resolve_chat_template(tmpl, template_model);
   std::ifstream in(path);
   LLMOPT_CHECK_INPUT(in.good(), "[data] {}: cannot read", path);
@@ -105,8 +107,10 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
     if (j.contains("eos")) {
       LLMOPT_CHECK_INPUT(j["eos"].is_boolean(), "[data] {}: 'eos' must be true or false, found {}", where,
                          j["eos"].dump());
-      add_eos = add_eos && j["eos"].get<bool>();
+      if (eos_mode == "auto") add_eos = add_eos && j["eos"].get<bool>();
     }
+    // The eos option overrides the lines: true = an EOS target after every response, false = none.
+    if (eos_mode == "false") add_eos = false;
     Example e;
     if (bos >= 0 && tk.add_bos_default()) {
       e.ids.push_back(bos);
@@ -257,7 +261,7 @@ FinetuneData load_finetune_data(const FinetuneDataOptions& o, const tok::Tokeniz
       d.val = text_rows(vids, o.seq_len, 0, vrows);
     }
   } else {
-    const auto ex = read_jsonl(o.path, tk, o.template_name, o.template_model);
+    const auto ex = read_jsonl(o.path, tk, o.template_name, o.template_model, o.eos);
     const auto n = static_cast<int64_t>(ex.size());
     const int64_t val_n = o.val_path.empty() ? static_cast<int64_t>(static_cast<double>(n) * o.val_fraction) : 0;
     LLMOPT_CHECK_INPUT(n - val_n >= 1, "[data] {}: {} examples ({} held out); at least one training example is needed",
@@ -265,7 +269,7 @@ FinetuneData load_finetune_data(const FinetuneDataOptions& o, const tok::Tokeniz
     d.train = jsonl_rows(std::vector<Example>(ex.begin(), ex.end() - val_n), o.seq_len);
     if (val_n > 0) d.val = jsonl_rows(std::vector<Example>(ex.end() - val_n, ex.end()), o.seq_len);
     if (!o.val_path.empty()) {
-      const auto vex = read_jsonl(o.val_path, tk, o.template_name, o.template_model);
+      const auto vex = read_jsonl(o.val_path, tk, o.template_name, o.template_model, o.eos);
       LLMOPT_CHECK_INPUT(!vex.empty(), "[data] val.path {}: no examples", o.val_path);
       d.val = jsonl_rows(vex, o.seq_len);
     }

@@ -34,6 +34,9 @@ struct FinetuneDataOptions {
   // (User:/Assistant: lines) when it has none.
   std::string template_name = "auto";
   std::string template_model;
+  // EOS target after each prompt/response or plain-template response: auto = unless the line says
+  // "eos": false (task data for log-likelihood tasks does), true = always, false = never.
+  std::string eos = "auto";
   std::string val_path;         // validation file in the same format; empty = split by fraction
   double val_fraction = 0;      // the tail of the rows held out when val_path is empty
 };

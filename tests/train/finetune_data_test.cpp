@@ -2,7 +2,8 @@
 //  - the masked loss (logits only at the target positions) equals the mean negative
 //    log-likelihood of the targets computed in float64 from the model's full logits, and so do its
 //    gradients (tied and untied heads; a row without targets; a batch without any: zero, not NaN);
-//  - "eos": false on a jsonl line leaves no EOS target after the response, "eos": true or no
+//  - "eos": false on a jsonl line leaves no EOS target after the response (the eos option true /
+//    false overrides every line), "eos": true or no
 //    field keeps it, anything else is exit 2 naming file:line;
 //  - task data from `llmopt data instruct` (SST-2, tinyllama-bpe-17m's GPT-2 vocabulary) trains
 //    exactly the continuation tokens the harness scores: " positive" / " negative" as the ids
@@ -157,6 +158,24 @@ TEST(FinetuneData, EosFalseLeavesNoEosTarget) {
   EXPECT_EQ(got[2], with_eos(ab));
   EXPECT_EQ(got[3], yo);
   EXPECT_EQ(d.train_tokens, 4 + 3 + 4 + 2);
+
+  // The eos option overrides the lines: true puts the EOS target after every response, false after none.
+  o.eos = "true";
+  const auto all = targets_of(*load_finetune_data(o, tk, 1).train, 31);
+  ASSERT_EQ(all.size(), 4u);
+  EXPECT_EQ(all[0], with_eos(ab));
+  EXPECT_EQ(all[1], with_eos(ab));
+  EXPECT_EQ(all[2], with_eos(ab));
+  EXPECT_EQ(all[3], with_eos(yo));
+  o.eos = "false";
+  const auto none = targets_of(*load_finetune_data(o, tk, 1).train, 31);
+  ASSERT_EQ(none.size(), 4u);
+  EXPECT_EQ(none[0], ab);
+  EXPECT_EQ(none[2], ab);
+  EXPECT_EQ(none[3], yo);
+  o.eos = "sometimes";
+  EXPECT_THROW(load_finetune_data(o, tk, 1), InputError);
+  o.eos = "auto";
 
   write(dir / "bad.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"response\": \"b\", \"eos\": \"no\"}\n");
   o.path = (dir / "bad.jsonl").string();

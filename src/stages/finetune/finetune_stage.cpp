@@ -172,6 +172,7 @@ StageResult run_finetune(const FinetuneOptions& o, ModelState& state, StageConte
   dopt.offset = o.train.offset;
   dopt.max_bytes = o.train.max_bytes;
   dopt.template_name = o.train.chat_template;
+  dopt.eos = o.train.eos;
   dopt.template_model =
       state.provenance.tokenizer_path.empty() ? state.provenance.source_path : state.provenance.tokenizer_path;
   dopt.val_path = o.val.path;

@@ -70,6 +70,7 @@ struct FinetuneTrainDataOptions {
   int64_t offset = 0;
   int64_t max_bytes = 0;
   std::string chat_template = "auto";
+  std::string eos = "auto";
   std::string task;
   TaskHoldoutOptions task_holdout;
 
@@ -89,6 +90,11 @@ struct FinetuneTrainDataOptions {
             "none; plain: 'User: ...' lines, 'Assistant: ' + the learned reply; chatml, llama2, llama3, zephyr, "
             "mistral, gemma, phi3: that format, learning the assistant content and its end-of-turn marker)")
         .choices({"auto", "plain", "chatml", "llama2", "llama3", "zephyr", "mistral", "gemma", "phi3"});
+    s.field("eos", &FinetuneTrainDataOptions::eos,
+            "jsonl: an EOS target after each response (prompt/response and the plain template). auto: unless the "
+            "line says \"eos\": false, as task data for log-likelihood tasks does (the harness never scores an EOS); "
+            "true: always (teaches the model to stop; on stories260K SST-2 it trained better); false: never")
+        .choices({"auto", "true", "false"});
     s.field("task", &FinetuneTrainDataOptions::task,
             "Instead of path: a task (configs/tasks name or YAML) whose training part becomes instruction jsonl "
             "(as `llmopt data instruct`: prompt = the context the task scores, response = the gold choice), written "
