@@ -20,6 +20,7 @@
 #include "eval/tasks.h"
 #include "io/atomic_file.h"
 #include "train/chat_template.h"
+#include "train/finetune_data.h"
 
 namespace llmopt::cli {
 namespace fs = std::filesystem;
@@ -72,6 +73,13 @@ void register_data_command(CLI::App& app, GlobalOptions& g) {
   render->callback([] {
     const auto tk = load_tokenizer_for(model, tokenizer);
     const std::string name = train::resolve_chat_template(tmpl, tokenizer.empty() ? model : tokenizer);
+    // Tokens and targets from the training loader itself (plain rows are tokenized per message
+    // there, with EOS ids); the text and segments are the template's rendering.
+    train::FinetuneDataOptions fo;
+    fo.path = file;
+    fo.template_name = name;
+    const auto rows = train::read_instruction_rows(fo, *tk);
+    size_t row = 0;
     std::ifstream in(file);
     LLMOPT_CHECK_INPUT(in.good(), "[data] --data {}: cannot read", file);
     std::string line;
@@ -86,15 +94,9 @@ void register_data_command(CLI::App& app, GlobalOptions& g) {
       }
       LLMOPT_CHECK_INPUT(j.is_object() && j.contains("messages") && j["messages"].is_array(),
                          "[data] {}: expected an object with a 'messages' array", where);
-      std::vector<train::ChatMessage> messages;
-      for (const auto& m : j["messages"]) {
-        LLMOPT_CHECK_INPUT(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
-                               m["content"].is_string(),
-                           "[data] {}: every message needs string fields 'role' and 'content'", where);
-        messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-      }
-      const auto segments = train::render_chat(name, messages, train::chat_special_pieces(*tk), where);
-      const auto tokens = train::encode_chat(*tk, segments);
+      const auto segments =
+          train::render_chat(name, train::chat_messages(j["messages"], where), train::chat_special_pieces(*tk), where);
+      const auto& tokens = rows.at(row++);
       nlohmann::json out = {{"line", lineno}, {"template", name}, {"text", train::joined_text(segments)}};
       out["segments"] = nlohmann::json::array();
       for (const auto& g : segments) out["segments"].push_back({{"text", g.text}, {"response", g.is_response}});

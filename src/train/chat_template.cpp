@@ -195,6 +195,19 @@ std::string read_file_text(const fs::path& p) {
 
 }  // namespace
 
+std::vector<ChatMessage> chat_messages(const nlohmann::json& messages, const std::string& where) {
+  LLMOPT_CHECK_INPUT(messages.is_array() && !messages.empty(), "[data] {}: 'messages' must be a non-empty array",
+                     where);
+  std::vector<ChatMessage> out;
+  for (const auto& m : messages) {
+    LLMOPT_CHECK_INPUT(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
+                           m["content"].is_string(),
+                       "[data] {}: every message needs string fields 'role' and 'content'", where);
+    out.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+  }
+  return out;
+}
+
 ChatSpecialPieces chat_special_pieces(const tok::Tokenizer& tk) {
   ChatSpecialPieces p;
   if (tk.bos_id() >= 0) p.bos = tk.token_piece(tk.bos_id());

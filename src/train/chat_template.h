@@ -6,6 +6,7 @@
 // distinctive markers it contains, as llama.cpp's llm_chat_detect_template does. Torch-free.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +24,10 @@ struct ChatSegment {
   std::string text;
   bool is_response = false;  // learned: assistant content + end-of-turn marker
 };
+
+// A jsonl row's `messages` array: InputError naming `where` (file:line) unless it is a non-empty
+// array of objects with string fields role and content.
+std::vector<ChatMessage> chat_messages(const nlohmann::json& messages, const std::string& where);
 
 // The tokenizer's BOS / EOS pieces as the templates write them (bos_token / eos_token in Jinja).
 struct ChatSpecialPieces {

@@ -15,10 +15,7 @@ namespace llmopt::train {
 namespace fs = std::filesystem;
 namespace {
 
-struct Example {
-  std::vector<int64_t> ids;
-  std::vector<int64_t> target;  // 1 where ids[t] is a target
-};
+using Example = ChatTokens;  // ids, and target 1 where ids[t] is a target
 
 void append(Example& e, const tok::Tokenizer& tk, const std::string& text, bool target) {
   tok::EncodeOptions eo;
@@ -47,21 +44,12 @@ void append_pair(Example& e, const tok::Tokenizer& tk, const std::string& prompt
 
 // A `messages` row rendered with a chat template (train/chat_template.h): the template's text is the
 // whole sequence (its own BOS where the format has one), the targets its response segments.
-Example chat_example(const nlohmann::json& messages, const std::string& name, const tok::Tokenizer& tk,
+Example chat_example(const std::vector<ChatMessage>& messages, const std::string& name, const tok::Tokenizer& tk,
                      const std::string& where) {
-  std::vector<ChatMessage> list;
-  bool any_assistant = false;
-  for (const auto& m : messages) {
-    LLMOPT_CHECK_INPUT(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
-                           m["content"].is_string(),
-                       "[data] {}: every message needs string fields 'role' and 'content'", where);
-    list.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-    any_assistant = any_assistant || list.back().role == "assistant";
-  }
-  const auto segments = render_chat(name, list, chat_special_pieces(tk), where);
-  LLMOPT_CHECK_INPUT(any_assistant, "[data] {}: 'messages' has no assistant message to learn", where);
-  ChatTokens t = encode_chat(tk, segments);
-  return Example{std::move(t.ids), std::move(t.target)};
+  const auto segments = render_chat(name, messages, chat_special_pieces(tk), where);
+  LLMOPT_CHECK_INPUT(std::any_of(messages.begin(), messages.end(), [](const ChatMessage& m) { return m.role == "assistant"; }),
+                     "[data] {}: 'messages' has no assistant message to learn", where);
+  return encode_chat(tk, segments);
 }
 
 // The built-in `plain` template: system text on its own line, "User: ...\n", "Assistant: ...".
@@ -117,18 +105,14 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
       e.target.push_back(0);
     }
     if (j.contains("messages")) {
-      LLMOPT_CHECK_INPUT(j["messages"].is_array() && !j["messages"].empty(),
-                         "[data] {}: 'messages' must be a non-empty array", where);
+      const auto messages = chat_messages(j["messages"], where);
       if (chat.empty()) chat = resolve_chat_template(tmpl, template_model);
-      if (chat != "plain") e = chat_example(j["messages"], chat, tk, where);
+      if (chat != "plain") e = chat_example(messages, chat, tk, where);
+      // plain: each message tokenized on its own, an EOS id after each reply (add_eos).
       bool any_response = chat != "plain";
-      const nlohmann::json plain_messages = chat == "plain" ? j["messages"] : nlohmann::json::array();
-      for (const auto& m : plain_messages) {
-        LLMOPT_CHECK_INPUT(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
-                               m["content"].is_string(),
-                           "[data] {}: every message needs string fields 'role' and 'content'", where);
+      for (const auto& m : chat == "plain" ? messages : std::vector<ChatMessage>{}) {
         bool is_response = false;
-        const std::string text = render_role(m["role"], m["content"], &is_response, where);
+        const std::string text = render_role(m.role, m.content, &is_response, where);
         if (is_response) {
           append(e, tk, "Assistant: ", false);
           append(e, tk, text, true);
@@ -155,6 +139,14 @@ std::vector<Example> read_jsonl(const std::string& path, const tok::Tokenizer& t
   }
   return out;
 }
+
+}  // namespace
+
+std::vector<ChatTokens> read_instruction_rows(const FinetuneDataOptions& o, const tok::Tokenizer& tk) {
+  return read_jsonl(o.path, tk, o.template_name, o.template_model, o.eos);
+}
+
+namespace {
 
 // Instruction rows: one example per row, truncated to seq_len + 1 tokens, padded with 0 (masked).
 std::shared_ptr<FinetuneDataset> jsonl_rows(const std::vector<Example>& ex, int64_t seq_len) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "model/llama.h"
+#include "train/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #include "train/trainer.h"
 
@@ -72,6 +73,11 @@ struct FinetuneData {
 // Reads and tokenizes the data. InputError (exit 2): unreadable file, invalid JSON or missing
 // fields (naming file:line), no response tokens, data too short for one row / batch.
 FinetuneData load_finetune_data(const FinetuneDataOptions& o, const tok::Tokenizer& tk, int64_t batch);
+
+// The token ids and targets (1 = learned) of each row of the instruction jsonl o.path, exactly as
+// training reads them (template, eos; a BOS where the tokenizer adds one to prompt/response and
+// plain rows); InputError naming file:line as load_finetune_data. `llmopt data render` prints them.
+std::vector<ChatTokens> read_instruction_rows(const FinetuneDataOptions& o, const tok::Tokenizer& tk);
 
 // Mean next-token cross entropy over the targets of a batch ([B, T+1] or [B, 2, T+1] masked; the
 // masked one computes logits only at the target positions).
