@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "io/mapped_file.h"
 
 namespace llmopt::train {
 namespace fs = std::filesystem;
@@ -185,14 +184,6 @@ void render_phi3(Builder& b, const std::vector<ChatMessage>& messages) {
   }
 }
 
-std::string read_file_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  LLMOPT_CHECK_INPUT(in.good(), "[chat-template] {}: cannot read", p.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 std::vector<ChatMessage> chat_messages(const nlohmann::json& messages, const std::string& where) {
@@ -280,13 +271,13 @@ std::optional<ModelChatTemplate> read_model_chat_template(const std::string& mod
   }
   const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
   // Newer transformers save the template as its own file beside tokenizer_config.json.
-  if (fs::exists(dir / "chat_template.jinja"))
-    return ModelChatTemplate{read_file_text(dir / "chat_template.jinja"), (dir / "chat_template.jinja").string()};
+  const fs::path jinja = dir / "chat_template.jinja";
+  if (fs::exists(jinja)) return ModelChatTemplate{io::read_text_file(jinja.string(), "chat-template"), jinja.string()};
   const fs::path config = dir / "tokenizer_config.json";
   if (!fs::exists(config)) return std::nullopt;
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_file_text(config));
+    j = nlohmann::json::parse(io::read_text_file(config.string(), "chat-template"));
   } catch (const nlohmann::json::exception& e) {
     throw_input("[chat-template] {}: not valid JSON ({})", config.string(), e.what());
   }
